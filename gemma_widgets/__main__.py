@@ -1,0 +1,33 @@
+"""Command line: ``python -m gemma_widgets prepare|chat|bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gemma_widgets.errors import GemmaWidgetsError
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gemma_widgets.models import locate, resolve_preset
+
+    print(locate(resolve_preset(args.model)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gemma_widgets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare", help="build the bundled model's cache and print where it is")
+    prepare.add_argument("--model", default=None, help="preset or hub id (default: bundled)")
+    prepare.set_defaults(func=_prepare)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GemmaWidgetsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

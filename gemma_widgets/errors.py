@@ -1,0 +1,25 @@
+"""Errors the kit raises on bad input: each message says what to do next."""
+
+
+class GemmaWidgetsError(Exception):
+    """Base class: a problem the user can fix, reported without a deep traceback."""
+
+
+class UnknownModelError(GemmaWidgetsError, ValueError):
+    """The model name is neither a preset, a local folder, nor a hub id that exists."""
+
+
+class GatedModelError(GemmaWidgetsError, PermissionError):
+    """A gated hub model was asked for without a token that has access."""
+
+
+class OfflineModelError(GemmaWidgetsError, ConnectionError):
+    """A hub model is not in the local cache and the hub cannot be reached."""
+
+
+class PrecisionUnavailableError(GemmaWidgetsError, RuntimeError):
+    """The precision cannot run here (no CUDA, package missing, too little memory...)."""
+
+
+class GenerationError(GemmaWidgetsError, RuntimeError):
+    """A generation failed (prompt too long for the context, the model raised...)."""
