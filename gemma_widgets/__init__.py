@@ -27,5 +27,19 @@ __all__ = [
     "PrecisionUnavailableError",
     "UnknownModelError",
     "load_model",
+    "ChatPanel",
 ]
 __version__ = "0.1.0"
+
+#: Widgets load on first use, so ``import gemma_widgets`` does not import ipywidgets.
+_LAZY = {
+    "ChatPanel": "gemma_widgets.chat",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gemma_widgets' has no attribute {name!r}")
