@@ -3,6 +3,10 @@
 The package ships a Q4_K_M GGUF file. transformers de-quantizes it to torch tensors, which
 takes about a minute on two cores, so it is converted once into an ordinary Hugging Face
 folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache.
+
+The conversion also makes the folder behave like Google's Gemma checkpoints: the turn
+markers are special tokens (so ``skip_special_tokens=True`` drops them) and ``generate``
+stops at ``<end_of_turn>`` as well as ``<eos>``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gemma_widgets._cache import build_once, cache_root
-from gemma_widgets.templates import ensure_chat_template
+from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
+
+#: Raise when :func:`_convert` changes what it writes: older caches are then rebuilt.
+FORMAT_VERSION = 2
 
 #: Strings whose token ids must agree between the GGUF tokenizer and the saved one.
 TOKENIZER_PROBES = (
@@ -67,12 +74,15 @@ def _convert(out: Path) -> dict:
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     ensure_chat_template(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_TURN, END_OF_TURN]})
     steps.update()
     steps.set_postfix_str("de-quantizing weights")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     steps.update()
     steps.set_postfix_str("saving")
     tokenizer.save_pretrained(out)
+    (out / "tokenizer.model").unlink(missing_ok=True)  # a copy of the whole GGUF; tokenizer.json suffices
     model.save_pretrained(out)
     saved = load_tokenizer(out)
     for text in TOKENIZER_PROBES:
@@ -85,4 +95,4 @@ def _convert(out: Path) -> dict:
 
 def prepare_bundled() -> Path:
     """Convert the bundled GGUF once and return the cached Hugging Face folder."""
-    return build_once(bundled_dir(), _convert)
+    return build_once(bundled_dir(), _convert, FORMAT_VERSION)

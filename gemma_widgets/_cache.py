@@ -1,14 +1,16 @@
 """Where the kit keeps what it builds (the converted bundled model, OpenVINO exports).
 
 A folder is built in a temporary sibling, stamped with a manifest that lists every file
-and its size, and renamed into place under a file lock. A reader trusts a folder only if
-its manifest matches what is on disk, so a half-written or damaged folder is rebuilt.
+and its size (and the format version of the builder), and renamed into place under a file
+lock. A reader trusts a folder only if its manifest matches what is on disk and the
+version it expects, so a half-written, damaged or outdated folder is rebuilt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -17,11 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MANIFEST = "gemma_widgets_manifest.json"
+ENV_CACHE = "GEMMA_WIDGETS_CACHE"
 
 
 def cache_root() -> Path:
     """The cache folder: ``$GEMMA_WIDGETS_CACHE``, else ``$XDG_CACHE_HOME/gemma_widgets``."""
-    env = os.environ.get("GEMMA_WIDGETS_CACHE")
+    env = os.environ.get(ENV_CACHE)
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -39,10 +42,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def is_complete(folder: Path) -> bool:
-    """True if ``folder`` has a manifest and every file it lists has the listed size."""
+def is_complete(folder: Path, version: int = 1) -> bool:
+    """True if ``folder``'s manifest has ``version`` and every file it lists has the listed size."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("version", 1) != version:
+            return False
         return all((folder / name).stat().st_size == size for name, size in manifest["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -53,27 +58,38 @@ def read_manifest(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text()).get("info", {})
 
 
-def build_once(folder: Path, build: Callable[[Path], dict]) -> Path:
+def build_once(folder: Path, build: Callable[[Path], dict], version: int = 1) -> Path:
     """Return ``folder``, building it with ``build(tmp_dir)`` unless a complete copy exists.
 
     ``build`` writes into a fresh temporary folder and returns a small dict of facts to keep
     in the manifest. Concurrent callers wait on a lock; the second finds the folder done.
+    Raise ``version`` when ``build`` changes what it writes: older folders are then rebuilt.
+    An existing folder is swapped out only once the new one is complete, so a process that
+    is reading it meanwhile keeps working.
     """
-    if is_complete(folder):
+    if is_complete(folder, version):
         return folder
     with _locked(folder):
-        if is_complete(folder):
+        if is_complete(folder, version):
             return folder
-        if folder.exists():
-            shutil.rmtree(folder)  # damaged or half-written: rebuild from scratch
+        for stale in folder.parent.glob(glob.escape(folder.name) + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a build that was killed
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
         try:
+            os.chmod(tmp, 0o755)
             info = build(tmp)
             files = {
                 str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
             }
-            (tmp / MANIFEST).write_text(json.dumps({"files": files, "info": info}, indent=1))
-            os.replace(tmp, folder)
+            manifest = {"version": version, "files": files, "info": info}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            if folder.exists():  # damaged or outdated: swap it out, then delete it
+                old = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-old-", dir=folder.parent))
+                os.replace(folder, old / folder.name)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

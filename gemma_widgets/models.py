@@ -11,6 +11,7 @@ Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import time
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._bundled import load_tokenizer, prepare_bundled
+from gemma_widgets._bundled import FORMAT_VERSION, load_tokenizer, prepare_bundled
 from gemma_widgets._cache import build_once, cache_root
 from gemma_widgets.errors import GatedModelError, OfflineModelError, UnknownModelError
+from gemma_widgets.templates import end_of_turn_ids
 
 ENV_MODEL = "GEMMA_MODEL"
 DEFAULT_MODEL = "bundled"
@@ -76,8 +78,10 @@ def resolve_preset(name: str | None = None) -> Preset:
                       repo_id=str(path), fmt=fmt)
     if name.count("/") == 1 and all(name.split("/")):
         return Preset(name, "hub", f"hub model {name}", 0, repo_id=name)
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownModelError(
-        f"Unknown model {name!r}. Use a preset ({', '.join(PRESETS)}), "
+        f"Unknown model {name!r}.{hint} Use a preset ({', '.join(PRESETS)}), "
         "a hub id such as 'google/gemma-2-2b-it', or a local model folder."
     )
 
@@ -101,7 +105,7 @@ def _build_tiny(out: Path) -> dict:
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     Gemma2ForCausalLM(config).save_pretrained(out)
@@ -114,19 +118,19 @@ def locate(preset: Preset) -> str:
     if preset.source == "bundled":
         return str(prepare_bundled())
     if preset.source == "tiny":
-        return str(build_once(cache_root() / "tiny-random-gemma2", _build_tiny))
+        return str(build_once(cache_root() / "tiny-random-gemma2", _build_tiny, FORMAT_VERSION))
     if preset.source == "local":
         return str(preset.repo_id)
     return _check_hub_access(preset)
 
 
 def _check_hub_access(preset: Preset) -> str:
-    from huggingface_hub import constants, get_token, try_to_load_from_cache
+    from huggingface_hub import get_token, try_to_load_from_cache
 
     repo = str(preset.repo_id)
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return repo
-    if constants.HF_HUB_OFFLINE:
+    if _hub_offline():
         raise OfflineModelError(
             f"{repo} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
             "Download it once with network access, or use the offline model: load_model('bundled')."
@@ -134,6 +138,16 @@ def _check_hub_access(preset: Preset) -> str:
     if preset.gated and not get_token():
         raise GatedModelError(_gated_message(repo))
     return repo
+
+
+def _hub_offline() -> bool:
+    """``$HF_HUB_OFFLINE`` as it is now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is None:
+        return bool(constants.HF_HUB_OFFLINE)
+    return value.strip().upper() in constants.ENV_VARS_TRUE_VALUES
 
 
 def _gated_message(repo: str) -> str:
