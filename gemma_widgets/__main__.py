@@ -15,12 +15,23 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from gemma_widgets import terminal
+
+    return terminal.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma_widgets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     prepare = sub.add_parser("prepare", help="build the bundled model's cache and print where it is")
     prepare.add_argument("--model", default=None, help="preset or hub id (default: bundled)")
     prepare.set_defaults(func=_prepare)
+    from gemma_widgets.terminal import add_arguments as chat_arguments
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal (a pipe works too)")
+    chat_arguments(chat)
+    chat.set_defaults(func=_chat)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,411 @@
+"""The chat panel: an ipywidgets view over :class:`~gemma_widgets.generation.ChatSession`.
+
+The panel only shows the session and forwards clicks to it. While a reply streams, the
+reader thread sets the reply widget's value to escaped plain text (at most every
+``LIVE_INTERVAL`` seconds after the first token); when it ends, the reply is rendered once
+as safe markdown. Widgets carry stable CSS classes (``gw-chat``, ``gw-input``, ``gw-send``,
+``gw-stop``, ``gw-message``, ``gw-status``...) for browser tests and styling.
+
+>>> panel = ChatPanel(model="bundled", precision="bf16")  # doctest: +SKIP
+>>> panel                                                  # doctest: +SKIP
+>>> panel.send("Name three colours.").wait(60)             # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from gemma_widgets._markdown import escape_text, render_markdown
+from gemma_widgets.conversation import Message
+from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.generation import ChatSession, Generation, SamplingSettings
+from gemma_widgets.models import LoadedModel, load_model
+
+#: Seconds between repaints of a streaming reply (the first token is painted at once).
+LIVE_INTERVAL = 0.05
+
+CSS = """<style>
+.gw-chat .gw-transcript { border: 1px solid rgba(128,128,128,.3); border-radius: 6px; padding: 4px; }
+.gw-chat .gw-msg { padding: 4px 8px; margin: 2px 0; border-radius: 6px; line-height: 1.4; }
+.gw-chat .gw-user { background: rgba(66,133,244,.10); }
+.gw-chat .gw-assistant { background: rgba(128,128,128,.08); }
+.gw-chat .gw-who { font-weight: 600; font-size: 85%; opacity: .7; }
+.gw-chat .gw-plain { white-space: pre-wrap; }
+.gw-chat .gw-body pre { white-space: pre-wrap; }
+.gw-chat .gw-note { font-size: 85%; font-style: italic; opacity: .8; }
+.gw-chat .gw-error, .gw-chat .gw-notice { color: #c5221f; }
+</style>"""
+
+
+def message_html(message: Message) -> str:
+    """A transcript message as safe HTML: user text verbatim, replies as markdown."""
+    who = "You" if message.role == "user" else "Gemma"
+    if message.role == "user":
+        body = f'<div class="gw-body gw-plain">{escape_text(message.content)}</div>'
+    else:
+        body = f'<div class="gw-body">{render_markdown(message.content)}</div>'
+    notes = ""
+    if message.stopped:
+        notes += '<div class="gw-note">stopped by the user: the reply is partial</div>'
+    if message.error:
+        notes += f'<div class="gw-note gw-error">error: {escape_text(message.error)}</div>'
+    return f'<div class="gw-msg gw-{message.role}"><div class="gw-who">{who}</div>{body}{notes}</div>'
+
+
+def live_html(text: str) -> str:
+    """A reply that is still streaming: escaped plain text, no markdown yet."""
+    return ('<div class="gw-msg gw-assistant"><div class="gw-who">Gemma</div>'
+            f'<div class="gw-body gw-plain">{escape_text(text) or "…"}</div></div>')
+
+
+def _with_class(widget: Any, *names: str) -> Any:
+    for name in names:
+        widget.add_class(name)
+    return widget
+
+
+class ChatPanel:
+    """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision=...)``.
+
+    Enter (or Shift+Enter: the input is one line, as ipywidgets' only input with a submit
+    event is ``Text``) sends. The Python API mirrors the buttons: :meth:`send`, :meth:`stop`,
+    :meth:`wait`, :meth:`regenerate`, :meth:`edit_last`, :meth:`clear`, :attr:`history`,
+    :meth:`export_json`, :meth:`export_markdown`, :meth:`load`.
+    """
+
+    def __init__(self, loaded: LoadedModel | None = None, *, model: str | None = None,
+                 precision: str | None = None, system: str = "",
+                 settings: SamplingSettings | None = None, context_window: int | None = None,
+                 **load_options: Any):
+        if loaded is None:
+            loaded = load_model(model, precision, **load_options)
+        elif model is not None or precision is not None or load_options:
+            raise GemmaWidgetsError("Give either a loaded model or model=/precision=, not both.")
+        self.session = ChatSession(loaded, settings=settings or SamplingSettings(),
+                                   context_window=context_window)
+        self.session.conversation.system = system
+        self.session.on_text.append(self._on_text)
+        self.session.on_finish.append(self._on_finish)
+        self._lock = threading.RLock()
+        self._message_widgets: list[widgets.HTML] = []
+        self._rendered: list[tuple] = []
+        self._live: widgets.HTML | None = None
+        self._finished_live: widgets.HTML | None = None
+        self._finished: Generation | None = None
+        self._last_paint = 0.0
+        self._editing = False
+        self._build()
+        self._update_meter(self.session.token_count())
+
+    # --- the view ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        s = self.session.settings
+        lm = self.session.loaded
+        full = {"style": {"description_width": "initial"}}
+        self.title = _with_class(widgets.HTML(
+            f"<b>{escape_text(lm.preset.name)}</b> · {escape_text(lm.precision)} · "
+            f"{escape_text(lm.engine)}"), "gw-title")
+        self.meter_label = _with_class(widgets.HTML(), "gw-meter")
+        self.meter = _with_class(widgets.IntProgress(value=0, min=0, max=self.session.context_window,
+                                                     layout=widgets.Layout(width="160px")),
+                                 "gw-meter-bar")
+        self.notice = _with_class(widgets.HTML(""), "gw-notice")
+        self.transcript = _with_class(widgets.VBox(layout=widgets.Layout(
+            max_height="420px", overflow="auto")), "gw-transcript")
+        self.status = _with_class(widgets.HTML(""), "gw-status")
+        self.input = _with_class(widgets.Text(
+            placeholder="Message Gemma (Enter sends)", continuous_update=True,
+            layout=widgets.Layout(flex="1 1 auto", width="auto")), "gw-input")
+        self.input.on_msg(self._on_input_msg)  # Text's "submit" event: Enter, in ipywidgets 7 and 8
+        self.send_button = _with_class(widgets.Button(description="Send", button_style="primary",
+                                                      icon="paper-plane"), "gw-send")
+        self.stop_button = _with_class(widgets.Button(description="Stop", button_style="danger",
+                                                      icon="stop", disabled=True), "gw-stop")
+        self.regenerate_button = _with_class(widgets.Button(description="Regenerate", icon="refresh",
+                                                            tooltip="a new reply to the last message"),
+                                             "gw-regenerate")
+        self.edit_button = _with_class(widgets.Button(description="Edit last", icon="edit",
+                                                      tooltip="edit the last message, then Send"),
+                                       "gw-edit")
+        self.clear_button = _with_class(widgets.Button(description="Clear", icon="trash"), "gw-clear")
+        self.save_button = _with_class(widgets.Button(description="Save", icon="download",
+                                                      tooltip="write the transcript as JSON and Markdown"),
+                                       "gw-save")
+        self.upload = _with_class(widgets.FileUpload(accept=".json", multiple=False,
+                                                     description="Load"), "gw-load")
+        self.system_box = _with_class(widgets.Textarea(
+            value=self.session.conversation.system, description="System prompt",
+            placeholder="Folded into the first user turn (Gemma has no system role)",
+            continuous_update=False, layout=widgets.Layout(width="98%"), **full), "gw-system")
+        self.temperature = _with_class(widgets.FloatSlider(
+            value=s.temperature, min=0.0, max=2.0, step=0.05, description="temperature (0 = greedy)",
+            **full), "gw-temperature")
+        self.top_p = _with_class(widgets.FloatSlider(value=s.top_p, min=0.05, max=1.0, step=0.05,
+                                                     description="top-p", **full), "gw-top-p")
+        self.top_k = _with_class(widgets.IntSlider(value=s.top_k, min=0, max=200, step=1,
+                                                   description="top-k (0 = off)", **full), "gw-top-k")
+        self.max_new_tokens = _with_class(widgets.IntSlider(
+            value=s.max_new_tokens, min=1, max=max(s.max_new_tokens, min(4096, self.session.context_window)),
+            description="max new tokens", **full), "gw-max-new-tokens")
+        self.repetition_penalty = _with_class(widgets.FloatSlider(
+            value=s.repetition_penalty, min=0.8, max=2.0, step=0.05, description="repetition penalty",
+            **full), "gw-repetition-penalty")
+        settings_box = widgets.VBox([self.system_box, self.temperature, self.top_p, self.top_k,
+                                     self.max_new_tokens, self.repetition_penalty])
+        self.settings_panel = _with_class(widgets.Accordion(children=[settings_box]), "gw-settings")
+        self.settings_panel.set_title(0, "System prompt and sampling")
+        self.settings_panel.selected_index = None
+
+        self.send_button.on_click(lambda _: self._ui(self._send_input))
+        self.stop_button.on_click(lambda _: self.stop())
+        self.regenerate_button.on_click(lambda _: self._ui(self.regenerate))
+        self.edit_button.on_click(lambda _: self._ui(self._start_edit))
+        self.clear_button.on_click(lambda _: self._ui(self.clear))
+        self.save_button.on_click(lambda _: self._ui(self._save_here))
+        self.upload.observe(lambda change: self._ui(self._load_upload, change["new"]), "value")
+        self.system_box.observe(self._on_system, "value")
+        for name in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"):
+            getattr(self, name).observe(self._on_setting, "value")
+
+        self.widget = _with_class(widgets.VBox([
+            widgets.HTML(CSS),
+            widgets.HBox([self.title, self.meter, self.meter_label]),
+            self.transcript,
+            self.status,
+            self.notice,
+            widgets.HBox([self.input, self.send_button, self.stop_button]),
+            widgets.HBox([self.regenerate_button, self.edit_button, self.clear_button,
+                          self.save_button, self.upload]),
+            self.settings_panel,
+        ]), "gw-chat")
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _ui(self, action: Any, *args: Any) -> None:
+        """Run a button's action; a problem the user can fix becomes the notice, not a traceback."""
+        try:
+            action(*args)
+        except GemmaWidgetsError as exc:
+            self._show_notice(str(exc))
+
+    def _show_notice(self, text: str) -> None:
+        self.notice.value = f"<span>{escape_text(text)}</span>" if text else ""
+
+    def _update_meter(self, used: int) -> None:
+        window = self.session.context_window
+        self.meter.value = min(used, window)
+        self.meter_label.value = f"{used:,} / {window:,} tokens"
+
+    def _set_busy(self, busy: bool) -> None:
+        self.send_button.disabled = busy
+        self.stop_button.disabled = not busy
+        self.regenerate_button.disabled = busy
+        self.edit_button.disabled = busy
+        self.upload.disabled = busy
+
+    def _sync(self) -> None:
+        """Make the transcript widgets match the conversation, re-rendering only what changed."""
+        with self._lock:
+            messages = self.session.conversation.messages
+            for extra in self._message_widgets[len(messages):]:
+                extra.close()
+            del self._message_widgets[len(messages):]
+            del self._rendered[len(messages):]
+            for i, message in enumerate(messages):
+                key = (message.role, message.content, message.stopped, message.error)
+                if i == len(self._message_widgets):
+                    if message.role == "assistant" and self._finished_live is not None:
+                        widget, self._finished_live = self._finished_live, None
+                    else:
+                        widget = _with_class(widgets.HTML(), "gw-message", f"gw-{message.role}")
+                    self._message_widgets.append(widget)
+                    self._rendered.append(())
+                if self._rendered[i] != key:
+                    self._message_widgets[i].value = message_html(message)
+                    self._rendered[i] = key
+            children = list(self._message_widgets) + ([self._live] if self._live is not None else [])
+            if list(self.transcript.children) != children:
+                self.transcript.children = children
+
+    # --- streaming callbacks (reader thread) ------------------------------------------------
+    def _on_text(self, text: str) -> None:
+        now = time.perf_counter()
+        if self._live is not None and (self._last_paint == 0.0 or now - self._last_paint >= LIVE_INTERVAL):
+            self._live.value = live_html(text)
+            self._last_paint = now
+
+    def _on_finish(self, generation: Generation) -> None:
+        with self._lock:
+            self._finished = generation
+            self._finished_live, self._live = self._live, None
+            self._sync()
+            stats = generation.stats
+            if stats is not None:
+                self.status.value = escape_text(f"{stats.summary()} · prompt {stats.prompt_tokens} tokens")
+                self._update_meter(stats.prompt_tokens + stats.new_tokens)
+            if generation.error is not None:
+                self._show_notice(f"The model raised {type(generation.error).__name__}: "
+                                  f"{generation.error}. The transcript is kept: try again, regenerate, "
+                                  "or change the settings.")
+            self._set_busy(False)
+
+    # --- actions ----------------------------------------------------------------------------
+    def _start(self, action: Any, *args: Any) -> Generation:
+        """Start a reply with ``action`` (a session method), with a live widget ready for it."""
+        with self._lock:
+            self._live = _with_class(widgets.HTML(live_html("")), "gw-message", "gw-assistant",
+                                     "gw-streaming")
+            self._last_paint = 0.0
+            self.status.value = ""
+            self._set_busy(True)
+        try:
+            generation = action(*args)
+        except GemmaWidgetsError as exc:
+            with self._lock:
+                if self._live is not None:
+                    self._live.close()
+                    self._live = None
+                self._set_busy(self.session.busy)
+                self._sync()
+                self._show_notice(str(exc))
+            raise
+        with self._lock:
+            if self._finished is not generation:  # else the reply already ended (and is shown)
+                plan = generation.plan
+                self._show_notice(plan.notice() or "")
+                self._update_meter(plan.prompt_tokens)
+                self._sync()
+        return generation
+
+    def send(self, text: str) -> Generation:
+        """Send ``text`` and start streaming the reply; empty text is rejected with a notice."""
+        if self.session.busy:
+            raise self._notice_error("A reply is still streaming: press Stop or wait for it.")
+        if self._editing:
+            self._editing = False
+            return self._start(self.session.edit_last, text)
+        return self._start(self.session.send, text)
+
+    def _notice_error(self, text: str) -> GemmaWidgetsError:
+        self._show_notice(text)
+        return GemmaWidgetsError(text)
+
+    def _send_input(self) -> None:
+        text = self.input.value
+        self.send(text)
+        self.input.value = ""
+
+    def _on_input_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
+        if content.get("event") == "submit":
+            self._ui(self._send_input)
+
+    def stop(self) -> None:
+        """Stop the streaming reply after the current decoding step; the partial reply is kept."""
+        self.session.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the reply has finished and the panel shows it; False on timeout."""
+        return self.session.wait(timeout)
+
+    def regenerate(self) -> Generation:
+        """Replace the last reply with a new one."""
+        if self.session.busy:
+            raise self._notice_error("A reply is still streaming: press Stop or wait for it.")
+        return self._start(self.session.regenerate)
+
+    def edit_last(self, text: str) -> Generation:
+        """Replace the last user message with ``text`` (its reply is dropped) and resend."""
+        self._editing = False
+        return self._start(self.session.edit_last, text)
+
+    def _start_edit(self) -> None:
+        messages = self.session.conversation.messages
+        users = [m for m in messages if m.role == "user"]
+        if not users:
+            raise GemmaWidgetsError("There is no message to edit yet.")
+        self.input.value = users[-1].content
+        self._editing = True
+        self._show_notice("Editing your last message: change it and press Enter or Send to resend it "
+                          "(its reply is replaced).")
+
+    def clear(self) -> None:
+        """Stop any reply and empty the transcript (system prompt and settings stay)."""
+        self.session.clear()
+        self._editing = False
+        self._sync()
+        self.status.value = ""
+        self._show_notice("")
+        self._update_meter(self.session.token_count())
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The transcript in transformers' messages format (system prompt first, if set)."""
+        return self.session.history
+
+    @property
+    def settings(self) -> SamplingSettings:
+        return self.session.settings
+
+    def _on_system(self, change: dict) -> None:
+        self.session.conversation.system = change["new"]
+        self._update_meter(self.session.token_count())
+
+    def _on_setting(self, _change: dict) -> None:
+        s = self.session.settings
+        s.temperature, s.top_p = float(self.temperature.value), float(self.top_p.value)
+        s.top_k, s.max_new_tokens = int(self.top_k.value), int(self.max_new_tokens.value)
+        s.repetition_penalty = float(self.repetition_penalty.value)
+
+    # --- transcripts ------------------------------------------------------------------------
+    def export_json(self, path: str | Path | None = None) -> str:
+        """The transcript as JSON text; also written to ``path`` if given."""
+        text = json.dumps(self.session.conversation.to_dict(), indent=2, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def export_markdown(self, path: str | Path | None = None) -> str:
+        """The transcript as Markdown text; also written to ``path`` if given."""
+        text = self.session.conversation.to_markdown()
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def _save_here(self) -> None:
+        stem = time.strftime("gemma-chat-%Y%m%d-%H%M%S")
+        self.export_json(f"{stem}.json")
+        self.export_markdown(f"{stem}.md")
+        self._show_notice(f"Saved {stem}.json and {stem}.md in {Path.cwd()}.")
+
+    def load(self, source: str | Path | dict | list) -> None:
+        """Replace the transcript with a saved one: a JSON path, or the data itself."""
+        self.session.load(source)
+        self._editing = False
+        self.system_box.unobserve(self._on_system, "value")
+        self.system_box.value = self.session.conversation.system
+        self.system_box.observe(self._on_system, "value")
+        self._sync()
+        self.status.value = ""
+        self._show_notice("")
+        self._update_meter(self.session.token_count())
+
+    def _load_upload(self, value: Any) -> None:
+        # ipywidgets 8: a tuple of dicts with 'content'; 7.7 (Colab): {name: {'content': ...}}
+        files = list(value.values()) if isinstance(value, dict) else list(value or ())
+        if not files:
+            return
+        try:
+            data = json.loads(bytes(files[0]["content"]).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GemmaWidgetsError(f"That file is not a JSON transcript: {exc}") from exc
+        self.load(data)

@@ -1,0 +1,242 @@
+"""Conversation state: the transcript, the system prompt, and the prompt that fits the context.
+
+A :class:`Conversation` keeps every message (a transcript is never lost) and builds the
+prompt for the next reply: the system prompt folded into the first user turn (Gemma has no
+system role), the oldest user/model pairs left out when the conversation would overflow the
+model's context window, and a :class:`PromptPlan` that says how many were left out so a view
+can show a notice.
+
+>>> conv = Conversation(system="Answer in French.")
+>>> conv.add_user("Hello")
+>>> conv.history
+[{'role': 'system', 'content': 'Answer in French.'}, {'role': 'user', 'content': 'Hello'}]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+from gemma_widgets.templates import ensure_chat_template, fold_system_prompt
+
+TRANSCRIPT_FORMAT = "gemma_widgets.transcript/1"
+ROLES = ("user", "assistant")
+
+
+@dataclass
+class Message:
+    """One turn of the transcript, with what happened while it was generated."""
+
+    role: str  # "user" or "assistant"
+    content: str
+    stopped: bool = False  # the user pressed Stop: the reply is partial
+    error: str | None = None  # the generation raised; ``content`` holds what came before
+    stats: dict[str, Any] | None = None  # GenerationStats as a dict, for replies
+
+    def as_chat(self) -> dict[str, str]:
+        """The message in transformers' messages format."""
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """The prompt for the next reply and how the conversation was fitted into the context."""
+
+    input_ids: list[int]
+    first_kept: int  # index in ``Conversation.messages`` of the first message the model sees
+    dropped: int  # messages left out because the context window is full
+    context_window: int
+    max_new_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def notice(self) -> str | None:
+        """A sentence for the view when older turns were left out, else None."""
+        if not self.dropped:
+            return None
+        turns = self.dropped // 2
+        return (f"The conversation no longer fits the {self.context_window}-token context window "
+                f"(with {self.max_new_tokens} tokens kept for the reply): the oldest {turns} "
+                f"exchange{'s' if turns != 1 else ''} ({self.dropped} messages) are left out of the "
+                "prompt. They stay in the transcript.")
+
+
+@dataclass
+class Conversation:
+    """A chat transcript plus the system prompt, fitted to a tokenizer's chat template."""
+
+    system: str = ""
+    messages: list[Message] = field(default_factory=list)
+    _first_kept: int = field(default=0, repr=False)  # lower bound for the next fit
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The transcript in transformers' messages format (a leading system message if set)."""
+        chat = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        return chat + [m.as_chat() for m in self.messages]
+
+    @property
+    def last(self) -> Message | None:
+        return self.messages[-1] if self.messages else None
+
+    def add_user(self, text: str) -> None:
+        """Append a user message; it must not be empty and must follow a reply."""
+        if not isinstance(text, str) or not text.strip():
+            raise GemmaWidgetsError("The message is empty: type something to send.")
+        if self.last is not None and self.last.role == "user":
+            raise GemmaWidgetsError("The last user message has no reply yet: regenerate or remove it.")
+        self.messages.append(Message("user", text))
+
+    def add_reply(self, reply: Message) -> None:
+        """Append a model reply (after a user message)."""
+        if self.last is None or self.last.role != "user":
+            raise GemmaWidgetsError("A reply must follow a user message.")
+        self.messages.append(reply)
+
+    def pop_reply(self) -> Message | None:
+        """Remove and return the last reply (to regenerate it), or None if there is none."""
+        if self.last is None or self.last.role != "assistant":
+            return None
+        self._first_kept = 0
+        return self.messages.pop()
+
+    def pop_user(self) -> str:
+        """Remove the last user message (and its reply) and return its text, to edit and resend."""
+        self.pop_reply()
+        if self.last is None or self.last.role != "user":
+            raise GemmaWidgetsError("There is no user message to edit.")
+        self._first_kept = 0
+        return self.messages.pop().content
+
+    def clear(self) -> None:
+        """Forget every message (the system prompt stays)."""
+        self.messages.clear()
+        self._first_kept = 0
+
+    def _prompt_messages(self, start: int) -> list[dict[str, str]]:
+        """Messages from ``start`` the model should see: failed empty exchanges are skipped."""
+        chat: list[dict[str, str]] = []
+        kept = self.messages[start:]
+        for i, message in enumerate(kept):
+            nxt = kept[i + 1] if i + 1 < len(kept) else None
+            failed_pair = message.role == "user" and nxt is not None and nxt.error and not nxt.content
+            failed_reply = message.role == "assistant" and message.error and not message.content
+            if failed_pair or failed_reply:
+                continue
+            chat.append(message.as_chat())
+        return fold_system_prompt(chat, system=self.system)
+
+    def count_tokens(self, tokenizer: Any, *, generation_prompt: bool = False, start: int = 0) -> int:
+        """Tokens of the conversation from message ``start`` as the chat template writes it."""
+        chat = self._prompt_messages(start)
+        if not chat:
+            return 0
+        ensure_chat_template(tokenizer)
+        return len(_token_ids(tokenizer, chat, generation_prompt))
+
+    def plan(self, tokenizer: Any, context_window: int, max_new_tokens: int) -> PromptPlan:
+        """The prompt for a reply to the last user message, fitted into ``context_window``.
+
+        The oldest user/model pairs are left out until prompt plus ``max_new_tokens`` fits.
+        Raises :class:`GenerationError` when even the last message alone does not fit.
+        """
+        if self.last is None or self.last.role != "user":
+            raise GemmaWidgetsError("There is no user message to reply to.")
+        ensure_chat_template(tokenizer)
+        budget = context_window - max_new_tokens
+        last_user = len(self.messages) - 1
+        start = min(self._first_kept, last_user)
+        start -= start % 2  # a kept prompt starts with a user turn
+        while True:
+            ids = _token_ids(tokenizer, self._prompt_messages(start), True)
+            if len(ids) <= budget:
+                self._first_kept = start
+                return PromptPlan(ids, start, start, context_window, max_new_tokens)
+            if start >= last_user:
+                raise GenerationError(
+                    f"This message needs {len(ids)} prompt tokens (with the system prompt), and "
+                    f"{max_new_tokens} more are kept for the reply: more than the model's "
+                    f"{context_window}-token context window. Shorten the message or the system "
+                    "prompt, or lower max new tokens."
+                )
+            start += 2
+
+    # --- transcripts -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The transcript as plain data (what :meth:`save` writes as JSON)."""
+        return {"format": TRANSCRIPT_FORMAT, "system": self.system,
+                "messages": [{k: v for k, v in asdict(m).items() if v not in (None, False)}
+                             for m in self.messages]}
+
+    def to_markdown(self) -> str:
+        """The transcript as Markdown: one heading per turn, replies' notes in italics."""
+        lines = ["# Chat transcript", ""]
+        if self.system.strip():
+            lines += ["## System", "", self.system.strip(), ""]
+        for m in self.messages:
+            lines += [f"## {'User' if m.role == 'user' else 'Gemma'}", "", m.content, ""]
+            if m.stopped:
+                lines += ["*(stopped by the user)*", ""]
+            if m.error:
+                lines += [f"*(error: {m.error})*", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the transcript to ``path``: Markdown if it ends in ``.md``, else JSON."""
+        path = Path(path)
+        if path.suffix.lower() in (".md", ".markdown"):
+            path.write_text(self.to_markdown(), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_data(cls, data: Any) -> Conversation:
+        """A conversation from :meth:`to_dict`'s data or a plain transformers messages list."""
+        if isinstance(data, dict):
+            system, raw = str(data.get("system") or ""), data.get("messages")
+        else:
+            system, raw = "", data
+        if not isinstance(raw, list):
+            raise GemmaWidgetsError("A transcript is a list of messages or a dict with 'messages'.")
+        conv = cls(system=system)
+        for item in raw:
+            if not isinstance(item, dict) or "role" not in item or "content" not in item:
+                raise GemmaWidgetsError(f"Not a chat message (needs 'role' and 'content'): {item!r:.80}")
+            role = "assistant" if item["role"] == "model" else item["role"]
+            if role == "system" and not conv.messages:
+                conv.system = "\n\n".join(p for p in (conv.system, str(item["content"])) if p.strip())
+                continue
+            if role not in ROLES:
+                raise GemmaWidgetsError(f"Unknown role {item['role']!r}: use 'user' or 'assistant'.")
+            expected = ROLES[len(conv.messages) % 2]
+            if role != expected:
+                raise GemmaWidgetsError(
+                    f"Message {len(conv.messages) + 1} is from {role!r} but {expected!r} was expected: "
+                    "Gemma needs turns that alternate user, assistant, user...")
+            stats = item.get("stats")
+            conv.messages.append(Message(role, str(item["content"]), bool(item.get("stopped")),
+                                         item.get("error"), stats if isinstance(stats, dict) else None))
+        return conv
+
+    @classmethod
+    def load(cls, path: str | Path) -> Conversation:
+        """Read a transcript written by :meth:`save` (JSON) or a JSON messages list."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GemmaWidgetsError(f"Could not read a JSON transcript from {path}: {exc}") from exc
+        return cls.from_data(data)
+
+
+def _token_ids(tokenizer: Any, chat: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=generation_prompt, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding on some versions
+        ids = ids["input_ids"]
+    return list(ids)
