@@ -21,6 +21,12 @@ def _chat(args: argparse.Namespace) -> int:
     return terminal.run(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from gemma_widgets import bench
+
+    return bench.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma_widgets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="chat with a model in the terminal (a pipe works too)")
     chat_arguments(chat)
     chat.set_defaults(func=_chat)
+    from gemma_widgets.bench import add_arguments as bench_arguments
+
+    bench = sub.add_parser("bench", help="measure speed, memory and quality across precisions")
+    bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,601 @@
+"""The precision benchmark harness: one prompt, several variants, speed beside quality.
+
+Split the way optimum-benchmark splits it: the *variant* is a name from the precision registry
+(plus loader flags, e.g. ``bf16+compile``); the *scenario* and the *trackers* (time, memory,
+quality) run in :mod:`gemma_widgets._bench_worker`, one fresh process per variant; the
+*records* are :class:`Result` dataclasses with a :class:`Machine` description, saved to CSV or
+JSON and loaded back. The dashboard, the CLI and the notebooks only consume records.
+
+Per variant: load time, weights footprint, peak resident memory (and peak CUDA memory on a
+GPU), time to first token (a prefill that generates one token), decode tok/s (a generate with
+``min_new_tokens == max_new_tokens``, minus the prefill, so ``(n - 1) / (t_n - ttft)``), after a
+warm-up, over ``repeats`` runs with median, p10 and p90; perplexity on the package passage and
+top-1 agreement with the reference variant; the generated text.
+
+The call the notebooks use:
+
+>>> from gemma_widgets import bench                                            # doctest: +SKIP
+>>> results = bench.run(model="bundled", variants=["fp32", "bf16", "ov-int4"],
+...                     new_tokens=32, repeats=3)                              # doctest: +SKIP
+>>> print(bench.format_table(results)); print(bench.recommend(results))     # doctest: +SKIP
+>>> bench.save(results, "results.csv"); bench.load("results.csv") == results  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.quality import top1_agreement
+
+DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
+#: Quality bound for the recommendation: perplexity at most this multiple of the reference's...
+MAX_PERPLEXITY_RATIO = 1.10
+#: ...and at least this share of top-1 predictions equal to the reference's.
+MIN_AGREEMENT = 0.85
+_LIBRARIES = ("torch", "transformers", "optimum-intel", "openvino", "openvino-genai", "nncf",
+              "bitsandbytes", "gemma_widgets")
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a run happened: results from different machines are not comparable."""
+
+    cpu: str
+    cores: int  # logical cores this process may use
+    physical_cores: int
+    memory_gb: float
+    gpu: str  # "" when there is none
+    platform: str
+    python: str
+    libraries: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def here(cls) -> Machine:
+        """Describe this machine (without importing torch: the GPU comes from ``nvidia-smi``)."""
+        import psutil
+
+        versions = {}
+        for name in _LIBRARIES:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return cls(_cpu_name(), int(cores or 1), int(psutil.cpu_count(logical=False) or 1),
+                   round(psutil.virtual_memory().total / 1024**3, 1), _gpu_name(),
+                   platform.platform(), platform.python_version(), versions)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
+@dataclass
+class Result:
+    """One variant's measurements (``status`` ``ok``) or why there are none (the others)."""
+
+    model: str
+    variant: str
+    status: str = "ok"  # "ok", "failed", "unavailable" or "cancelled"
+    error: str = ""
+    engine: str = ""
+    prompt_tokens: int | None = None
+    new_tokens: int = 0
+    repeats: int = 0
+    load_s: float | None = None
+    weights_mb: float | None = None
+    peak_rss_mb: float | None = None
+    rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
+    ttft_ms: float | None = None  # medians, then p10 and p90
+    ttft_ms_p10: float | None = None
+    ttft_ms_p90: float | None = None
+    decode_tps: float | None = None
+    decode_tps_p10: float | None = None
+    decode_tps_p90: float | None = None
+    perplexity: float | None = None
+    top1_agreement: float | None = None
+    reference: str = ""
+    text: str = ""
+    ttft_runs_ms: list[float] = field(default_factory=list)
+    decode_runs_tps: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    machine: Machine | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def decode_spread(self) -> float | None:
+        """``(p90 - p10) / median`` of decode tok/s: 0.05 means within 5% of the median."""
+        if not self.decode_tps or self.decode_tps_p10 is None or self.decode_tps_p90 is None:
+            return None
+        return (self.decode_tps_p90 - self.decode_tps_p10) / self.decode_tps
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is: variant ``index`` of ``total``, at ``stage``, ``fraction`` of it done."""
+
+    variant: str
+    index: int
+    total: int
+    stage: str  # "starting", "load", "warmup", "prefill", "decode", "quality", "finished"
+    fraction: float
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _summary(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    if not values:
+        return None, None, None
+    return statistics.median(values), _percentile(values, 0.1), _percentile(values, 0.9)
+
+
+def variant_choices(model: str | None = None) -> dict[str, str | None]:
+    """Every precision for ``model``, with why it cannot run here (``None``: it can)."""
+    from gemma_widgets import precisions
+    from gemma_widgets.models import resolve_preset
+
+    preset = resolve_preset(model)
+    return {name: p.unavailable_reason(preset) for name, p in precisions.PRECISIONS.items()}
+
+
+def default_variants(model: str | None = None) -> list[str]:
+    """The variants this machine can run for ``model`` (what ``bench`` compares by default)."""
+    return [name for name, reason in variant_choices(model).items() if reason is None]
+
+
+def default_reference(variants: Sequence[str]) -> str:
+    """The quality reference: ``fp32`` when it is measured, else the first variant."""
+    return "fp32" if "fp32" in variants else variants[0]
+
+
+class _Worker:
+    """One worker process and the events it sends, for one variant."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.steps = 1 + spec["warmup"] + 2 * spec["repeats"] + 1
+        self.done = 0
+        self.events: queue.Queue[dict | None] = queue.Queue()
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        # A session of its own: Ctrl-C in a terminal cancels the run (see main), not the worker.
+        self.proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True, env=env, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(spec))
+        self.proc.stdin.close()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        self.events.put(None)
+
+    def stop(self) -> None:
+        """Terminate the worker (then kill it if it does not go within five seconds)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def exit_reason(self) -> str:
+        """Why the worker ended without reporting an error of its own."""
+        code = self.proc.wait()
+        self.stderr.seek(0)
+        lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
+        tail = f": {lines[-1]}" if lines else ""
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+            return f"the worker process was killed by {name}{hint}{tail}"
+        return f"the worker process exited with code {code}{tail}"
+
+
+def _worker_command() -> list[str]:
+    return [sys.executable, "-m", "gemma_widgets._bench_worker"]
+
+
+def _measure(spec: dict[str, Any], index: int, total: int, cancel: threading.Event,
+             timeout_s: float | None, progress: Callable[[Progress], None]) -> tuple[Result, list[int]]:
+    """Measure one variant in its own process; returns its result and its top-1 predictions."""
+    result = Result(spec["model"], spec["variant"], new_tokens=spec["new_tokens"], repeats=spec["repeats"])
+    worker = _Worker(spec)
+    top1: list[int] = []
+    prefill: list[float] = []
+    decode: list[float] = []
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    progress(Progress(spec["variant"], index, total, "load", 0.0))
+    try:
+        while True:
+            if cancel.is_set():
+                worker.stop()
+                result.status, result.error = "cancelled", "cancelled by the user"
+                break
+            if deadline and time.monotonic() > deadline:
+                worker.stop()
+                result.status, result.error = "failed", f"timed out after {timeout_s:.0f} s"
+                break
+            try:
+                event = worker.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if event is None:
+                result.status, result.error = "failed", worker.exit_reason()
+                break
+            kind = event.pop("event")
+            if kind == "done":
+                break
+            if kind == "error":
+                result.status, result.error = event["status"], event["message"]
+                break
+            if kind == "loaded":
+                result.engine, result.load_s, result.notes = event["engine"], event["load_s"], event["notes"]
+                result.weights_mb = event["weights_bytes"] / _MB
+                worker.done += 1
+            elif kind == "prompt":
+                result.prompt_tokens = event["prompt_tokens"]
+            elif kind == "memory":
+                result.peak_rss_mb = event["peak_rss_bytes"] / _MB
+                result.rss_mb = event["rss_bytes"] / _MB
+                cuda = event["peak_cuda_bytes"]
+                result.peak_cuda_mb = cuda / _MB if cuda is not None else None
+            elif kind == "text":
+                result.text = event["text"]
+            elif kind == "quality":
+                result.perplexity, top1 = event["perplexity"], event["top1"]
+            elif kind == "step":
+                worker.done += 1
+                if event["stage"] == "prefill":
+                    prefill.append(event["seconds"])
+                elif event["stage"] == "decode":
+                    decode.append(event["seconds"])
+                progress(Progress(spec["variant"], index, total, event["stage"], worker.done / worker.steps))
+    finally:
+        worker.stop()
+    _fill_timings(result, prefill, decode)
+    return result, top1
+
+
+def _fill_timings(result: Result, prefill: list[float], decode: list[float]) -> None:
+    """TTFT from the prefills; decode tok/s per run as ``(n - 1) / (t_run - median ttft)``."""
+    result.ttft_runs_ms = [s * 1000 for s in prefill]
+    result.ttft_ms, result.ttft_ms_p10, result.ttft_ms_p90 = _summary(result.ttft_runs_ms)
+    if result.ttft_ms is None or result.new_tokens < 2:
+        return
+    ttft = result.ttft_ms / 1000
+    result.decode_runs_tps = [(result.new_tokens - 1) / (s - ttft) for s in decode if s > ttft]
+    result.decode_tps, result.decode_tps_p10, result.decode_tps_p90 = _summary(result.decode_runs_tps)
+
+
+def run(model: str | None = None, variants: Sequence[str] | None = None, *,
+        prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3, warmup: int = 1,
+        reference: str | None = None, quality: bool = True, passage_tokens: int | None = None,
+        cancel: threading.Event | None = None, on_progress: Callable[[Progress], None] | None = None,
+        on_result: Callable[[Result], None] | None = None, progress_bar: bool = False,
+        timeout_s: float | None = 1800) -> list[Result]:
+    """Measure ``variants`` of ``model`` one at a time, each in a fresh process.
+
+    Args:
+        model: a preset, hub id or folder (default ``$GEMMA_MODEL`` or ``bundled``).
+        variants: precision names, optionally with loader flags (``"bf16+compile"``); default
+            :func:`default_variants` (what this machine can run).
+        prompt, new_tokens, repeats, warmup: the scenario; every decode makes exactly
+            ``new_tokens`` tokens, greedily.
+        reference: the variant quality is compared with (default :func:`default_reference`); it
+            runs first, so every later result arrives with its agreement filled in.
+        quality: score perplexity and top-1 agreement on the package passage.
+        passage_tokens: score only the passage's first tokens (faster, for tests).
+        cancel: set it to stop; the variant being measured ends ``cancelled`` and the ones that
+            finished are returned.
+        on_progress, on_result: called (from this thread) as stages and variants finish.
+        progress_bar: show a tqdm bar over all variants' steps.
+        timeout_s: the most one variant may take before it is stopped and reported failed.
+
+    Returns:
+        One :class:`Result` per variant measured, in the order run (the reference first); a
+        variant that failed or could not run has ``status`` and ``error`` saying why.
+    """
+    from gemma_widgets.models import resolve_preset
+
+    if new_tokens < 2 or repeats < 1 or warmup < 0:
+        raise GemmaWidgetsError(
+            f"new_tokens must be at least 2 and repeats at least 1 (got {new_tokens}, {repeats}); "
+            f"warmup cannot be negative (got {warmup})."
+        )
+    preset = resolve_preset(model)
+    variants = list(variants) if variants else default_variants(preset.name)
+    if not variants:
+        raise GemmaWidgetsError(f"No variant of {preset.name} can run on this machine.")
+    reference = reference or default_reference(variants)
+    order = [reference] + [v for v in variants if v != reference] if reference in variants else variants
+    cancel = cancel or threading.Event()
+    machine = Machine.here()
+    spec = {"model": preset.name, "prompt": prompt, "new_tokens": new_tokens, "repeats": repeats,
+            "warmup": warmup, "quality": quality, "passage_tokens": passage_tokens}
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc="bench", unit="variant")
+
+    def report(p: Progress) -> None:
+        if bar is not None:
+            bar.n = round(p.index + p.fraction, 2)
+            bar.set_postfix_str(f"{p.variant}: {p.stage}", refresh=True)
+        if on_progress:
+            on_progress(p)
+
+    results: list[Result] = []
+    reference_top1: list[int] | None = None
+    try:
+        for index, variant in enumerate(order):
+            if cancel.is_set():
+                break
+            result, top1 = _measure({**spec, "variant": variant}, index, len(order), cancel,
+                                    timeout_s, report)
+            result.machine, result.reference = machine, reference if quality else ""
+            if variant == reference and top1:
+                reference_top1 = top1
+            if top1 and reference_top1 and len(top1) == len(reference_top1):
+                result.top1_agreement = top1_agreement(top1, reference_top1)
+            results.append(result)
+            report(Progress(variant, index, len(order), "finished", 1.0))
+            if on_result:
+                on_result(result)
+            if result.status == "cancelled":
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+# -- records: CSV and JSON ---------------------------------------------------------------------
+
+_FIELDS = [f for f in dataclasses.fields(Result) if f.name != "machine"]
+_MACHINE_FIELDS = dataclasses.fields(Machine)
+
+
+def save(results: Sequence[Result], path: str | os.PathLike) -> Path:
+    """Write ``results`` to ``path``: ``.json`` (one document) or ``.csv`` (a row per variant)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps({"results": [asdict(r) for r in results]}, indent=1))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([f.name for f in _FIELDS] + [f"machine.{f.name}" for f in _MACHINE_FIELDS])
+            for r in results:
+                row = [_csv_cell(getattr(r, f.name)) for f in _FIELDS]
+                row += [_csv_cell(getattr(r.machine, f.name)) if r.machine else "" for f in _MACHINE_FIELDS]
+                writer.writerow(row)
+    else:
+        raise GemmaWidgetsError(f"Save results as .csv or .json, not {path.name!r}.")
+    return path
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _from_cell(text: str, hint: Any) -> Any:
+    """A CSV cell back to the type in ``hint`` (``float | None``, ``list[str]``...)."""
+    options = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+    origin = {typing.get_origin(o) or o for o in options}
+    if text == "" and type(None) in options:
+        return None
+    if origin & {list, dict}:
+        return json.loads(text)
+    if int in options:
+        return int(text)
+    if float in options:
+        return float(text)
+    return text
+
+
+def load(path: str | os.PathLike) -> list[Result]:
+    """Read results saved by :func:`save` (CSV or JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GemmaWidgetsError(f"No results file at {path}. Save one with bench.save() or --out.")
+    try:
+        if path.suffix == ".json":
+            return [_result_from_dict(d) for d in json.loads(path.read_text())["results"]]
+        if path.suffix == ".csv":
+            return _load_csv(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GemmaWidgetsError(f"{path} is not a results file written by bench.save(): {exc}") from exc
+    raise GemmaWidgetsError(f"Results files are .csv or .json, not {path.name!r}.")
+
+
+def _result_from_dict(data: dict[str, Any]) -> Result:
+    machine = data.pop("machine", None)
+    return Result(**data, machine=Machine(**machine) if machine else None)
+
+
+def _load_csv(path: Path) -> list[Result]:
+    hints = typing.get_type_hints(Result)
+    machine_hints = typing.get_type_hints(Machine)
+    results = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            data = {f.name: _from_cell(row[f.name], hints[f.name]) for f in _FIELDS}
+            machine = None
+            if row.get("machine.cpu"):
+                machine = Machine(**{f.name: _from_cell(row[f"machine.{f.name}"], machine_hints[f.name])
+                                     for f in _MACHINE_FIELDS})
+            results.append(Result(**data, machine=machine))
+    return results
+
+
+# -- reading results: the table and the recommendation -----------------------------------------
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A plain-text table of ``results`` (failed variants show their reason)."""
+    head = ["variant", "engine", "load s", "weights MB", "peak RSS MB", "TTFT ms", "decode tok/s",
+            "p10-p90", "spread", "perplexity", "top-1 agree"]
+    rows = []
+    for r in results:
+        if not r.ok:
+            rows.append([r.variant, r.engine or "-", f"{r.status}: {r.error}"])
+            continue
+        spread = r.decode_spread
+        rows.append([
+            r.variant, r.engine, _fmt(r.load_s, ".1f"), _fmt(r.weights_mb, ".0f"), _fmt(r.peak_rss_mb, ".0f"),
+            _fmt(r.ttft_ms, ".1f"), _fmt(r.decode_tps, ".1f"),
+            f"{_fmt(r.decode_tps_p10, '.1f')}-{_fmt(r.decode_tps_p90, '.1f')}",
+            "-" if spread is None else f"{spread:.1%}", _fmt(r.perplexity, ".2f"),
+            "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}",
+        ])
+    widths = [max([len(head[i])] + [len(row[i]) for row in rows if len(row) == len(head)])
+              for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) if len(row) == len(head)
+                     else "  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
+    return "\n".join(lines)
+
+
+def within_quality_bound(result: Result, reference: Result | None,
+                         max_perplexity_ratio: float = MAX_PERPLEXITY_RATIO,
+                         min_agreement: float = MIN_AGREEMENT) -> bool:
+    """True if ``result``'s quality is close enough to ``reference``'s (or nothing says otherwise)."""
+    if reference is None or result is reference:
+        return True
+    if result.perplexity and reference.perplexity and result.perplexity > max_perplexity_ratio * reference.perplexity:
+        return False
+    return result.top1_agreement is None or result.top1_agreement >= min_agreement
+
+
+def recommend(results: Sequence[Result], max_perplexity_ratio: float = MAX_PERPLEXITY_RATIO,
+              min_agreement: float = MIN_AGREEMENT) -> str:
+    """One line: the fastest variant within the quality bound, and the smallest that ran."""
+    ok = [r for r in results if r.ok and r.decode_tps]
+    if not ok:
+        return "No variant finished, so there is nothing to recommend: see the errors above."
+    reference = next((r for r in ok if r.variant == ok[0].reference), None)
+    good = [r for r in ok if within_quality_bound(r, reference, max_perplexity_ratio, min_agreement)]
+    fastest = max(good, key=lambda r: r.decode_tps or 0.0)
+    smallest = min(ok, key=lambda r: r.peak_rss_mb or float("inf"))
+    quality = ""
+    if reference is not None and fastest is not reference and fastest.perplexity and reference.perplexity:
+        quality = f", perplexity x{fastest.perplexity / reference.perplexity:.2f} of {reference.variant}"
+        if fastest.top1_agreement is not None:
+            quality += f", {fastest.top1_agreement:.0%} top-1 agreement"
+    bound = (f"perplexity <= {max_perplexity_ratio:g}x and top-1 agreement >= {min_agreement:.0%} "
+             f"of {reference.variant}" if reference else "no quality reference")
+    return (f"Fastest within the quality bound ({bound}): {fastest.variant} "
+            f"({fastest.decode_tps:.1f} tok/s{quality}); smallest that fits: {smallest.variant} "
+            f"({_fmt(smallest.peak_rss_mb, '.0f')} MB peak RSS).")
+
+
+# -- the command line: python -m gemma_widgets bench -------------------------------------------
+
+def add_arguments(parser: Any) -> None:
+    """The ``bench`` subcommand's options."""
+    parser.add_argument("--model", default=None, help="preset, hub id or folder (default: bundled)")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated variants, e.g. fp32,bf16,ov-int4,bf16+compile "
+                             "(default: every one this machine can run)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per decode (default 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every variant completes")
+    parser.add_argument("--reference", default=None, help="quality reference (default fp32 if run)")
+    parser.add_argument("--out", default=None, help="save the results to a .csv or .json file")
+
+
+def main(args: Any) -> int:
+    """Run the benchmark for parsed ``args``; Ctrl-C stops it and keeps what finished."""
+    from tqdm.auto import tqdm
+
+    variants = [v.strip() for v in args.precisions.split(",") if v.strip()] if args.precisions else None
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+
+    def finished(r: Result) -> None:
+        figure = f"{r.decode_tps:.1f} tok/s" if r.ok and r.decode_tps else f"{r.status}: {r.error}"
+        tqdm.write(f"{r.variant}: {figure}")
+
+    try:
+        results = run(args.model, variants, prompt=args.prompt, new_tokens=args.new_tokens,
+                      repeats=args.repeats, warmup=args.warmup, reference=args.reference,
+                      cancel=cancel, on_result=finished, progress_bar=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    machine = next((r.machine for r in results if r.machine), None)
+    if machine:
+        print(f"\n{results[0].model} on {machine.cpu} ({machine.cores} cores, {machine.memory_gb} GB"
+              f"{', ' + machine.gpu if machine.gpu else ''}); {args.new_tokens} new tokens, "
+              f"median of {args.repeats}\n")
+    print(format_table(results))
+    print(recommend(results))
+    if args.out:
+        print(f"saved {save(results, args.out)}")
+    return 0 if any(r.ok for r in results) else 1

@@ -1,0 +1,116 @@
+"""Quality beside speed: perplexity on a fixed passage, and top-1 agreement between precisions.
+
+The passage ships with the package (``gemma_widgets/data/passage.txt``, original prose in the
+public domain). A variant's quality is two numbers over it:
+
+* **perplexity**: ``exp`` of the mean negative log-likelihood of each passage token given the
+  ones before it (lower is better; compare variants of one model, never across models);
+* **top-1 agreement**: the share of passage positions where the variant's most likely next
+  token equals the reference precision's (1.0 = it always picks the same token).
+
+Both need logits, so they run on the ``transformers`` and ``optimum-intel`` engines. An
+``openvino-genai`` pipeline exposes no logits: :func:`score_passage` scores it with the
+optimum-intel model read from the same OpenVINO IR folder, i.e. the same weights.
+
+>>> from gemma_widgets import load_model                              # doctest: +SKIP
+>>> ref = score_passage(load_model("bundled", "fp32"))                # doctest: +SKIP
+>>> q4 = score_passage(load_model("bundled", "ov-int4"))              # doctest: +SKIP
+>>> q4.perplexity / ref.perplexity, top1_agreement(q4.top1, ref.top1)  # doctest: +SKIP
+(1.08, 0.91)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.models import LoadedModel
+
+#: Positions scored per chunk when turning logits into log-probabilities (bounds peak memory).
+_CHUNK = 64
+
+
+@cache
+def passage() -> str:
+    """The fixed passage every variant is scored on."""
+    return resources.files("gemma_widgets").joinpath("data/passage.txt").read_text(encoding="utf-8")
+
+
+def passage_ids(tokenizer: Any, max_tokens: int | None = None) -> list[int]:
+    """The passage's token ids (with the tokenizer's BOS), cut to ``max_tokens`` if given."""
+    ids = list(tokenizer(passage()).input_ids)
+    return ids[:max_tokens] if max_tokens else ids
+
+
+@dataclass(frozen=True)
+class PassageScores:
+    """How one variant predicts the passage."""
+
+    perplexity: float
+    top1: list[int]  # the predicted next token at every position but the last
+    tokens: int  # passage length in tokens
+
+    def agreement(self, reference: PassageScores) -> float:
+        """Top-1 agreement with ``reference`` (see :func:`top1_agreement`)."""
+        return top1_agreement(self.top1, reference.top1)
+
+
+def top1_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float:
+    """Share of positions where ``predicted`` equals ``reference`` (same passage, same length)."""
+    if len(predicted) != len(reference) or not reference:
+        raise GemmaWidgetsError(
+            f"Top-1 agreement needs two predictions over the same passage; got {len(predicted)} "
+            f"and {len(reference)} positions. Score both variants with the same tokenizer."
+        )
+    return sum(a == b for a, b in zip(predicted, reference)) / len(reference)
+
+
+def score_logits(logits: Any, ids: Sequence[int]) -> PassageScores:
+    """Perplexity and top-1 predictions from ``logits`` (``[len(ids), vocab]``) for ``ids``."""
+    import torch
+
+    target = torch.as_tensor(ids[1:], dtype=torch.long)
+    logits = logits[: len(target)]  # the last position predicts past the passage
+    nll = 0.0
+    top1: list[int] = []
+    for start in range(0, len(target), _CHUNK):
+        chunk = logits[start:start + _CHUNK].float()
+        labels = target[start:start + len(chunk)]
+        nll += torch.nn.functional.cross_entropy(chunk, labels, reduction="sum").item()
+        top1 += chunk.argmax(-1).tolist()
+    return PassageScores(math.exp(nll / len(target)), top1, len(ids))
+
+
+def passage_logits(loaded: LoadedModel, ids: Sequence[int]) -> Any:
+    """Next-token logits (``[len(ids), vocab]``, a CPU tensor) of ``loaded`` over ``ids``."""
+    import torch
+
+    if loaded.engine == "openvino-genai":
+        model = _optimum_twin(loaded)
+    elif loaded.engine in ("transformers", "optimum-intel"):
+        model = loaded.model
+    else:
+        raise GemmaWidgetsError(f"Cannot score engine {loaded.engine!r}: it gives no logits.")
+    device = getattr(model, "device", torch.device("cpu"))
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+    return out.logits[0].detach().to("cpu")
+
+
+def _optimum_twin(loaded: LoadedModel) -> Any:
+    """The optimum-intel model on the IR folder an openvino-genai pipeline runs."""
+    from optimum.intel import OVModelForCausalLM
+
+    return OVModelForCausalLM.from_pretrained(loaded.path)
+
+
+def score_passage(loaded: LoadedModel, max_tokens: int | None = None) -> PassageScores:
+    """Score ``loaded`` on the package's passage (see the module docstring)."""
+    ids = passage_ids(loaded.tokenizer, max_tokens)
+    return score_logits(passage_logits(loaded, ids), ids)
