@@ -1,8 +1,14 @@
-"""Where a notebook runs (local, Binder, Colab) and what that machine can do.
+"""Where a notebook runs (local, Binder, Colab), what that machine can do, and what to load there.
 
 Every notebook's first code cell calls :func:`setup`, which makes the three places alike:
 on Colab it enables the custom widget manager and reads ``HF_TOKEN`` from Colab's secrets;
-everywhere it quiets library chatter and reports the hardware and the suggested model.
+everywhere it quiets library chatter, reports the hardware, and suggests a model and precision
+that fit it (``env.suggested_model``, ``env.suggested_precision``), saying why.
+
+>>> env = setup()                                     # doctest: +SKIP
+local: 2 CPU cores, 24 GB RAM, no GPU, HF token not set (Python 3.11.7)
+Suggested: bundled in bf16 (no GPU: the offline Gemma 3 270M runs on any CPU)
+>>> lm = load_model(env.suggested_model, env.suggested_precision)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -13,25 +19,46 @@ import platform
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
+
+# Hub models the course suggests on a GPU, largest first.
+GPU_CANDIDATES = ("google/gemma-2-9b-it", "google/gemma-2-2b-it")
+# Weights take this share of GPU memory at most; the rest is CUDA context, KV cache, activations.
+GPU_WEIGHTS_SHARE = 0.8
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 @dataclass(frozen=True)
 class Environment:
-    """What :func:`setup` found."""
+    """What :func:`setup` found, and the model and precision it suggests for this machine."""
 
     place: str  # "colab", "binder" or "local"
     cpu_count: int
-    memory_gb: float
+    memory_gb: float  # RAM this kernel may use: the machine's, or a container's limit if lower
     gpu: str | None  # name of CUDA device 0, if any
     compute_capability: tuple[int, int] | None
+    gpu_memory_gb: float | None
     has_token: bool  # an HF token is configured (never shown)
+    suggested_model: str = "bundled"
+    suggested_precision: str = "bf16"
+    reason: str = ""  # why the suggestion, in a sentence
 
     def __str__(self) -> str:
-        gpu = f"{self.gpu} (compute capability {self.compute_capability})" if self.gpu else "no GPU"
-        return (f"{self.place}: {self.cpu_count} CPU cores, {self.memory_gb:.0f} GB RAM, {gpu}, "
+        if self.gpu:
+            gpu = (f"{self.gpu} ({self.gpu_memory_gb:.0f} GB, compute capability "
+                   f"{self.compute_capability[0]}.{self.compute_capability[1]})")
+        else:
+            gpu = "no GPU"
+        return (f"{self.place}: {self.cpu_count} CPU cores, {self.memory_gb:.1f} GB RAM, {gpu}, "
                 f"HF token {'set' if self.has_token else 'not set'}")
+
+    @property
+    def suggestion(self) -> str:
+        """The suggestion as a sentence for learners."""
+        return f"Suggested: {self.suggested_model} in {self.suggested_precision} ({self.reason})"
 
 
 def where() -> str:
@@ -44,16 +71,20 @@ def where() -> str:
 
 
 def _colab_setup() -> None:
+    """Enable third-party widgets and take ``HF_TOKEN`` from Colab's secrets (never shown)."""
     from google.colab import output  # type: ignore[import-not-found]
 
     output.enable_custom_widget_manager()
-    if not os.environ.get("HF_TOKEN"):
-        try:
-            from google.colab import userdata  # type: ignore[import-not-found]
+    if os.environ.get("HF_TOKEN"):
+        return
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
 
-            os.environ["HF_TOKEN"] = userdata.get("HF_TOKEN")
-        except Exception:  # no such secret, or notebook access not granted
-            pass
+        token = userdata.get("HF_TOKEN")
+    except Exception:  # no such secret, or this notebook was not granted access to it
+        return
+    if token:
+        os.environ["HF_TOKEN"] = token
 
 
 def quiet() -> None:
@@ -66,26 +97,83 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
+def memory_limit_bytes(limit_files: tuple[str, ...] = _CGROUP_LIMITS) -> int:
+    """RAM this process may use: the machine's total, or a container's lower limit.
+
+    Binder (Kubernetes) and Docker cap a kernel with a cgroup; ``psutil`` reports the host.
+    """
+    limit = psutil.virtual_memory().total
+    candidates = [os.environ.get("MEM_LIMIT", "")]  # set by JupyterHub spawners, Binder's too
+    for name in limit_files:
+        try:
+            candidates.append(Path(name).read_text().strip())
+        except OSError:
+            continue
+    for value in candidates:
+        if value.isdigit() and 0 < int(value) < limit:
+            limit = int(value)
+    return limit
+
+
+def _hub_model_reachable(repo: str) -> bool:
+    """True if ``repo`` is in the local hub cache, or the hub may be asked for it."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    return not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def suggest(gpu_memory_gb: float | None, compute_capability: tuple[int, int] | None,
+            has_token: bool) -> tuple[str, str, str]:
+    """``(model, precision, reason)`` for a machine; precisions come from ``auto_precision``."""
+    from gemma_widgets.models import ENV_MODEL, resolve_preset
+    from gemma_widgets.precisions import PRECISIONS, auto_precision
+
+    chosen = os.environ.get(ENV_MODEL)
+    if chosen:
+        preset = resolve_preset(chosen)
+        return preset.name, auto_precision(preset), f"${ENV_MODEL} is set"
+    bundled = resolve_preset("bundled")
+    if not gpu_memory_gb:
+        return "bundled", auto_precision(bundled), "no GPU: the offline Gemma 3 270M runs on any CPU"
+    if not has_token:
+        return ("bundled", auto_precision(bundled),
+                "Gemma 2 on the hub is gated: add an HF_TOKEN (a Colab secret) to get a Gemma 2 suggestion")
+    major, minor = compute_capability or (0, 0)
+    native = "native bf16" if major >= 8 else "no native bf16"
+    for name in GPU_CANDIDATES:
+        preset = resolve_preset(name)
+        precision = auto_precision(preset)
+        weights_gb = preset.weights_bytes(PRECISIONS[precision].bytes_per_param) / 1e9
+        if weights_gb <= GPU_WEIGHTS_SHARE * gpu_memory_gb and _hub_model_reachable(name):
+            return name, precision, (f"{weights_gb:.1f} GB of {precision} weights fit the GPU's "
+                                     f"{gpu_memory_gb:.0f} GB; compute capability {major}.{minor}: {native}")
+    return ("bundled", auto_precision(bundled),
+            f"no Gemma 2 preset fits {gpu_memory_gb:.0f} GB of GPU memory here (or the hub is offline)")
+
+
 def describe() -> Environment:
-    """The machine at hand, without changing anything."""
+    """The machine at hand and the suggested model, without changing anything."""
     import torch
     from huggingface_hub import get_token
 
-    gpu = cc = None
+    gpu = cc = gpu_gb = None
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
-        cc = torch.cuda.get_device_capability(0)
-    return Environment(where(), psutil.cpu_count() or 1, psutil.virtual_memory().total / 1e9,
-                       gpu, cc, bool(get_token()))
+        cc = tuple(torch.cuda.get_device_capability(0))
+        gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+    has_token = bool(get_token())
+    model, precision, reason = suggest(gpu_gb, cc, has_token)
+    return Environment(where(), psutil.cpu_count() or 1, memory_limit_bytes() / 1e9, gpu, cc, gpu_gb,
+                       has_token, model, precision, reason)
 
 
 def setup() -> Environment:
-    """Prepare this kernel for the course and return what it runs on."""
-    place = where()
-    if place == "colab":
+    """Prepare this kernel for the course, print what it runs on and what it suggests."""
+    if where() == "colab":
         _colab_setup()
     quiet()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     env = describe()
     print(env, f"(Python {platform.python_version()})")
+    print(env.suggestion)
     return env

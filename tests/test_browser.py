@@ -1,0 +1,159 @@
+"""The widgets in a real browser: JupyterLab on loopback, driven by headless Debian Chromium.
+
+Runs ``notebooks/06_chat_panel.ipynb`` and ``notebooks/07_precision_dashboard.ipynb`` with
+"Run All Cells", then uses the widgets as a learner would: types, presses Send and Stop,
+sends markup that must stay text, and waits for the dashboard's table and plot.
+Screenshots go to ``artifacts/browser/``. Without Chromium the test skips locally and
+fails in CI (``CI=true``), where ``.ci/run`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from _lab import chromium_missing_reason, chromium_page, copy_notebooks, lab_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts" / "browser"
+CHAT_NOTEBOOK = "06_chat_panel.ipynb"
+DASHBOARD_NOTEBOOK = "07_precision_dashboard.ipynb"
+XSS = "<img src=x onerror=alert(1)>"
+NOTEBOOK_TIMEOUT_S = 900  # "Run All Cells" on the bundled model, on a slow shared CPU
+REPLY_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    reason = chromium_missing_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("lab")
+    root = copy_notebooks(REPO / "notebooks", work / "notebooks")
+    with lab_server(root, work) as server, chromium_page(ARTIFACTS) as page:
+        yield server, page
+
+
+def run_notebook(server, page, name: str) -> None:
+    """Open ``name``, wait for its kernel, Run All Cells, and wait until every cell has run."""
+    if not (server.root / name).is_file():
+        pytest.fail(f"notebooks/{name} does not exist")
+    page.goto(server.lab_url(name))
+    page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+    kernel_idle(page).wait_for(timeout=120_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
+    while True:
+        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+        if prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts) \
+                and kernel_idle(page).count():
+            break
+        assert time.monotonic() < deadline, f"{name}: cells still running after {NOTEBOOK_TIMEOUT_S} s"
+        page.wait_for_timeout(1000)
+    errors = page.locator("[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
+    page.screenshot(path=ARTIFACTS / f"{Path(name).stem}_ran.png", full_page=True)
+    assert not errors, f"{name} raised in the browser:\n" + "\n".join(errors)
+
+
+def kernel_idle(page):
+    return page.locator("#jp-main-statusbar", has_text="Idle")
+
+
+def reply_text(reply) -> str:
+    return reply.inner_text().removeprefix("Gemma").replace("…", "").strip()
+
+
+def send(chat, text: str):
+    """Type ``text``, press Send, and return the locator of the reply that starts."""
+    replies = chat.locator(".gw-message.gw-assistant")
+    before = replies.count()
+    chat.locator(".gw-input input").fill(text)
+    chat.locator("button.gw-send").click()
+    reply = replies.nth(before)
+    reply.wait_for(timeout=30_000)
+    return reply
+
+
+def watch_stream(page, chat, reply, samples: int = 3) -> list[str]:
+    """The reply's successive texts in the page, until ``samples`` differ or the reply ends."""
+    seen: list[str] = []
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while len(seen) < samples and chat.locator("button.gw-send[disabled]").count():
+        text = reply_text(reply)
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        assert time.monotonic() < deadline, f"no streamed text after {REPLY_TIMEOUT_S} s: {seen!r}"
+        page.wait_for_timeout(30)
+    return seen
+
+
+def stop_and_wait(page, chat) -> None:
+    """Press Stop and wait until Send is enabled again (the partial reply is rendered)."""
+    chat.locator("button.gw-stop").click()
+    chat.locator("button.gw-send:not([disabled])").wait_for(timeout=60_000)
+
+
+def test_chat_panel_streams_stops_and_keeps_markup_as_text(lab):
+    server, page = lab
+    run_notebook(server, page, CHAT_NOTEBOOK)
+    chat = page.locator(".gw-chat").first
+    chat.scroll_into_view_if_needed()
+    assert chat.is_visible()
+    chat.locator("button.gw-send:not([disabled])").wait_for(timeout=REPLY_TIMEOUT_S * 1000)
+
+    # Send streams: the reply grows in the page, word by word, while it is generated.
+    reply = send(chat, "Tell me a long story about a lighthouse keeper and the sea.")
+    seen = watch_stream(page, chat, reply)
+    assert len(seen) == 3, f"the reply did not stream into the page (saw {seen!r})"
+    assert len(seen[0]) < len(seen[1]) < len(seen[2])
+    page.screenshot(path=ARTIFACTS / "06_chat_streaming.png", full_page=True)
+
+    # Stop ends the reply early; the partial reply is kept and marked, and grows no more.
+    assert chat.locator("button.gw-stop:not([disabled])").count(), "Stop is not enabled while streaming"
+    stop_and_wait(page, chat)
+    assert "stopped by the user" in reply.inner_text()
+    assert "stopped" in chat.locator(".gw-status").inner_text()
+    stopped_text = reply_text(reply)
+    page.wait_for_timeout(2000)
+    assert reply_text(reply) == stopped_text
+    page.screenshot(path=ARTIFACTS / "06_chat_stopped.png", full_page=True)
+
+    # Markup in a message is shown as text and runs nothing.
+    reply = send(chat, f"Repeat this exactly: {XSS}")
+    user_message = chat.locator(".gw-message.gw-user").last
+    assert XSS in user_message.inner_text()
+    watch_stream(page, chat, reply, samples=2)
+    if chat.locator("button.gw-send[disabled]").count():
+        stop_and_wait(page, chat)
+    assert page.locator("[onerror]").count() == 0
+    assert chat.locator("img").count() == 0
+    assert page.dialogs == [], f"a dialog opened: {page.dialogs}"
+    page.screenshot(path=ARTIFACTS / "06_chat_markup_as_text.png", full_page=True)
+
+
+def test_dashboard_renders_its_table_and_plot(lab):
+    server, page = lab
+    run_notebook(server, page, DASHBOARD_NOTEBOOK)
+    dashboard = page.locator(".gw-dashboard").first
+    dashboard.scroll_into_view_if_needed()
+    assert dashboard.is_visible()
+    if not dashboard.locator(".gw-results-table table tr").count():
+        dashboard.locator("button.gw-run").click()  # the notebook left the run to the learner
+    rows = dashboard.locator(".gw-results-table table tbody tr")
+    rows.first.wait_for(timeout=NOTEBOOK_TIMEOUT_S * 1000)
+    assert rows.count() >= 1
+    plot = dashboard.locator(".gw-plot img").first
+    plot.wait_for(timeout=NOTEBOOK_TIMEOUT_S * 1000)
+    assert plot.evaluate("img => img.complete && img.naturalWidth > 0"), "the plot image did not load"
+    dashboard.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "07_dashboard.png", full_page=True)
+    assert page.dialogs == []
