@@ -311,12 +311,12 @@ class Generation:
         except BaseException as exc:  # a view callback failed: end the reply, report it
             self.error = self.error or exc
             self._stop.set()
-            self._engine_thread.join()
         finally:
             self._finish()
 
     def _finish(self) -> None:
         try:
+            self._engine_thread.join()  # an error raised after the stream ended is still seen
             end = time.perf_counter()
             if self.error is not None:
                 reason = "error"

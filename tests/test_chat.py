@@ -1,0 +1,248 @@
+"""The ChatPanel, driven headless through its Python API and its widget models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from chat_fakes import ScriptedModel, fake_loaded
+
+from gemma_widgets import ChatPanel
+from gemma_widgets._markdown import render_markdown
+from gemma_widgets.chat import live_html
+from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.generation import SamplingSettings
+
+XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>',
+       "<iframe src=//evil></iframe>", "<svg onload=alert(1)>"]
+
+
+def _panel(tiny, reply="Hello **world**.", **kwargs) -> tuple[ChatPanel, ScriptedModel]:
+    fake = {k: kwargs.pop(k) for k in ("delay", "forever", "fail_after") if k in kwargs}
+    model = ScriptedModel(tiny.tokenizer, reply, **fake)
+    return ChatPanel(fake_loaded(tiny, model), **kwargs), model
+
+
+def _all_html(panel: ChatPanel) -> str:
+    return "\n".join(w.value for w in panel.transcript.children) + panel.notice.value + panel.status.value
+
+
+def _wait_for(predicate, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_widgets_have_stable_css_classes(tiny):
+    panel, _ = _panel(tiny)
+    assert "gw-chat" in panel.widget._dom_classes
+    for widget, name in [(panel.input, "gw-input"), (panel.send_button, "gw-send"),
+                         (panel.stop_button, "gw-stop"), (panel.status, "gw-status"),
+                         (panel.notice, "gw-notice"), (panel.transcript, "gw-transcript"),
+                         (panel.clear_button, "gw-clear"), (panel.regenerate_button, "gw-regenerate"),
+                         (panel.edit_button, "gw-edit"), (panel.system_box, "gw-system"),
+                         (panel.temperature, "gw-temperature"), (panel.meter_label, "gw-meter")]:
+        assert name in widget._dom_classes
+    panel.send("hi").wait(10)
+    assert all("gw-message" in w._dom_classes for w in panel.transcript.children)
+
+
+def test_build_from_a_preset_name():
+    panel = ChatPanel(model="tiny-random-gemma2", precision="fp32")
+    assert panel.session.loaded.preset.name == "tiny-random-gemma2"
+    assert panel.meter.max == panel.session.context_window == 1024
+    with pytest.raises(GemmaWidgetsError, match="not both"):
+        ChatPanel(panel.session.loaded, model="bundled")
+
+
+def test_streaming_updates_the_reply_and_disables_send(tiny):
+    panel, model = _panel(tiny, "one two three four five six seven eight", delay=0.03)
+    panel.input.value = "count"
+    panel.send_button.click()
+    assert panel.input.value == ""
+    assert panel.send_button.disabled and not panel.stop_button.disabled
+    live = panel.transcript.children[-1]
+    assert "gw-streaming" in live._dom_classes
+    assert _wait_for(lambda: "three" in live.value)
+    assert "eight" not in live.value  # it is mid-reply: the text arrived in pieces
+    assert panel.wait(10)
+    assert not panel.send_button.disabled and panel.stop_button.disabled
+    assert [m["role"] for m in panel.history] == ["user", "assistant"]
+    assert panel.history[-1]["content"] == "one two three four five six seven eight"
+    assert "eight" in panel.transcript.children[-1].value and len(panel.transcript.children) == 2
+    assert "tokens" in panel.status.value and "tok/s" in panel.status.value
+    assert panel.meter.value > 0 and "/ 1,024 tokens" in panel.meter_label.value
+
+
+def test_enter_sends_through_the_submit_event(tiny):
+    panel, _ = _panel(tiny)
+    panel.input.value = "via Enter"
+    panel.input._handle_custom_msg({"event": "submit"}, [])  # what the browser sends on Enter
+    assert panel.wait(10)
+    assert panel.history[0] == {"role": "user", "content": "via Enter"} and panel.input.value == ""
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_empty_message_is_rejected_with_a_notice(tiny, text):
+    panel, model = _panel(tiny)
+    panel.input.value = text
+    panel.send_button.click()
+    assert "empty" in panel.notice.value and panel.history == [] and model.calls == []
+    with pytest.raises(GemmaWidgetsError, match="empty"):
+        panel.send(text)
+    assert panel.transcript.children == () and not panel.send_button.disabled
+
+
+@pytest.mark.parametrize("attack", XSS)
+def test_html_in_user_and_model_text_is_shown_as_text(tiny, attack):
+    panel, _ = _panel(tiny, f"{attack} and **bold**")
+    panel.send(f"look: {attack}").wait(10)
+    html = _all_html(panel)
+    for tag in ("<script", "<img", "<iframe", "<svg", "<a href=\"javascript", "<a "):
+        assert tag not in html
+    assert "&lt;" in html and "<strong>bold</strong>" in html
+    assert panel.history[0]["content"] == f"look: {attack}"  # the transcript keeps the raw text
+
+
+def test_streaming_text_is_escaped_too():
+    assert "<script" not in live_html("<script>alert(1)</script>")
+    assert "&lt;script&gt;" in live_html("<script>alert(1)</script>")
+
+
+def test_markdown_subset_is_rendered_safely():
+    html = render_markdown("# T\n\n- a\n- b\n\n`x < y && z`\n\n```\nif a<b: pass\n```\n\n"
+                           "[ok](https://example.org) [bad](javascript:alert(1)) ![pic](https://e.org/p.png)")
+    assert "<h1>T</h1>" in html and "<li>a</li>" in html
+    assert "<code>x &lt; y &amp;&amp; z</code>" in html and "if a&lt;b: pass" in html
+    assert '<a href="https://example.org"' in html and "javascript" not in html
+    assert "<img" not in html and '<a href="https://e.org/p.png"' in html
+
+
+def test_stop_keeps_the_partial_reply_marked(tiny):
+    panel, model = _panel(tiny, "la ", delay=0.01, forever=True,
+                          settings=SamplingSettings(max_new_tokens=900))
+    panel.send("sing")
+    assert _wait_for(lambda: model.steps >= 5)
+    panel.stop_button.click()
+    assert panel.wait(10)
+    assert model.steps < 900 and panel.history[-1]["content"].startswith("la la")
+    assert "stopped by the user" in panel.transcript.children[-1].value
+    assert "stopped" in panel.status.value and not panel.send_button.disabled
+
+
+def test_clear_regenerate_and_edit_last(tiny):
+    panel, model = _panel(tiny, "reply")
+    panel.send("first").wait(10)
+    panel.regenerate_button.click()
+    assert panel.wait(10) and len(model.calls) == 2 and len(panel.history) == 2
+    panel.edit_button.click()
+    assert panel.input.value == "first" and "Editing" in panel.notice.value
+    panel.input.value = "first, edited"
+    panel.send_button.click()
+    assert panel.wait(10)
+    assert [m["content"] for m in panel.history] == ["first, edited", "reply"]
+    assert len(panel.transcript.children) == 2 and "first, edited" in panel.transcript.children[0].value
+    panel.edit_last("third version").wait(10)
+    assert panel.history[0]["content"] == "third version"
+    panel.clear_button.click()
+    assert panel.history == [] and panel.transcript.children == ()
+    panel.regenerate_button.click()
+    assert "nothing to regenerate" in panel.notice.value
+
+
+def test_system_prompt_box_is_folded_into_the_first_turn(tiny):
+    panel, model = _panel(tiny)
+    panel.system_box.value = "You are a pirate."
+    panel.send("Where is the treasure?").wait(10)
+    prompt = tiny.tokenizer.decode(model.calls[-1]["input_ids"])
+    assert "<start_of_turn>user\nYou are a pirate.\n\nWhere is the treasure?" in prompt
+    assert panel.history[0] == {"role": "system", "content": "You are a pirate."}
+
+
+def test_sampling_controls_drive_generate(tiny):
+    panel, model = _panel(tiny)
+    panel.temperature.value, panel.top_p.value, panel.top_k.value = 0.4, 0.5, 5
+    panel.max_new_tokens.value, panel.repetition_penalty.value = 33, 1.25
+    panel.send("hi").wait(10)
+    call = model.calls[-1]
+    assert (call["temperature"], call["top_p"], call["top_k"]) == (0.4, 0.5, 5)
+    assert call["max_new_tokens"] == 33 and call["repetition_penalty"] == 1.25
+    panel.temperature.value = 0
+    panel.send("greedy now").wait(10)
+    assert model.calls[-1]["do_sample"] is False
+
+
+def test_context_overflow_shows_a_notice(tiny):
+    panel, _ = _panel(tiny, "an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
+    for i in range(8):
+        panel.send(f"message {i} " + "filler " * 10).wait(10)
+    assert "left out of the prompt" in panel.notice.value and len(panel.history) == 16
+    assert len(panel.transcript.children) == 16 and panel.meter.value <= 160
+
+
+def test_a_raising_generation_shows_the_error_and_stays_usable(tiny):
+    panel, model = _panel(tiny, "some words before failing", fail_after=2)
+    panel.send("go").wait(10)
+    assert "RuntimeError" in panel.notice.value and "transcript is kept" in panel.notice.value
+    assert "gw-error" in panel.transcript.children[-1].value
+    assert not panel.send_button.disabled and panel.stop_button.disabled
+    model.fail_after = None
+    panel.send("again").wait(10)
+    assert len(panel.history) == 4 and panel.history[-1]["content"] == "some words before failing"
+
+
+def test_send_while_streaming_is_refused(tiny):
+    panel, _ = _panel(tiny, "x " * 200, delay=0.01)
+    panel.send("long one")
+    with pytest.raises(GemmaWidgetsError, match="still streaming"):
+        panel.send("too soon")
+    panel.stop()
+    assert panel.wait(10) and len(panel.history) == 2
+
+
+def test_export_and_load(tiny, tmp_path, monkeypatch):
+    panel, _ = _panel(tiny, "a reply")
+    panel.system_box.value = "Sys"
+    panel.send("question <b>").wait(10)
+    data = json.loads(panel.export_json(tmp_path / "t.json"))
+    assert data["messages"][0] == {"role": "user", "content": "question <b>"}
+    assert "## User\n\nquestion <b>" in panel.export_markdown(tmp_path / "t.md")
+    other, _ = _panel(tiny)
+    other.load(tmp_path / "t.json")
+    assert other.history == panel.history and other.system_box.value == "Sys"
+    assert len(other.transcript.children) == 2
+    raw = (tmp_path / "t.json").read_bytes()
+    for value in (({"name": "t.json", "content": memoryview(raw)},),  # ipywidgets 8
+                  {"t.json": {"metadata": {}, "content": raw}}):  # ipywidgets 7.7 (Colab)
+        other.clear()
+        other._ui(other._load_upload, value)
+        assert other.history == panel.history
+    other._ui(other._load_upload, ({"name": "x.json", "content": memoryview(b"nope")},))
+    assert "not a JSON transcript" in other.notice.value
+    monkeypatch.chdir(tmp_path)
+    panel.save_button.click()
+    assert len(list(tmp_path.glob("gemma-chat-*.json"))) == 1 and "Saved" in panel.notice.value
+
+
+def test_runtime_does_not_import_ipywidgets():
+    code = ("import sys, gemma_widgets, gemma_widgets.generation, gemma_widgets.conversation, "
+            "gemma_widgets.terminal; print('ipywidgets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.integration
+def test_bundled_model_chats_in_the_panel(bundled):
+    panel = ChatPanel(bundled, settings=SamplingSettings(temperature=0, max_new_tokens=16))
+    panel.system_box.value = "Answer briefly."
+    assert panel.send("What is the capital of France?").wait(120)
+    reply = panel.history[-1]
+    assert reply["role"] == "assistant" and reply["content"].strip()
+    assert panel.session.generation.stats.new_tokens > 0
+    assert "<end_of_turn>" not in reply["content"]

@@ -1,0 +1,148 @@
+"""Conversation state: history format, system prompt folding, context fitting, transcripts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gemma_widgets.conversation import Conversation, Message
+from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+
+
+def _chat(n: int, words: int = 1, system: str = "") -> Conversation:
+    conv = Conversation(system=system)
+    for i in range(n):
+        conv.add_user(f"question {i} " + "word " * words)
+        conv.add_reply(Message("assistant", f"answer {i} " + "word " * words))
+    return conv
+
+
+def test_history_is_transformers_messages_with_system_first():
+    conv = _chat(1, system="Be brief.")
+    assert conv.history == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "question 0 word "},
+        {"role": "assistant", "content": "answer 0 word "},
+    ]
+    assert Conversation().history == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+def test_empty_message_is_rejected(text):
+    conv = Conversation()
+    with pytest.raises(GemmaWidgetsError, match="empty"):
+        conv.add_user(text)
+    assert conv.messages == []
+
+
+def test_turns_must_alternate():
+    conv = Conversation()
+    conv.add_user("hi")
+    with pytest.raises(GemmaWidgetsError, match="no reply yet"):
+        conv.add_user("again")
+    with pytest.raises(GemmaWidgetsError, match="must follow a user"):
+        _chat(1).add_reply(Message("assistant", "x"))
+
+
+def test_system_prompt_is_folded_into_the_first_user_turn(tiny):
+    conv = Conversation(system="You are a pirate.")
+    conv.add_user("Where is the treasure?")
+    plan = conv.plan(tiny.tokenizer, 1024, 16)
+    text = tiny.tokenizer.decode(plan.input_ids)
+    assert text.startswith("<bos><start_of_turn>user\nYou are a pirate.\n\nWhere is the treasure?<end_of_turn>")
+    assert text.endswith("<start_of_turn>model\n")
+    assert "system" not in text
+    assert plan.dropped == 0 and plan.notice() is None
+
+
+def test_oldest_turns_are_dropped_to_fit_with_a_notice(tiny):
+    conv = _chat(6, words=20, system="Keep this system prompt.")
+    conv.add_user("the newest question")
+    full = len(conv.plan(tiny.tokenizer, 100_000, 16).input_ids)
+    window = full // 2
+    plan = conv.plan(tiny.tokenizer, window, 16)
+    assert plan.dropped > 0 and plan.dropped % 2 == 0
+    assert plan.prompt_tokens + 16 <= window
+    text = tiny.tokenizer.decode(plan.input_ids)
+    assert "Keep this system prompt." in text  # the system prompt is never dropped
+    assert "the newest question" in text and "question 0 " not in text
+    assert f"oldest {plan.dropped // 2} exchange" in plan.notice()
+    assert len(conv.messages) == 13  # the transcript keeps every message
+    again = conv.plan(tiny.tokenizer, window, 16)
+    assert again.input_ids == plan.input_ids  # the next fit starts from the last one
+
+
+def test_a_message_that_cannot_fit_raises_a_clear_error(tiny):
+    conv = Conversation()
+    conv.add_user("word " * 200)
+    with pytest.raises(GenerationError, match="context window"):
+        conv.plan(tiny.tokenizer, 64, 16)
+
+
+def test_failed_empty_exchanges_are_left_out_of_the_prompt(tiny):
+    conv = Conversation()
+    conv.add_user("first try")
+    conv.add_reply(Message("assistant", "", error="RuntimeError: boom"))
+    conv.add_user("second try")
+    text = tiny.tokenizer.decode(conv.plan(tiny.tokenizer, 1024, 8).input_ids)
+    assert "first try" not in text and "second try" in text
+
+
+def test_pop_reply_and_pop_user():
+    conv = _chat(2)
+    assert conv.pop_reply().content.startswith("answer 1")
+    assert conv.pop_reply() is None
+    assert conv.pop_user().startswith("question 1")
+    assert len(conv.messages) == 2
+    conv.clear()
+    with pytest.raises(GemmaWidgetsError, match="no user message"):
+        conv.pop_user()
+
+
+def test_count_tokens_matches_the_template(tiny):
+    conv = _chat(2, system="S")
+    ids = tiny.tokenizer.apply_chat_template(conv._prompt_messages(0), tokenize=True)
+    assert conv.count_tokens(tiny.tokenizer) == len(ids) > 0
+    assert conv.count_tokens(tiny.tokenizer, start=2) < len(ids)
+
+
+def test_json_round_trip_keeps_notes(tmp_path):
+    conv = _chat(1, system="Sys")
+    conv.add_user("<b>bold?</b> & émoji 👋")
+    conv.add_reply(Message("assistant", "partial", stopped=True, stats={"new_tokens": 3}))
+    path = conv.save(tmp_path / "chat.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == "gemma_widgets.transcript/1"
+    loaded = Conversation.load(path)
+    assert loaded.history == conv.history
+    assert loaded.messages[-1].stopped and loaded.messages[-1].stats == {"new_tokens": 3}
+
+
+def test_markdown_export(tmp_path):
+    conv = _chat(1, system="Sys")
+    conv.add_user("next")
+    conv.add_reply(Message("assistant", "cut", stopped=True))
+    md = conv.save(tmp_path / "chat.md").read_text(encoding="utf-8")
+    assert md.startswith("# Chat transcript")
+    assert "## System\n\nSys" in md and "## User\n\nnext" in md and "## Gemma\n\ncut" in md
+    assert "*(stopped by the user)*" in md
+
+
+def test_load_plain_messages_list_and_reject_bad_ones():
+    conv = Conversation.from_data([{"role": "system", "content": "S"}, {"role": "user", "content": "u"},
+                                   {"role": "model", "content": "m"}])
+    assert conv.system == "S" and [m.role for m in conv.messages] == ["user", "assistant"]
+    with pytest.raises(GemmaWidgetsError, match="alternate"):
+        Conversation.from_data([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    with pytest.raises(GemmaWidgetsError, match="role"):
+        Conversation.from_data([{"content": "no role"}])
+    with pytest.raises(GemmaWidgetsError, match="list of messages"):
+        Conversation.from_data({"messages": "nope"})
+
+
+def test_load_a_file_that_is_not_json(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    with pytest.raises(GemmaWidgetsError, match="Could not read"):
+        Conversation.load(bad)

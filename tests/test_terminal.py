@@ -1,0 +1,79 @@
+"""The terminal chat: driven through a pipe, and in process with a fake model."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+
+from chat_fakes import ScriptedModel, fake_loaded
+
+from gemma_widgets import terminal
+from gemma_widgets.generation import ChatSession, SamplingSettings
+
+
+def _run(tiny, script: str, reply: str = "Hi there.", **session_args) -> tuple[str, ChatSession]:
+    session = ChatSession(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, reply)), **session_args)
+    out = io.StringIO()
+    assert terminal.TerminalChat(session, io.StringIO(script), out).run() == 0
+    return out.getvalue(), session
+
+
+def test_chat_subcommand_through_a_pipe():
+    script = "Hello there\n   \n/system Be brief.\nsecond \\\nline\n/quit\nnever read\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gemma_widgets", "chat", "--model", "tiny-random-gemma2", "--precision", "fp32",
+         "--temperature", "0", "--max-new-tokens", "6"],
+        input=script, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("gemma> ") == 2 and out.count("6 tokens") == 2  # two replies, streamed and counted
+    assert "! The message is empty" in out and "system prompt: Be brief." in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_option_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "gemma_widgets", "chat", "--top-p", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "top_p must be in (0, 1]" in proc.stderr
+
+
+def test_help_shows_the_real_defaults():
+    parser = argparse.ArgumentParser()
+    terminal.add_arguments(parser)
+    text = parser.format_help()
+    d = SamplingSettings()
+    for value in (d.temperature, d.top_p, d.top_k, d.max_new_tokens, d.repetition_penalty):
+        assert f"(default {value})" in text
+
+
+def test_commands(tiny, tmp_path):
+    saved = tmp_path / "chat.json"
+    out, session = _run(tiny, f"first\n/regen\n/edit changed\n/set temperature=0\n/set top_p=7\n"
+                              f"/set nope=1\n/save {saved}\n/clear\n/load {saved}\n/bogus\n/help\n")
+    assert out.count("gemma> Hi there.") == 3
+    assert "temperature = 0.0" in out and "top_p must be in (0, 1]" in out and "Use /set NAME=VALUE" in out
+    assert "Unknown command /bogus" in out and "/regen" in out
+    assert "loaded 2 messages" in out
+    assert json.loads(saved.read_text())["messages"][0]["content"] == "changed"
+    assert session.history == [{"role": "user", "content": "changed"}, {"role": "assistant", "content": "Hi there."}]
+    assert session.settings.temperature == 0 and session.settings.top_p == 0.95
+
+
+def test_replies_escape_nothing_and_report_errors(tiny):
+    session = ChatSession(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, "<b>raw</b> text", fail_after=3)))
+    out = io.StringIO()
+    terminal.TerminalChat(session, io.StringIO("go\n"), out).run()
+    text = out.getvalue()
+    assert "gemma> <b>" in text and "the model raised RuntimeError" in text
+    assert session.conversation.messages[-1].error
+
+
+def test_context_notice_is_printed(tiny):
+    out, _ = _run(tiny, "".join(f"message {i} " + "filler " * 10 + "\n" for i in range(6)),
+                  reply="an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
+    assert "left out of the prompt" in out
