@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test install prepare
+.PHONY: lab test install prepare chromium
 
 lab: prepare
 	$(VENV)/bin/jupyter lab notebooks/
@@ -23,3 +23,10 @@ $(STAMP): requirements.txt pyproject.toml
 # Converts the bundled Gemma 3 270M once (about a minute); later runs find it cached.
 prepare: $(STAMP)
 	$(PY) -m gemma_widgets prepare
+
+# Debian's Chromium for the real-browser test (tests/test_browser.py drives it with Playwright;
+# Playwright's own browser download is never used). .ci/run installs it before `make test`.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
