@@ -28,12 +28,14 @@ __all__ = [
     "UnknownModelError",
     "load_model",
     "ChatPanel",
+    "PrecisionDashboard",
 ]
 __version__ = "0.1.0"
 
 #: Widgets load on first use, so ``import gemma_widgets`` does not import ipywidgets.
 _LAZY = {
     "ChatPanel": "gemma_widgets.chat",
+    "PrecisionDashboard": "gemma_widgets.dashboard",
 }
 
 

@@ -167,8 +167,8 @@ def measure(spec: dict[str, Any], emit: Emit) -> None:
         if len(tokens) != n:
             raise GenerationError(f"asked for exactly {n} new tokens, got {len(tokens)}")
         emit("step", stage="decode", done=i + 1, seconds=seconds)
-    emit("memory", peak_rss_bytes=peak_rss_bytes(), rss_bytes=_rss_bytes(),
-         peak_cuda_bytes=_peak_cuda_bytes())
+    rss = _rss_bytes()  # the kernel updates its high-water mark lazily: never report less than now
+    emit("memory", peak_rss_bytes=max(peak_rss_bytes(), rss), rss_bytes=rss, peak_cuda_bytes=_peak_cuda_bytes())
     emit("text", text=tokenizer.decode(tokens, skip_special_tokens=True))
     if spec.get("quality", True):
         scores = score_passage(loaded, spec.get("passage_tokens"))

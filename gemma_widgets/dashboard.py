@@ -1,0 +1,287 @@
+"""The precision/latency dashboard: a thin ipywidgets view over :mod:`gemma_widgets.bench`.
+
+Choose a model and its variants (those that cannot run here are disabled, with the reason),
+a prompt, new tokens and repeats; Run measures each variant in its own process in a
+background thread, with a progress bar per variant and a Cancel button; each result shows up
+as its variant finishes: the table, four charts (PNG images), the outputs side by side and a
+recommendation. Export writes CSV, JSON or PNG; Load shows a saved results file without
+measuring anything (a GPU run, say, on a laptop).
+
+Everything the buttons do has a Python call, for tests and notebooks:
+
+>>> dash = PrecisionDashboard(variants=["fp32", "bf16"], new_tokens=16, repeats=2)  # doctest: +SKIP
+>>> dash                                # the widget                                 # doctest: +SKIP
+>>> dash.run(); dash.wait(600)          # or click Run                               # doctest: +SKIP
+True
+>>> dash.results[0].decode_tps          # doctest: +SKIP
+>>> dash.export("results.csv"); PrecisionDashboard(results="results.csv")           # doctest: +SKIP
+
+CSS classes for browser tests: ``gw-dashboard`` (the whole view), ``gw-run`` (the Run button),
+``gw-cancel``, ``gw-results-table`` (the table), ``gw-plot`` (each chart image),
+``gw-outputs``, ``gw-recommendation``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from gemma_widgets import bench, plots
+from gemma_widgets.bench import DEFAULT_PROMPT, Progress, Result
+from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.models import PRESETS
+
+
+class PrecisionDashboard:
+    """Measure one prompt across precisions and compare speed, memory and quality.
+
+    Args:
+        model: preset, hub id or folder (default ``$GEMMA_MODEL`` or ``bundled``).
+        variants: the variants ticked at start (default: every one that can run here); names
+            outside the registry, such as ``"bf16+compile"``, get a box of their own.
+        prompt, new_tokens, repeats: the scenario's starting values.
+        results: a list of :class:`~gemma_widgets.bench.Result` or a saved results file to show.
+    """
+
+    def __init__(self, model: str | None = None, variants: Sequence[str] | None = None, *,
+                 prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3,
+                 results: Sequence[Result] | str | os.PathLike | None = None):
+        from gemma_widgets.models import resolve_preset
+
+        self._results: list[Result] = []
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._extra = [v for v in variants or ()]
+        self._wanted = set(variants) if variants else None
+        self._bars: dict[str, w.FloatProgress] = {}
+        self._stages: dict[str, w.Label] = {}
+
+        self.model = w.Combobox(value=resolve_preset(model).name, options=list(PRESETS),
+                                description="Model", ensure_option=False,
+                                continuous_update=False)
+        self.variant_box = w.VBox(layout=w.Layout(margin="0 0 0 90px"))
+        self.prompt = w.Textarea(value=prompt, description="Prompt", layout=w.Layout(width="95%"))
+        self.new_tokens = w.BoundedIntText(value=new_tokens, min=2, max=2048, description="New tokens")
+        self.repeats = w.BoundedIntText(value=repeats, min=1, max=50, description="Repeats")
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
+        self.status = w.HTML()
+        self.progress = w.VBox()
+        self.table = w.HTML()
+        self.images = {name: w.Image(format="png", layout=w.Layout(width="48%"))
+                       for name in plots.CHARTS}
+        self.outputs = w.HTML()
+        self.recommendation = w.HTML()
+        self.path = w.Text(value="precision_results.csv", description="File")
+        self.export_buttons = [w.Button(description=f"Export {kind}", icon="download")
+                               for kind in ("CSV", "JSON", "PNG")]
+        self.load_button = w.Button(description="Load", icon="upload")
+
+        self.run_button.add_class("gw-run")
+        self.cancel_button.add_class("gw-cancel")
+        self.table.add_class("gw-results-table")
+        self.outputs.add_class("gw-outputs")
+        self.recommendation.add_class("gw-recommendation")
+        for image in self.images.values():
+            image.add_class("gw-plot")
+
+        self.run_button.on_click(lambda _: self._guard(self.run))
+        self.cancel_button.on_click(lambda _: self.cancel())
+        for button, suffix in zip(self.export_buttons, (".csv", ".json", ".png")):
+            button.on_click(lambda _, s=suffix: self._guard(self.export, self._path_with(s)))
+        self.load_button.on_click(lambda _: self._guard(self.load, self.path.value))
+        self.model.observe(lambda _: self._guard(self._refresh_variants), names="value")
+
+        self.widget = w.VBox([
+            w.HTML("<h3>Precision dashboard</h3>"),
+            self.model, w.Label("Variants:"), self.variant_box, self.prompt,
+            w.HBox([self.new_tokens, self.repeats]),
+            w.HBox([self.run_button, self.cancel_button]), self.status, self.progress,
+            self.table, w.HBox(list(self.images.values()), layout=w.Layout(flex_flow="row wrap")),
+            self.recommendation, self.outputs,
+            w.HBox([self.path, *self.export_buttons, self.load_button]),
+        ])
+        self.widget.add_class("gw-dashboard")
+        self._refresh_variants()
+        if results is not None:
+            if isinstance(results, (str, os.PathLike)):
+                self.load(results)
+            else:
+                self.show(results)
+
+    # -- the Python API ------------------------------------------------------------------------
+
+    @property
+    def results(self) -> list[Result]:
+        """The results shown: those measured so far, or those loaded."""
+        return list(self._results)
+
+    @property
+    def selected(self) -> list[str]:
+        """The ticked variants."""
+        return [box.description for box in self._boxes() if box.value and not box.disabled]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        """Start measuring the ticked variants in a background thread (see :meth:`wait`)."""
+        if self.running:
+            raise GemmaWidgetsError("A run is already going: cancel it or wait for it first.")
+        variants = self.selected
+        if not variants:
+            raise GemmaWidgetsError("Tick at least one variant that can run here.")
+        self._cancel.clear()
+        self._results = []
+        self.show([])
+        reference = bench.default_reference(variants)
+        order = [reference] + [v for v in variants if v != reference]
+        self._bars = {v: w.FloatProgress(value=0, min=0, max=1, description=v) for v in order}
+        self._stages = {v: w.Label("waiting") for v in order}
+        self.progress.children = [w.HBox([self._bars[v], self._stages[v]]) for v in order]
+        self.run_button.disabled, self.cancel_button.disabled = True, False
+        self.status.value = f"Measuring {len(order)} variant(s), each in a fresh process..."
+        settings = dict(model=self.model.value, variants=order, prompt=self.prompt.value,
+                        new_tokens=self.new_tokens.value, repeats=self.repeats.value, reference=reference)
+        self._thread = threading.Thread(target=self._work, kwargs=settings, daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop the run; the variant being measured is reported as cancelled."""
+        self._cancel.set()
+        self.status.value = "Cancelling..."
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; True if it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def show(self, results: Sequence[Result]) -> None:
+        """Show ``results`` (table, charts, outputs, recommendation) without measuring."""
+        self._results = list(results)
+        self.table.value = results_table_html(self._results)
+        for name, png in plots.charts(self._results).items():
+            self.images[name].value = png
+        self.outputs.value = outputs_html(self._results)
+        self.recommendation.value = (f"<b>Recommendation:</b> {html.escape(bench.recommend(self._results))}"
+                                     if self._results else "")
+
+    def load(self, path: str | os.PathLike) -> list[Result]:
+        """Show a results file saved by :func:`gemma_widgets.bench.save` (CSV or JSON)."""
+        results = bench.load(path)
+        self.show(results)
+        self.status.value = f"Showing {len(results)} result(s) from {html.escape(str(path))}."
+        return results
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Save the results shown: ``.csv`` or ``.json`` (the records) or ``.png`` (the charts)."""
+        if not self._results:
+            raise GemmaWidgetsError("Nothing to export yet: run the dashboard or load a results file.")
+        path = Path(path)
+        saved = plots.save_png(self._results, path) if path.suffix == ".png" else bench.save(self._results, path)
+        self.status.value = f"Saved {html.escape(str(saved))}."
+        return saved
+
+    # -- the view ------------------------------------------------------------------------------
+
+    def _boxes(self) -> list[w.Checkbox]:
+        return [row.children[0] for row in self.variant_box.children]
+
+    def _refresh_variants(self) -> None:
+        choices = bench.variant_choices(self.model.value)
+        for name in self._extra:
+            choices.setdefault(name, None)
+        rows = []
+        for name, reason in choices.items():
+            ticked = reason is None and (self._wanted is None or name in self._wanted)
+            box = w.Checkbox(value=ticked, description=name, disabled=reason is not None, indent=False,
+                             layout=w.Layout(width="160px"))
+            note = w.HTML(f"<span style='color:#888'>{html.escape(reason)}</span>" if reason else "")
+            rows.append(w.HBox([box, note]))
+        self.variant_box.children = rows
+
+    def _path_with(self, suffix: str) -> Path:
+        return Path(self.path.value or "precision_results").with_suffix(suffix)
+
+    def _guard(self, action: Any, *args: Any) -> None:
+        """Run a button's action; show a kit error in the status line instead of raising it."""
+        try:
+            action(*args)
+        except GemmaWidgetsError as exc:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
+
+    def _on_progress(self, p: Progress) -> None:
+        if p.variant in self._bars:
+            self._bars[p.variant].value = p.fraction
+            self._stages[p.variant].value = p.stage
+
+    def _on_result(self, result: Result) -> None:
+        if result.variant in self._stages:
+            self._stages[result.variant].value = ("done" if result.ok else
+                                                  f"{result.status}: {result.error}"[:200])
+            self._bars[result.variant].bar_style = "success" if result.ok else "danger"
+        self.show(self._results + [result])
+
+    def _work(self, **settings: Any) -> None:
+        try:
+            results = bench.run(cancel=self._cancel, on_progress=self._on_progress,
+                                on_result=self._on_result, **settings)
+            ended = "Cancelled" if self._cancel.is_set() else "Finished"
+            self.status.value = f"{ended}: {sum(r.ok for r in results)} of {len(settings['variants'])} " \
+                                "variant(s) measured."
+        except Exception as exc:  # the thread must report, never die silently
+            self.status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+        finally:
+            self.run_button.disabled, self.cancel_button.disabled = False, True
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_table_html(results: Sequence[Result]) -> str:
+    """The results as an HTML table (every model-derived string escaped)."""
+    if not results:
+        return ""
+    head = ["variant", "engine", "load s", "weights MB", "peak RSS MB", "peak CUDA MB", "TTFT ms",
+            "decode tok/s", "p10-p90", "perplexity", "top-1 agreement"]
+    rows = []
+    for r in results:
+        if not r.ok:
+            rows.append(f"<tr><td>{html.escape(r.variant)}</td><td>{html.escape(r.engine or '-')}</td>"
+                        f"<td colspan='{len(head) - 2}' style='color:#b00'>"
+                        f"{html.escape(f'{r.status}: {r.error}')}</td></tr>")
+            continue
+        cells = [r.variant, r.engine, _cell(r.load_s, ".1f"), _cell(r.weights_mb, ".0f"),
+                 _cell(r.peak_rss_mb, ".0f"), _cell(r.peak_cuda_mb, ".0f"), _cell(r.ttft_ms, ".1f"),
+                 _cell(r.decode_tps, ".1f"), f"{_cell(r.decode_tps_p10, '.1f')}-{_cell(r.decode_tps_p90, '.1f')}",
+                 _cell(r.perplexity, ".2f"),
+                 "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (f"<table class='gw-table'><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def outputs_html(results: Sequence[Result]) -> str:
+    """Each finished variant's generated text, side by side (escaped: model output is untrusted)."""
+    done = [r for r in results if r.ok]
+    if not done:
+        return ""
+    columns = "".join(
+        f"<div style='flex:1;min-width:180px;border:1px solid #ddd;padding:4px'>"
+        f"<b>{html.escape(r.variant)}</b><pre style='white-space:pre-wrap'>{html.escape(r.text)}</pre></div>"
+        for r in done
+    )
+    return f"<div style='display:flex;gap:6px;flex-wrap:wrap'>{columns}</div>"

@@ -1,0 +1,163 @@
+"""Charts of benchmark results: PNG bytes from matplotlib's Agg canvas, no pyplot state.
+
+Each chart is a function of a list of :class:`~gemma_widgets.bench.Result`; only variants
+that finished are drawn. :func:`charts` gives the dashboard its four images, and
+:func:`summary_png` puts them on one page for an export.
+
+>>> from gemma_widgets import bench, plots                                  # doctest: +SKIP
+>>> png = plots.summary_png(bench.load("results.json"))                     # doctest: +SKIP
+>>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"                                    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gemma_widgets.bench import Result
+
+_COLOR = "#4c72b0"
+
+
+def _new_figure(width: float = 5.0, height: float = 3.2) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Any) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _finished(results: Sequence[Result]) -> list[Result]:
+    return [r for r in results if r.ok and r.decode_tps]
+
+
+def _empty(ax: Any, title: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no finished variant yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def draw_speed(ax: Any, results: Sequence[Result]) -> None:
+    """Decode tok/s per variant: the median, with a p10-p90 whisker."""
+    done = _finished(results)
+    if not done:
+        return _empty(ax, "Decode speed")
+    medians = [r.decode_tps for r in done]
+    low = [r.decode_tps - (r.decode_tps_p10 or r.decode_tps) for r in done]
+    high = [(r.decode_tps_p90 or r.decode_tps) - r.decode_tps for r in done]
+    ax.bar([r.variant for r in done], medians, yerr=[low, high], capsize=4, color=_COLOR)
+    ax.bar_label(ax.containers[-1], fmt="%.1f", padding=2)
+    ax.margins(y=0.15)
+    ax.set_ylabel("tokens / s (higher is better)")
+    ax.set_title("Decode speed")
+
+
+def draw_ttft(ax: Any, results: Sequence[Result]) -> None:
+    """Time to first token per variant (the median prefill)."""
+    done = [r for r in _finished(results) if r.ttft_ms is not None]
+    if not done:
+        return _empty(ax, "Time to first token")
+    ax.bar([r.variant for r in done], [r.ttft_ms for r in done], color="#dd8452")
+    ax.bar_label(ax.containers[-1], fmt="%.0f", padding=2)
+    ax.margins(y=0.15)
+    ax.set_ylabel("ms (lower is better)")
+    ax.set_title("Time to first token")
+
+
+def draw_memory(ax: Any, results: Sequence[Result]) -> None:
+    """Weights footprint beside the process's peak resident memory (and CUDA peak on a GPU)."""
+    done = _finished(results)
+    if not done:
+        return _empty(ax, "Memory")
+    x = list(range(len(done)))
+    width = 0.4
+    weights = ax.bar([i - width / 2 for i in x], [r.weights_mb or 0 for r in done], width, label="weights")
+    peak = [r.peak_cuda_mb if r.peak_cuda_mb else r.peak_rss_mb or 0 for r in done]
+    label = "peak CUDA" if any(r.peak_cuda_mb for r in done) else "peak RSS"
+    ax.bar([i + width / 2 for i in x], peak, width, label=label, color="#55a868")
+    ax.bar_label(weights, fmt="%.0f", padding=2, fontsize=8)
+    ax.bar_label(ax.containers[-1], fmt="%.0f", padding=2, fontsize=8)
+    ax.set_xticks(x, [r.variant for r in done])
+    ax.margins(y=0.15)
+    ax.set_ylabel("MB (lower is better)")
+    ax.set_title("Memory")
+    ax.legend(fontsize=8)
+
+
+def draw_tradeoff(ax: Any, results: Sequence[Result]) -> None:
+    """Speed against peak memory; each point labelled with its quality against the reference."""
+    done = _finished(results)
+    if not done:
+        return _empty(ax, "Speed vs memory")
+    agreements = [r.top1_agreement if r.top1_agreement is not None else 1.0 for r in done]
+    points = ax.scatter([r.peak_rss_mb or 0 for r in done], [r.decode_tps for r in done], c=agreements,
+                        cmap="viridis", vmin=min(0.5, *agreements), vmax=1.0, s=60, zorder=3)
+    for r in done:
+        quality = "" if r.perplexity is None else f"\nppl {r.perplexity:.1f}"
+        if r.top1_agreement is not None:
+            quality += f", top-1 {r.top1_agreement:.0%}"
+        ax.annotate(f"{r.variant}{quality}", (r.peak_rss_mb or 0, r.decode_tps), fontsize=7,
+                    xytext=(5, 4), textcoords="offset points")
+    ax.figure.colorbar(points, ax=ax, label="top-1 agreement")
+    ax.set_xlabel("peak RSS, MB (left is smaller)")
+    ax.set_ylabel("decode tokens / s (up is faster)")
+    ax.margins(x=0.3, y=0.2)
+    ax.set_title("Speed vs memory, with quality")
+    ax.grid(alpha=0.3)
+
+
+#: The dashboard's charts, in display order.
+CHARTS: dict[str, Callable[[Any, Sequence[Result]], None]] = {
+    "speed": draw_speed,
+    "ttft": draw_ttft,
+    "memory": draw_memory,
+    "tradeoff": draw_tradeoff,
+}
+
+
+def charts(results: Sequence[Result]) -> dict[str, bytes]:
+    """Each of :data:`CHARTS` drawn on its own figure, as PNG bytes."""
+    pngs = {}
+    for name, draw in CHARTS.items():
+        fig = _new_figure()
+        draw(fig.add_subplot(), results)
+        pngs[name] = to_png(fig)
+    return pngs
+
+
+def summary_figure(results: Sequence[Result]) -> Any:
+    """All four charts on one 2x2 figure, titled with the model and machine."""
+    fig = _new_figure(11, 7.5)
+    for ax, draw in zip(fig.subplots(2, 2).flat, CHARTS.values()):
+        draw(ax, results)
+    first = next((r for r in results if r.machine), None)
+    if first is not None and first.machine is not None:
+        m = first.machine
+        fig.suptitle(f"{first.model}: {first.new_tokens} new tokens, median of {first.repeats} "
+                     f"- {m.cpu}, {m.cores} cores{', ' + m.gpu if m.gpu else ''}", fontsize=10)
+    return fig
+
+
+def summary_png(results: Sequence[Result]) -> bytes:
+    """:func:`summary_figure` as PNG bytes."""
+    return to_png(summary_figure(results))
+
+
+def save_png(results: Sequence[Result], path: str | os.PathLike) -> Path:
+    """Write :func:`summary_png` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(summary_png(results))
+    return path

@@ -1,0 +1,176 @@
+"""The harness: fresh process per variant, failures reported, cancel, records round trip, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from gemma_widgets import bench
+from gemma_widgets._bench_worker import parse_variant
+from gemma_widgets.bench import Machine, Result
+from gemma_widgets.errors import GemmaWidgetsError
+
+TINY = "tiny-random-gemma2"
+FAST = dict(new_tokens=4, repeats=2, warmup=1, passage_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    """fp32 and bf16 of the tiny model, plus a variant that cannot load."""
+    seen = []
+    results = bench.run(TINY, ["bf16", "no-such-precision", "fp32"], on_progress=seen.append, **FAST)
+    return results, seen
+
+
+def test_variant_names_carry_loader_flags():
+    assert parse_variant("bf16") == ("bf16", {})
+    assert parse_variant("bf16+compile") == ("bf16", {"compile": True})
+
+
+def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
+    results, _ = tiny_run
+    assert [r.variant for r in results] == ["fp32", "bf16", "no-such-precision"]
+    for r in results[:2]:
+        assert r.ok, r.error
+        assert r.engine == "transformers" and r.model == TINY
+        assert r.load_s > 0 and r.weights_mb > 0 and r.peak_rss_mb >= r.rss_mb > 0
+        assert len(r.ttft_runs_ms) == 2 and len(r.decode_runs_tps) == 2
+        assert r.decode_tps_p10 <= r.decode_tps <= r.decode_tps_p90
+        assert r.ttft_ms_p10 <= r.ttft_ms <= r.ttft_ms_p90
+        assert r.prompt_tokens > 1 and r.new_tokens == 4 and r.text
+        assert r.perplexity > 1 and r.reference == "fp32"
+        assert isinstance(r.machine, Machine) and r.machine.cores >= 1 and "torch" in r.machine.libraries
+    assert results[0].top1_agreement == 1.0
+    assert 0 <= results[1].top1_agreement <= 1
+    # bf16 stores two bytes a parameter, fp32 four
+    assert results[1].weights_mb == pytest.approx(results[0].weights_mb / 2, rel=0.05)
+
+
+def test_a_variant_that_cannot_load_is_reported_and_the_rest_succeed(tiny_run):
+    results, _ = tiny_run
+    failed = results[2]
+    assert failed.status == "unavailable"
+    assert "Unknown precision 'no-such-precision'" in failed.error
+    assert failed.decode_tps is None
+    table = bench.format_table(results)
+    assert "unavailable: Unknown precision" in table and "fp32" in table and "bf16" in table
+
+
+def test_progress_goes_through_every_stage_of_every_variant(tiny_run):
+    _, seen = tiny_run
+    for variant in ("fp32", "bf16"):
+        stages = [p.stage for p in seen if p.variant == variant]
+        assert stages[0] == "load" and stages[-1] == "finished"
+        assert {"warmup", "prefill", "decode", "quality"} <= set(stages)
+        fractions = [p.fraction for p in seen if p.variant == variant]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_results_round_trip_through_csv_and_json(tiny_run, tmp_path):
+    results, _ = tiny_run
+    for name in ("results.csv", "results.json"):
+        path = bench.save(results, tmp_path / name)
+        assert bench.load(path) == results
+    with pytest.raises(GemmaWidgetsError, match=".csv or .json"):
+        bench.save(results, tmp_path / "results.txt")
+    (tmp_path / "broken.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(GemmaWidgetsError, match="not a results file"):
+        bench.load(tmp_path / "broken.json")
+    with pytest.raises(GemmaWidgetsError, match="No results file"):
+        bench.load(tmp_path / "missing.csv")
+
+
+def test_a_crashed_worker_is_reported_with_its_reason(monkeypatch):
+    killer = "import os, signal, sys; sys.stdin.read(); os.kill(os.getpid(), signal.SIGKILL)"
+    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", killer])
+    results = bench.run(TINY, ["fp32", "bf16"], **FAST)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert "SIGKILL" in results[0].error and "out of memory" in results[0].error
+
+    crasher = "import sys; sys.stdin.read(); print('segfault in a kernel', file=sys.stderr); sys.exit(7)"
+    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", crasher])
+    (result,) = bench.run(TINY, ["fp32"], **FAST)
+    assert result.error == "the worker process exited with code 7: segfault in a kernel"
+
+
+def test_a_stuck_worker_times_out(monkeypatch):
+    sleeper = "import sys, time; sys.stdin.read(); time.sleep(60)"
+    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", sleeper])
+    (result,) = bench.run(TINY, ["fp32"], timeout_s=1, **FAST)
+    assert result.status == "failed" and "timed out" in result.error
+
+
+def test_cancel_inside_a_measurement_returns_what_finished():
+    cancel = threading.Event()
+
+    def on_progress(p: bench.Progress) -> None:
+        if p.variant == "bf16" and p.stage == "prefill":
+            cancel.set()
+
+    results = bench.run(TINY, ["fp32", "bf16", "fp16"], cancel=cancel, on_progress=on_progress, **FAST)
+    assert [(r.variant, r.status) for r in results] == [("fp32", "ok"), ("bf16", "cancelled")]
+    assert results[1].load_s is not None and results[1].decode_tps is None
+
+
+def test_cancel_between_variants_stops_before_the_next():
+    cancel = threading.Event()
+    results = bench.run(TINY, ["fp32", "bf16"], cancel=cancel, on_result=lambda r: cancel.set(), **FAST)
+    assert [(r.variant, r.status) for r in results] == [("fp32", "ok")]
+
+
+def test_bad_settings_are_refused_before_anything_runs():
+    with pytest.raises(GemmaWidgetsError, match="new_tokens"):
+        bench.run(TINY, ["fp32"], new_tokens=1)
+    with pytest.raises(GemmaWidgetsError, match="repeats"):
+        bench.run(TINY, ["fp32"], repeats=0)
+
+
+def _result(variant: str, tps: float, rss: float, ppl: float, agree: float | None) -> Result:
+    return Result("bundled", variant, decode_tps=tps, decode_tps_p10=tps, decode_tps_p90=tps,
+                  peak_rss_mb=rss, perplexity=ppl, top1_agreement=agree, reference="fp32")
+
+
+def test_recommendation_is_the_fastest_within_the_quality_bound_and_the_smallest():
+    results = [_result("fp32", 10, 2000, 10.0, 1.0), _result("bf16", 20, 1200, 10.1, 0.97),
+               _result("broken", 90, 900, 40.0, 0.30), _result("int4", 50, 600, 10.5, 0.90),
+               Result("bundled", "bnb-nf4", status="failed", error="no CUDA")]
+    line = bench.recommend(results)
+    assert "within the quality bound" in line and ": int4 (50.0 tok/s" in line
+    assert "smallest that fits: broken (900 MB" not in line  # broken is fast and small...
+    assert "smallest that fits: int4 (600 MB" in line        # ...but int4 is smaller still
+    assert "broken" not in line
+    assert bench.recommend([results[-1]]).startswith("No variant finished")
+    assert bench.within_quality_bound(results[3], results[0], min_agreement=0.95) is False
+
+
+def test_default_variants_are_those_that_can_run_here():
+    choices = bench.variant_choices(TINY)
+    assert choices["fp32"] is None
+    assert bench.default_variants(TINY) == [name for name, reason in choices.items() if reason is None]
+    assert bench.default_reference(["bf16", "fp32"]) == "fp32"
+    assert bench.default_reference(["bf16", "ov-int4"]) == "bf16"
+
+
+@pytest.mark.integration
+def test_cli_compares_two_variants_of_the_bundled_model(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gemma_widgets", "bench", "--model", "bundled", "--precisions", "bf16,fp32",
+         "--new-tokens", "8", "--repeats", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("variant"))
+    assert "decode tok/s" in header and "perplexity" in header and "top-1 agree" in header
+    assert any(line.startswith("fp32 ") for line in lines) and any(line.startswith("bf16 ") for line in lines)
+    assert any(line.startswith("Fastest within the quality bound") for line in lines)
+    assert "bench" in proc.stderr  # the tqdm bar
+    results = bench.load(out)
+    assert [r.variant for r in results] == ["fp32", "bf16"] and all(r.ok for r in results)
+    assert results[1].top1_agreement > 0.5  # bf16 mostly agrees with fp32 on a real model
+    assert results[0].perplexity < 1000
