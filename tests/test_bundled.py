@@ -1,0 +1,124 @@
+"""The bundled Gemma 3 270M: its converted cache, its tokenizer, and real generation (integration)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import torch
+
+from gemma_widgets import _bundled, load_model
+from gemma_widgets._bundled import (
+    FORMAT_VERSION,
+    TOKENIZER_PROBES,
+    bundled_dir,
+    load_tokenizer,
+    sentencepiece_ids,
+)
+from gemma_widgets._cache import is_complete, read_manifest
+from gemma_widgets.models import PRESETS
+from gemma_widgets.templates import END_OF_TURN, START_OF_TURN
+
+pytestmark = pytest.mark.integration
+
+#: An ordinary English passage: a model reading correctly tokenized text predicts it well.
+PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+           "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+           "from 1887 to 1889.")
+
+
+def test_the_cache_is_complete_and_current(bundled):
+    folder = bundled_dir()
+    assert bundled.path == str(folder)
+    assert is_complete(folder, FORMAT_VERSION)
+    assert read_manifest(folder)["sha256"]
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "tokenizer.model", "config.json"} <= names
+    assert "gguf_pieces.model" not in names
+    assert (folder / "tokenizer.model").stat().st_size < 20_000_000, "a SentencePiece model, not the GGUF"
+
+
+@pytest.mark.parametrize("text", TOKENIZER_PROBES)
+def test_saved_tokenizer_splits_text_as_sentencepiece_does(bundled, text):
+    plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
+    assert bundled.tokenizer(plain, add_special_tokens=False).input_ids == sentencepiece_ids(bundled_dir(), plain)
+
+
+def test_whole_words_are_single_tokens(bundled):
+    tok = bundled.tokenizer
+    pieces = tok.convert_ids_to_tokens(tok("What is the capital of France?", add_special_tokens=False).input_ids)
+    assert pieces == ["What", "▁is", "▁the", "▁capital", "▁of", "▁France", "?"]
+    for marker in (START_OF_TURN, END_OF_TURN, "<bos>"):
+        assert len(tok(marker, add_special_tokens=False).input_ids) == 1
+
+
+def test_the_model_reads_its_tokenizer_well(bundled):
+    """Loss per character on plain English: about 0.5 nats; with transformers' GGUF tokenizer, about 2.5."""
+    ids = torch.tensor([bundled.tokenizer(PASSAGE).input_ids])
+    with torch.no_grad():
+        loss = bundled.model(ids, labels=ids).loss.item()
+    nats_per_char = loss * (ids.shape[1] - 1) / len(PASSAGE)
+    print(f"{nats_per_char:.3f} nats per character")
+    assert nats_per_char < 1.0
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_loading_the_saved_tokenizer_is_quiet(bundled):
+    import transformers
+    from transformers import AutoTokenizer
+
+    records, logger = _Records(), logging.getLogger("transformers")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    logger.addHandler(records)
+    try:
+        load_tokenizer(bundled_dir())
+        quiet = list(records.messages)
+        AutoTokenizer.from_pretrained(bundled_dir())  # without the kit's argument: the spurious warning
+    finally:
+        logger.removeHandler(records)
+        transformers.logging.set_verbosity(verbosity)
+    assert not [m for m in quiet if "fix_mistral_regex" in m], quiet
+    assert [m for m in records.messages if "fix_mistral_regex" in m], "the control load warns"
+
+
+def test_parameter_count_matches_the_preset(bundled):
+    assert bundled.model.num_parameters() == PRESETS["bundled"].params == 268_098_176
+    assert bundled.context_window == 32768
+
+
+def test_greedy_chat_generation_is_real_text(bundled):
+    tok, model = bundled.tokenizer, bundled.model
+    assert tok.convert_tokens_to_ids(END_OF_TURN) in model.generation_config.eos_token_id
+    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24)
+    new = out[0, ids.shape[1]:].tolist()
+    text = tok.decode(new, skip_special_tokens=True)
+    print(repr(text))
+    assert new and text.strip()
+    assert set(new) != {tok.pad_token_id}, "all <pad>: the logits were NaN"
+    assert len(set(new)) > 3, "one token repeated is a degenerate model"
+    assert sum(c.isalpha() for c in text) > len(text) / 2, "mostly letters, not symbols"
+
+
+def test_loading_from_the_cache_does_not_convert_again(bundled, monkeypatch):
+    def convert(out):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(_bundled, "_convert", convert)
+    start = time.perf_counter()
+    loaded = load_model("bundled", precision="bf16")
+    seconds = time.perf_counter() - start
+    print(f"load from cache: {seconds:.1f} s (load_seconds={loaded.load_seconds:.1f})")
+    assert loaded.model.num_parameters() == bundled.model.num_parameters()
+    assert seconds < 60, "a generous bound: converting takes minutes, loading seconds"

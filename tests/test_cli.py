@@ -1,0 +1,48 @@
+"""``python -m gemma_widgets prepare``: prints where the model is; bad input exits 2 with a clear message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gemma_widgets.__main__ import main
+from gemma_widgets._bundled import bundled_dir
+from gemma_widgets.models import PRESETS
+
+
+@pytest.mark.integration
+def test_prepare_prints_the_bundled_folder(monkeypatch, capsys):
+    monkeypatch.delenv("GEMMA_MODEL", raising=False)
+    assert main(["prepare"]) == 0
+    assert capsys.readouterr().out.strip() == str(bundled_dir())
+
+
+def test_prepare_a_preset(tiny, capsys):
+    assert main(["prepare", "--model", "tiny-random-gemma2"]) == 0
+    assert capsys.readouterr().out.strip() == tiny.path
+
+
+def test_unknown_model_exits_2_listing_the_presets(capsys):
+    assert main(["prepare", "--model", "gemma-9000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown model 'gemma-9000'")
+    assert all(name in err for name in PRESETS)
+
+
+def test_offline_hub_model_exits_2_suggesting_bundled(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["prepare", "--model", "google/gemma-2-9b-it"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the local Hugging Face cache" in err and "load_model('bundled')" in err
+
+
+def test_the_module_runs_as_a_command():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "gemma_widgets", "prepare", "--model", "nope"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: Unknown model 'nope'") and "Traceback" not in done.stderr
+    assert done.stdout == ""
