@@ -197,6 +197,7 @@ class LoadedModel:
     path: str = ""
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    compiled: str | None = None  # the torch.compile mode generation runs under, if compiled
 
     @property
     def context_window(self) -> int:
@@ -209,12 +210,16 @@ class LoadedModel:
                 f"engine={self.engine!r}, load_seconds={self.load_seconds:.1f})")
 
 
-def load_model(name: str | None = None, precision: str | None = None, **options: Any) -> LoadedModel:
+def load_model(name: str | None = None, precision: str | None = None, compile: str | bool | None = None,
+               **options: Any) -> LoadedModel:
     """Load a Gemma model and its tokenizer.
 
     Args:
         name: a preset, a hub id or a local folder; default ``$GEMMA_MODEL`` or ``bundled``.
         precision: a name from :data:`gemma_widgets.precisions.PRECISIONS` (default ``auto``).
+        compile: a ``torch.compile`` mode, or True for the device's default, to compile the
+            decode step and warm it up now (:func:`gemma_widgets.compile.enable_compile`); if
+            compiling fails, the model stays eager and ``notes`` says why.
         options: passed to the precision's loader (e.g. ``group_size`` for ``ov-int4``).
 
     >>> lm = load_model()          # doctest: +SKIP
@@ -229,5 +234,9 @@ def load_model(name: str | None = None, precision: str | None = None, **options:
     path = locate(preset)
     with hub_errors(path):
         loaded = variant.load(preset, path, **options)
+    if compile:
+        from gemma_widgets.compile import enable_compile
+
+        enable_compile(loaded, compile)
     loaded.load_seconds = time.perf_counter() - start
     return loaded

@@ -1,0 +1,424 @@
+"""``torch.compile`` for Gemma: static caches, compiled decoding, recompile counts, timings.
+
+Two recipes, both current for transformers 4.57:
+
+* :func:`compile_forward` is the seed's recipe, ``model.forward = torch.compile(model.forward,
+  mode="reduce-overhead", fullgraph=True)`` with an explicit :func:`static_cache` passed to
+  ``generate``: prefill and decode are both compiled, so every new prompt length is a new shape.
+* :func:`compile_generate` is what ``generate`` itself does on CUDA with
+  ``cache_implementation="static"``: the prefill runs eagerly and only the one-token decode step
+  is compiled, against a static cache that is reused while it is large enough.
+
+``HybridCache`` is deprecated in transformers 4.57: :class:`transformers.StaticCache` reads
+``config.layer_types`` and gives each sliding-window layer (Gemma 2 and 3) a window-sized
+buffer and each global layer a ``max_cache_len`` one. :func:`measure` times eager with a
+dynamic cache, eager with a static cache and the compiled variants side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gemma_widgets._cache import cache_root
+from gemma_widgets.errors import GemmaWidgetsError
+
+VARIANTS = ("eager-dynamic", "eager-static", "compiled", "compiled-forward")
+DEFAULT_CACHE_LEN = 512  # tokens of prompt plus reply that compiled generation serves without recompiling
+
+
+def default_mode(device: str) -> str:
+    """``reduce-overhead`` (CUDA graphs) on a GPU; ``default`` on a CPU, which has no CUDA graphs."""
+    return "reduce-overhead" if str(device).startswith("cuda") else "default"
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if ``torch.compile`` knows it, else a :class:`GemmaWidgetsError` listing the modes."""
+    from torch._inductor import list_mode_options
+
+    known = tuple(dict.fromkeys(("default", *list_mode_options())))
+    if mode not in known:
+        raise GemmaWidgetsError(f"Unknown torch.compile mode {mode!r}; choose from {', '.join(known)}.")
+    return mode
+
+
+def compile_unavailable_reason(device: str = "cpu") -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None if it can."""
+    import torch
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile is not supported on this Python/platform (torch {torch.__version__})"
+    if str(device).startswith("cuda"):
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "compiling for CUDA needs Triton (pip install triton)"
+        return None
+    compiler = os.environ.get("CXX") or "c++"
+    if not shutil.which(compiler) and not shutil.which("g++") and not shutil.which("clang++"):
+        return "compiling for the CPU needs a C++ compiler (install g++ or clang++)"
+    return None
+
+
+def inductor_cache_dir() -> Path:
+    """The kit's persistent inductor cache: ``<cache root>/inductor``."""
+    return cache_root() / "inductor"
+
+
+def use_inductor_cache(folder: Path | str | None = None) -> Path:
+    """Keep compiled kernels in ``folder`` (default :func:`inductor_cache_dir`) across processes.
+
+    An existing ``$TORCHINDUCTOR_CACHE_DIR`` wins unless ``folder`` is given, so CI can point
+    it anywhere. Returns the folder in use.
+    """
+    if folder is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    else:
+        path = Path(folder) if folder is not None else inductor_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def static_cache(model: Any, max_cache_len: int, batch_size: int = 1) -> Any:
+    """A :class:`transformers.StaticCache` for ``model``, allocated now (not at the first update).
+
+    Sliding-window layers get ``min(sliding_window, max_cache_len)`` slots, global layers
+    ``max_cache_len``: what ``HybridCache`` did before transformers 4.57.
+    """
+    from transformers import StaticCache
+
+    config = model.config.get_text_config(decoder=True)
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cache.early_initialization(batch_size, config.num_key_value_heads, head_dim, model.dtype, model.device)
+    return cache
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
+
+
+def encode(tokenizer: Any, prompt: str, device: Any = "cpu", pad_to_multiple_of: int | None = None) -> Any:
+    """Tokenize ``prompt``; with ``pad_to_multiple_of``, left-pad it so compiled shapes repeat."""
+    batch = tokenizer(prompt, return_tensors="pt", padding=bool(pad_to_multiple_of),
+                      pad_to_multiple_of=pad_to_multiple_of, padding_side="left")
+    return batch.to(device)
+
+
+def compile_forward(model: Any, mode: str | None = None, fullgraph: bool = True) -> None:
+    """The seed's recipe: replace ``model.forward`` by its compiled version (undo: :func:`uncompile`)."""
+    import torch
+
+    mode = mode or default_mode(model.device.type)
+    uncompile(model)
+    model._eager_forward = model.forward
+    model.forward = torch.compile(model.forward, mode=mode, fullgraph=fullgraph)
+
+
+def compile_generate(model: Any, mode: str | None = None, fullgraph: bool = True,
+                     max_cache_len: int | None = DEFAULT_CACHE_LEN) -> None:
+    """Make ``model.generate`` decode with a compiled step over a static cache (undo: :func:`uncompile`).
+
+    This is transformers' own path (``cache_implementation="static"`` plus a ``CompileConfig``),
+    also enabled on a CPU. With ``max_cache_len``, a cache of that size is allocated now, so
+    every request of up to that many tokens (prompt plus reply) reuses one compiled graph.
+    """
+    from transformers import CompileConfig
+
+    mode = mode or default_mode(model.device.type)
+    uncompile(model)
+    config = CompileConfig(fullgraph=fullgraph, mode=mode)
+    config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+    model.generation_config.compile_config = config
+    model.generation_config.cache_implementation = "static"
+    if max_cache_len:
+        model._cache = static_cache(model, max_cache_len)  # generate reuses it while it is large enough
+
+
+def uncompile(model: Any) -> None:
+    """Back to eager: undo :func:`compile_forward` and :func:`compile_generate`."""
+    eager = model.__dict__.pop("_eager_forward", None)
+    if eager is not None:
+        model.forward = eager
+    model.generation_config.compile_config = None
+    model.generation_config.cache_implementation = None
+    for attr in ("_cache", "_compiled_call", "_last_compile_config"):
+        model.__dict__.pop(attr, None)
+
+
+def compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process (each recompile adds at least one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@dataclass
+class GraphCount:
+    """What :func:`count_graphs` saw: graphs compiled, and the guard failures that caused recompiles."""
+
+    graphs: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def _guard_failure_counts() -> dict[Any, int]:
+    from torch._dynamo.utils import guard_failures
+
+    return {code: len(reasons) for code, reasons in list(guard_failures.items())}
+
+
+@contextlib.contextmanager
+def count_graphs() -> Iterator[GraphCount]:
+    """Count graphs compiled inside the block: ``with count_graphs() as c: ...``, then ``c.graphs``.
+
+    ``c.reasons`` holds the first line of each guard failure (why dynamo recompiled).
+    """
+    from torch._dynamo.utils import guard_failures
+
+    count = GraphCount()
+    start, seen = compiled_graphs(), _guard_failure_counts()
+    try:
+        yield count
+    finally:
+        count.graphs = compiled_graphs() - start
+        new = [reason.splitlines()[0] for code, reasons in list(guard_failures.items())
+               for reason in reasons[seen.get(code, 0):]]
+        count.reasons = list(dict.fromkeys(new))
+
+
+@dataclass
+class CompileRecord:
+    """One variant's timings: the warm-up calls, then the steady state."""
+
+    variant: str
+    dtype: str
+    mode: str  # torch.compile mode, "" for eager
+    device: str
+    prompt_tokens: int
+    new_tokens: int
+    warmup_seconds: tuple[float, ...]  # first call (compiles), second call (CUDA graphs record)
+    seconds: tuple[float, ...]  # steady-state repeats
+    graphs: int  # graphs compiled during warm-up and repeats
+    steady_graphs: int  # graphs compiled during the timed repeats (should be 0)
+    error: str = ""  # why the variant could not run (compiler missing or failed); no timings then
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Median steady-state tokens per second (whole generate call, prefill included); 0 if it failed."""
+        return self.new_tokens / statistics.median(self.seconds) if self.seconds else 0.0
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Slowest and fastest tokens per second of the repeats."""
+        if not self.seconds:
+            return 0.0, 0.0
+        return self.new_tokens / max(self.seconds), self.new_tokens / min(self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, with the derived figures, for CSV/JSON."""
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second, "spread": self.spread}
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_generate(model: Any, inputs: Any, new_tokens: int, **kwargs: Any) -> tuple[float, list[int]]:
+    """Seconds for one greedy ``generate`` of exactly ``new_tokens`` tokens, and the new ids."""
+    import torch
+
+    _sync(model.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, **kwargs)
+    _sync(model.device)
+    seconds = time.perf_counter() - start
+    return seconds, out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def _run_variant(lm: Any, variant: str, inputs: Any, new_tokens: int, cache_len: int, mode: str,
+                 repeats: int) -> tuple[list[float], list[float], int, int]:
+    model = lm.model
+    uncompile(model)
+    kwargs: dict[str, Any] = {"disable_compile": True}  # generate compiles static caches on CUDA by itself
+    cache = None
+    if variant in ("eager-static", "compiled-forward"):
+        cache = static_cache(model, cache_len)
+        kwargs["past_key_values"] = cache
+    if variant == "compiled-forward":
+        compile_forward(model, mode)
+    elif variant == "compiled":
+        compile_generate(model, mode, max_cache_len=cache_len)
+        kwargs = {}
+    times: list[float] = []
+    try:
+        with count_graphs() as total:
+            for _ in range(2):
+                if cache is not None:
+                    cache.reset()
+                times.append(time_generate(model, inputs, new_tokens, **kwargs)[0])
+            with count_graphs() as steady:
+                for _ in range(repeats):
+                    if cache is not None:
+                        cache.reset()
+                    times.append(time_generate(model, inputs, new_tokens, **kwargs)[0])
+    finally:
+        uncompile(model)
+    return times[:2], times[2:], total.graphs, steady.graphs
+
+
+def _failure(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0][:300] if lines else ''}"
+
+
+def measure(lm: Any, prompt: str = "The theory of special relativity states", new_tokens: int = 32,
+            variants: Sequence[str] = ("eager-dynamic", "eager-static", "compiled"), mode: str | None = None,
+            repeats: int = 3, cache_multiple: int = 64) -> list[CompileRecord]:
+    """Time ``variants`` of greedy generation on ``lm`` (a :class:`LoadedModel`), one after another.
+
+    Each variant gets two warm-up calls (the first compiles; the second records CUDA graphs
+    under ``reduce-overhead``) and ``repeats`` timed calls. The static cache holds prompt plus
+    reply rounded up to ``cache_multiple``. The model is left eager afterwards.
+    """
+    import torch
+
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"Unknown variants {sorted(unknown)}; choose from {VARIANTS}.")
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1.")
+    model = lm.model
+    mode = check_mode(mode or default_mode(model.device.type))
+    inputs = encode(lm.tokenizer, prompt, model.device)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    cache_len = round_up(prompt_tokens + new_tokens, cache_multiple)
+    dtype = str(model.dtype).removeprefix("torch.")
+    records = []
+    for variant in variants:
+        compiled = variant.startswith("compiled")
+        record = CompileRecord(variant, dtype, mode if compiled else "", model.device.type, prompt_tokens,
+                               new_tokens, (), (), 0, 0)
+        reason = compile_unavailable_reason(model.device.type) if compiled else None
+        if reason:
+            record.error = reason
+        else:
+            if compiled:
+                torch._dynamo.reset()  # each compiled variant starts from an empty in-memory cache
+            try:
+                warmup, seconds, record.graphs, record.steady_graphs = _run_variant(
+                    lm, variant, inputs, new_tokens, cache_len, mode, repeats)
+            except Exception as exc:  # a compiler error: report it in the table, keep the other rows
+                if not compiled:
+                    raise
+                record.error = _failure(exc)
+            else:
+                record.warmup_seconds, record.seconds = tuple(warmup), tuple(seconds)
+        records.append(record)
+    return records
+
+
+def format_records(records: Sequence[CompileRecord]) -> str:
+    """A plain-text table; the ratio ``x`` is against the first record."""
+    base = records[0].tokens_per_second if records and records[0].tokens_per_second else 1.0
+    lines = [f"{'variant':17} {'dtype':9} {'mode':27} {'warm-up 1, 2 (s)':>17} {'tok/s':>7} "
+             f"{'spread':>13} {'x':>5} {'graphs':>6}"]
+    for r in records:
+        if r.error:
+            lines.append(f"{r.variant:17} {r.dtype:9} {r.mode or '-':27} failed: {r.error}")
+            continue
+        lo, hi = r.spread
+        lines.append(f"{r.variant:17} {r.dtype:9} {r.mode or '-':27} "
+                     f"{r.warmup_seconds[0]:8.1f} {r.warmup_seconds[1]:8.1f} {r.tokens_per_second:7.1f} "
+                     f"{lo:6.1f}-{hi:<6.1f} {r.tokens_per_second / base:5.2f} {r.graphs:6d}")
+    return "\n".join(lines)
+
+
+_FIRST_CALL = """
+import json, sys
+from torch._dynamo.utils import counters
+from gemma_widgets import load_model
+from gemma_widgets.compile import measure, use_inductor_cache
+use_inductor_cache(sys.argv[1])
+lm = load_model(sys.argv[2], precision=sys.argv[3])
+record = measure(lm, new_tokens=int(sys.argv[4]), variants=("compiled",), repeats=1)[0]
+hits = counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+misses = counters["inductor"]["fxgraph_cache_miss"] + counters["aot_autograd"]["autograd_cache_miss"]
+print(json.dumps([record.warmup_seconds[0], hits, misses]))
+"""
+
+
+@dataclass(frozen=True)
+class FirstCall:
+    """A fresh process's first compiled call: its seconds and what the inductor cache gave it."""
+
+    seconds: float
+    cache_hits: int  # compiled graphs loaded from the cache folder
+    cache_misses: int  # graphs compiled from scratch (and written to the folder)
+
+
+def first_call(cache_dir: Path | str, model: str = "tiny-random-gemma2", precision: str = "fp32",
+               new_tokens: int = 4, timeout: float = 1200) -> FirstCall:
+    """Time the first compiled ``generate`` in a fresh Python process that uses ``cache_dir``.
+
+    Run it twice with one folder: the second start loads the compiled graphs from disk.
+    """
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", _FIRST_CALL, str(cache_dir), model, precision, str(new_tokens)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise GemmaWidgetsError(f"Compiling {model} took over {timeout:.0f} s; try again on a quieter "
+                                "machine or a smaller model.") from exc
+    if done.returncode:
+        raise GemmaWidgetsError(f"Compiling {model} in a fresh process failed:\n{done.stderr[-1500:]}")
+    seconds, hits, misses = json.loads(done.stdout.strip().splitlines()[-1])
+    return FirstCall(seconds, hits, misses)
+
+
+def enable_compile(lm: Any, mode: str | bool = True, max_cache_len: int = DEFAULT_CACHE_LEN) -> Any:
+    """Compile ``lm``'s generation (:func:`compile_generate`) and warm it up now.
+
+    ``mode`` is a ``torch.compile`` mode or True for :func:`default_mode`. A compile that cannot
+    run or fails falls back to eager, says why in ``lm.notes`` and leaves ``lm.compiled`` None.
+    """
+    model = lm.model
+    if lm.engine != "transformers":
+        lm.notes.append(f"torch.compile skipped: {lm.engine} models are compiled by their own runtime")
+        return lm
+    mode = check_mode(default_mode(model.device.type) if mode is True else str(mode))
+    reason = compile_unavailable_reason(model.device.type)
+    if reason:
+        lm.notes.append(f"torch.compile skipped, running eager: {reason}")
+        return lm
+    use_inductor_cache()
+    compile_generate(model, mode, max_cache_len=max_cache_len)
+    start = time.perf_counter()
+    try:
+        time_generate(model, encode(lm.tokenizer, "Hello", model.device), 2)
+    except Exception as exc:  # a compiler error must not take the kernel down
+        uncompile(model)
+        first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        lm.notes.append(f"torch.compile(mode={mode!r}) failed, running eager: "
+                        f"{exc.__class__.__name__}: {first_line}")
+        return lm
+    lm.compiled = mode
+    lm.notes.append(f"compiled decode step (mode={mode!r}, static cache of {max_cache_len} tokens); "
+                    f"compile and warm-up took {time.perf_counter() - start:.1f} s")
+    return lm
