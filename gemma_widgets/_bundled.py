@@ -51,7 +51,8 @@ def load_tokenizer(path: str | Path, **kwargs):
 
     transformers 4.57.3-4.57.6 flag every local tokenizer whose config was saved by those
     versions as a Mistral tokenizer with a bad regex. Passing ``fix_mistral_regex=False`` keeps
-    the tokenizer as saved; ``tests/test_bundled.py`` checks that its ids equal the GGUF's.
+    the tokenizer as saved (Gemma's has no such regex); ``tests/test_bundled.py`` checks that it
+    splits text exactly as SentencePiece does and that it loads without the warning.
     """
     from transformers import AutoTokenizer
 
