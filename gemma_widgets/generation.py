@@ -32,7 +32,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from gemma_widgets.conversation import Conversation, Message, PromptPlan
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import LoadedModel
-from gemma_widgets.templates import end_of_turn_ids
+from gemma_widgets.templates import end_of_turn_ids, ensure_chat_template
+
+#: The engines of :class:`~gemma_widgets.models.LoadedModel` the chat can drive.
+ENGINES = ("transformers", "optimum-intel", "openvino-genai")
 
 #: How often (seconds) the reader thread wakes to check that the engine thread is alive.
 POLL_SECONDS = 0.25
@@ -166,13 +169,28 @@ class StopOnEvent(StoppingCriteria):
 
 
 # --- engines: the one place where transformers and openvino-genai differ ---------------------
+def hf_tokenizer(loaded: LoadedModel) -> Any:
+    """The Hugging Face tokenizer for ``loaded``, with Gemma's chat template.
+
+    An openvino-genai pipeline may carry an ``openvino_genai.Tokenizer``; the chat needs the
+    Hugging Face one (chat template, incremental decoding), saved beside the IR.
+    """
+    tokenizer = loaded.tokenizer
+    if not hasattr(tokenizer, "convert_tokens_to_ids"):
+        from gemma_widgets._bundled import load_tokenizer
+
+        tokenizer = load_tokenizer(loaded.path)
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
 class TransformersEngine:
     """``model.generate`` with a streamer and a stop criterion (transformers, optimum-intel)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, tokenizer: Any):
         self.model = loaded.model
-        self.stop_ids = end_of_turn_ids(loaded.tokenizer)
-        self.pad_id = loaded.tokenizer.pad_token_id
+        self.stop_ids = end_of_turn_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id
 
     def generate(self, input_ids: list[int], settings: SamplingSettings, options: dict[str, Any],
                  streamer: TokenTextStreamer, stop: threading.Event) -> None:
@@ -191,9 +209,9 @@ class TransformersEngine:
 class GenAIEngine:
     """An ``openvino_genai.LLMPipeline``: token ids in, a streamer whose return value stops it."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, tokenizer: Any):
         self.pipe = loaded.model
-        self.stop_ids = end_of_turn_ids(loaded.tokenizer)
+        self.stop_ids = end_of_turn_ids(tokenizer)
 
     def generate(self, input_ids: list[int], settings: SamplingSettings, options: dict[str, Any],
                  streamer: TokenTextStreamer, stop: threading.Event) -> None:
@@ -224,14 +242,14 @@ class GenAIEngine:
         self.pipe.generate(inputs, config, _Forward())
 
 
-def make_engine(loaded: LoadedModel) -> TransformersEngine | GenAIEngine:
+def make_engine(loaded: LoadedModel, tokenizer: Any = None) -> TransformersEngine | GenAIEngine:
     """The engine adapter for ``loaded.engine``."""
+    tokenizer = tokenizer if tokenizer is not None else hf_tokenizer(loaded)
     if loaded.engine == "openvino-genai":
-        return GenAIEngine(loaded)
+        return GenAIEngine(loaded, tokenizer)
     if loaded.engine in ("transformers", "optimum-intel"):
-        return TransformersEngine(loaded)
-    raise GemmaWidgetsError(f"The chat cannot drive engine {loaded.engine!r}: "
-                            "use transformers, optimum-intel or openvino-genai.")
+        return TransformersEngine(loaded, tokenizer)
+    raise GemmaWidgetsError(f"The chat cannot drive engine {loaded.engine!r}: use {', '.join(ENGINES)}.")
 
 
 class Generation:
@@ -362,12 +380,9 @@ class ChatSession:
     plan: PromptPlan | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(self.loaded)
+        self.tokenizer = hf_tokenizer(self.loaded)
+        self.engine = make_engine(self.loaded, self.tokenizer)
         self.context_window = int(self.context_window or self.loaded.context_window)
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
 
     @property
     def busy(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -203,3 +204,46 @@ def test_unknown_engine_is_a_clear_error(tiny):
     loaded.engine = "llama.cpp"
     with pytest.raises(GemmaWidgetsError, match="engine"):
         ChatSession(loaded)
+
+
+def _export_tiny_for_genai(tiny, out) -> dict:
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+    from optimum.intel import OVModelForCausalLM
+
+    with warnings.catch_warnings():  # the export's tracer warnings teach nothing here
+        warnings.simplefilter("ignore")
+        OVModelForCausalLM.from_pretrained(tiny.path, export=True, compile=False).save_pretrained(out)
+    tiny.tokenizer.save_pretrained(out)
+    tokenizer, detokenizer = convert_tokenizer(tiny.tokenizer, with_detokenizer=True)
+    ov.save_model(tokenizer, str(out / "openvino_tokenizer.xml"))
+    ov.save_model(detokenizer, str(out / "openvino_detokenizer.xml"))
+    return {"source": tiny.path}
+
+
+@pytest.mark.integration
+def test_openvino_genai_engine_matches_transformers_and_stops(tiny):
+    genai = pytest.importorskip("openvino_genai")
+    from gemma_widgets._cache import build_once, cache_root
+    from gemma_widgets.models import LoadedModel
+
+    folder = build_once(cache_root() / "tiny-random-gemma2-genai",
+                        lambda out: _export_tiny_for_genai(tiny, out))
+    pipe = genai.LLMPipeline(str(folder), "CPU")
+    # the pipeline's own tokenizer: the session loads the Hugging Face one saved beside the IR
+    loaded = LoadedModel(pipe, pipe.get_tokenizer(), tiny.preset, "ov-fp32", "openvino-genai", str(folder))
+    ov_session = ChatSession(loaded, settings=GREEDY)
+    pt_session = ChatSession(tiny, settings=GREEDY)
+    ov_reply, pt_reply = ov_session.send("Hello there"), pt_session.send("Hello there")
+    assert ov_reply.wait(120) and pt_reply.wait(120)
+    assert ov_reply.error is None and ov_reply.text == pt_reply.text != ""
+    assert ov_reply.stats.new_tokens == pt_reply.stats.new_tokens
+
+    ov_session.settings.max_new_tokens = 600
+    first = threading.Event()
+    ov_session.on_text.append(lambda text: first.set())
+    generation = ov_session.send("and on and on")
+    assert first.wait(60)
+    ov_session.stop()
+    assert generation.wait(60) and generation.stats.stop_reason in ("stopped", "end_of_turn")
+    assert generation.stats.new_tokens < 600
