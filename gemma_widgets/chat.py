@@ -74,8 +74,9 @@ def _with_class(widget: Any, *names: str) -> Any:
 class ChatPanel:
     """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision=...)``.
 
-    Enter (or Shift+Enter: the input is one line, as ipywidgets' only input with a submit
-    event is ``Text``) sends. The Python API mirrors the buttons: :meth:`send`, :meth:`stop`,
+    Enter sends (Shift+Enter too: ipywidgets' only input with a submit event is the one-line
+    ``Text``). For a message of several lines, the ¶ toggle swaps in a ``Textarea``, where
+    Enter makes a new line and the Send button sends. The Python API mirrors the buttons: :meth:`send`, :meth:`stop`,
     :meth:`wait`, :meth:`regenerate`, :meth:`edit_last`, :meth:`clear`, :attr:`history`,
     :meth:`export_json`, :meth:`export_markdown`, :meth:`load`.
     """
@@ -124,6 +125,13 @@ class ChatPanel:
             placeholder="Message Gemma (Enter sends)", continuous_update=True,
             layout=widgets.Layout(flex="1 1 auto", width="auto")), "gw-input")
         self.input.on_msg(self._on_input_msg)  # Text's "submit" event: Enter, in ipywidgets 7 and 8
+        self.multiline_input = _with_class(widgets.Textarea(
+            placeholder="Message Gemma (Enter makes a new line; Send sends)", rows=4,
+            layout=widgets.Layout(flex="1 1 auto", width="auto", display="none")), "gw-input-multiline")
+        self.multiline_toggle = _with_class(widgets.ToggleButton(
+            value=False, icon="paragraph", tooltip="multi-line input: Enter makes a new line, Send sends",
+            layout=widgets.Layout(width="42px")), "gw-multiline")
+        self.multiline_toggle.observe(self._on_multiline, "value")
         self.send_button = _with_class(widgets.Button(description="Send", button_style="primary",
                                                       icon="paper-plane"), "gw-send")
         self.stop_button = _with_class(widgets.Button(description="Stop", button_style="danger",
@@ -180,7 +188,8 @@ class ChatPanel:
             self.transcript,
             self.status,
             self.notice,
-            widgets.HBox([self.input, self.send_button, self.stop_button]),
+            widgets.HBox([self.input, self.multiline_input, self.multiline_toggle, self.send_button,
+                          self.stop_button]),
             widgets.HBox([self.regenerate_button, self.edit_button, self.clear_button,
                           self.save_button, self.upload]),
             self.settings_panel,
@@ -300,10 +309,19 @@ class ChatPanel:
         self._show_notice(text)
         return GemmaWidgetsError(text)
 
+    @property
+    def _active_input(self) -> widgets.Text | widgets.Textarea:
+        return self.multiline_input if self.multiline_toggle.value else self.input
+
+    def _on_multiline(self, change: dict) -> None:
+        old, new = (self.input, self.multiline_input) if change["new"] else (self.multiline_input, self.input)
+        new.value, old.value = old.value, ""
+        old.layout.display, new.layout.display = "none", None
+
     def _send_input(self) -> None:
-        text = self.input.value
-        self.send(text)
-        self.input.value = ""
+        box = self._active_input
+        self.send(box.value)
+        box.value = ""
 
     def _on_input_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
         if content.get("event") == "submit":
@@ -333,7 +351,7 @@ class ChatPanel:
         users = [m for m in messages if m.role == "user"]
         if not users:
             raise GemmaWidgetsError("There is no message to edit yet.")
-        self.input.value = users[-1].content
+        self._active_input.value = users[-1].content
         self._editing = True
         self._show_notice("Editing your last message: change it and press Enter or Send to resend it "
                           "(its reply is replaced).")

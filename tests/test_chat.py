@@ -88,6 +88,21 @@ def test_enter_sends_through_the_submit_event(tiny):
     assert panel.history[0] == {"role": "user", "content": "via Enter"} and panel.input.value == ""
 
 
+def test_multiline_input_sends_with_the_button(tiny):
+    panel, _ = _panel(tiny)
+    panel.input.value = "first line"
+    panel.multiline_toggle.value = True
+    assert panel.multiline_input.value == "first line" and panel.input.layout.display == "none"
+    panel.multiline_input.value = "first line\nsecond line"
+    panel.send_button.click()
+    assert panel.wait(10) and panel.history[0]["content"] == "first line\nsecond line"
+    assert panel.multiline_input.value == ""
+    panel.edit_button.click()
+    assert panel.multiline_input.value == "first line\nsecond line"
+    panel.multiline_toggle.value = False
+    assert panel.input.value == "first line\nsecond line" and panel.multiline_input.layout.display == "none"
+
+
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
 def test_empty_message_is_rejected_with_a_notice(tiny, text):
     panel, model = _panel(tiny)
