@@ -76,9 +76,9 @@ class ChatPanel:
 
     Enter sends (Shift+Enter too: ipywidgets' only input with a submit event is the one-line
     ``Text``). For a message of several lines, the ¶ toggle swaps in a ``Textarea``, where
-    Enter makes a new line and the Send button sends. The Python API mirrors the buttons: :meth:`send`, :meth:`stop`,
-    :meth:`wait`, :meth:`regenerate`, :meth:`edit_last`, :meth:`clear`, :attr:`history`,
-    :meth:`export_json`, :meth:`export_markdown`, :meth:`load`.
+    Enter makes a new line and the Send button sends. The Python API mirrors the buttons:
+    :meth:`send`, :meth:`stop`, :meth:`wait`, :meth:`regenerate`, :meth:`edit_last`,
+    :meth:`clear`, :attr:`history`, :meth:`export_json`, :meth:`export_markdown`, :meth:`load`.
     """
 
     def __init__(self, loaded: LoadedModel | None = None, *, model: str | None = None,

@@ -194,7 +194,8 @@ def test_sampling_controls_drive_generate(tiny):
 
 
 def test_context_overflow_shows_a_notice(tiny):
-    panel, _ = _panel(tiny, "an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
+    panel, _ = _panel(tiny, "an answer " * 5, context_window=160,
+                      settings=SamplingSettings(max_new_tokens=20))
     for i in range(8):
         panel.send(f"message {i} " + "filler " * 10).wait(10)
     assert "left out of the prompt" in panel.notice.value and len(panel.history) == 16

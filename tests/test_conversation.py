@@ -50,7 +50,8 @@ def test_system_prompt_is_folded_into_the_first_user_turn(tiny):
     conv.add_user("Where is the treasure?")
     plan = conv.plan(tiny.tokenizer, 1024, 16)
     text = tiny.tokenizer.decode(plan.input_ids)
-    assert text.startswith("<bos><start_of_turn>user\nYou are a pirate.\n\nWhere is the treasure?<end_of_turn>")
+    first_turn = "<bos><start_of_turn>user\nYou are a pirate.\n\nWhere is the treasure?<end_of_turn>"
+    assert text.startswith(first_turn)
     assert text.endswith("<start_of_turn>model\n")
     assert "system" not in text
     assert plan.dropped == 0 and plan.notice() is None

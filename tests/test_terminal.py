@@ -26,8 +26,8 @@ def test_chat_subcommand_through_a_pipe():
     script = "Hello there\n   \n/system Be brief.\nsecond \\\nline\n/quit\nnever read\n"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "gemma_widgets", "chat", "--model", "tiny-random-gemma2", "--precision", "fp32",
-         "--temperature", "0", "--max-new-tokens", "6"],
+        [sys.executable, "-m", "gemma_widgets", "chat", "--model", "tiny-random-gemma2",
+         "--precision", "fp32", "--temperature", "0", "--max-new-tokens", "6"],
         input=script, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -60,7 +60,8 @@ def test_commands(tiny, tmp_path):
     assert "Unknown command /bogus" in out and "/regen" in out
     assert "loaded 2 messages" in out
     assert json.loads(saved.read_text())["messages"][0]["content"] == "changed"
-    assert session.history == [{"role": "user", "content": "changed"}, {"role": "assistant", "content": "Hi there."}]
+    assert session.history == [{"role": "user", "content": "changed"},
+                               {"role": "assistant", "content": "Hi there."}]
     assert session.settings.temperature == 0 and session.settings.top_p == 0.95
 
 
