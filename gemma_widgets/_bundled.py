@@ -100,7 +100,7 @@ def _sentencepiece_models(gguf: Path) -> tuple[bytes, bytes]:
     proto.normalizer_spec.remove_extra_whitespaces = False
     proto.normalizer_spec.escape_whitespaces = True
     for piece, score, kind in zip(value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"),
-                                  value("tokenizer.ggml.token_type")):
+                                  value("tokenizer.ggml.token_type"), strict=True):
         proto.pieces.add(piece=piece, score=float(score), type=int(kind))
     with_spaces = proto.SerializeToString()
     for piece in proto.pieces:

@@ -42,12 +42,14 @@ def test_the_cache_is_complete_and_current(bundled):
 @pytest.mark.parametrize("text", TOKENIZER_PROBES)
 def test_saved_tokenizer_splits_text_as_sentencepiece_does(bundled, text):
     plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
-    assert bundled.tokenizer(plain, add_special_tokens=False).input_ids == sentencepiece_ids(bundled_dir(), plain)
+    ids = bundled.tokenizer(plain, add_special_tokens=False).input_ids
+    assert ids == sentencepiece_ids(bundled_dir(), plain)
 
 
 def test_whole_words_are_single_tokens(bundled):
     tok = bundled.tokenizer
-    pieces = tok.convert_ids_to_tokens(tok("What is the capital of France?", add_special_tokens=False).input_ids)
+    ids = tok("What is the capital of France?", add_special_tokens=False).input_ids
+    pieces = tok.convert_ids_to_tokens(ids)
     assert pieces == ["What", "▁is", "▁the", "▁capital", "▁of", "▁France", "?"]
     for marker in (START_OF_TURN, END_OF_TURN, "<bos>"):
         assert len(tok(marker, add_special_tokens=False).input_ids) == 1

@@ -31,7 +31,8 @@ def test_leading_system_message_is_folded_into_the_first_user_turn():
 
 
 def test_system_argument_and_system_message_are_both_kept_in_order():
-    folded = fold_system_prompt([{"role": "system", "content": "Answer in French."}, USER], system="Be brief.")
+    system = {"role": "system", "content": "Answer in French."}
+    folded = fold_system_prompt([system, USER], system="Be brief.")
     assert folded[0]["content"] == "Be brief.\n\nAnswer in French.\n\nWhat is 2+2?"
 
 
