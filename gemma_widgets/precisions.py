@@ -1,17 +1,39 @@
 """The precision registry: every way the kit can load a model, and whether it can here.
 
 Each :class:`Precision` has a name, the bytes it stores per parameter, a loader, and an
-availability check that returns a reason instead of raising deep inside a load.
+availability check that returns a reason instead of raising deep inside a load:
+
+========================  =====================================================================
+``fp32``                  float32, the reference
+``bf16``                  bfloat16: float32's range in half the bytes
+``fp16``                  float16: unavailable for Gemma, whose activations overflow it
+``bnb-int8``              bitsandbytes LLM.int8() weights
+``bnb-nf4``, ``bnb-fp4``  bitsandbytes 4-bit weights (``double_quant=True`` quantizes the scales)
+``ov-fp16``, ``ov-int8``  OpenVINO IR exports (nncf weight compression), run by openvino-genai
+``ov-int4``               ...4-bit: ``sym``, ``group_size``, ``ratio``, ``all_layers`` options
+``ov-int4-optimum``       the same int4 IR run by optimum-intel's ``OVModelForCausalLM``
+========================  =====================================================================
+
+Every ``ov-*`` variant takes ``engine="genai"`` (``openvino_genai.LLMPipeline``, the default:
+fast, for chat and benchmarks) or ``engine="optimum"`` (``OVModelForCausalLM``: the transformers
+API with logits, what notebook 04 teaches). ``auto`` picks for the hardware, see
+:func:`auto_precision`; ``fast`` is ``auto`` when speed matters more than the transformers API.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gemma_widgets.errors import PrecisionUnavailableError
 from gemma_widgets.models import LoadedModel, Preset
+
+#: Gemma's residual stream reaches ~1e5 on ordinary prompts (notebook 03 measures it); float16
+#: stops at 65504, so an fp16 model turns it into inf, then NaN, and greedy decoding picks
+#: token 0, ``<pad>``, forever.
+FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -36,65 +58,245 @@ class Precision:
         return self.load_fn(self, preset, path, **options)
 
 
+# --- what the hardware has -------------------------------------------------------------------
 def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def _transformers_only(preset: Preset) -> str | None:
-    if preset.fmt != "transformers":
-        return f"{preset.name} is an OpenVINO export; use an ov-* precision"
+def _cuda_capability() -> tuple[int, int] | None:
+    import torch
+
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+
+
+def _missing(*modules: str) -> str | None:
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package (e.g. optimum) is missing
+            found = False
+        if not found:
+            package = {"optimum.intel": "optimum-intel", "openvino_genai": "openvino-genai",
+                       "openvino_tokenizers": "openvino-tokenizers"}.get(module, module)
+            return f"the package {package} is not installed (pip install {package})"
     return None
+
+
+def _memory_available() -> int:
+    """Bytes the weights may take: free GPU memory with CUDA, else available RAM."""
+    if _has_cuda():
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def _too_big(preset: Preset, bytes_per_param: float) -> str | None:
+    need = preset.weights_bytes(bytes_per_param)
+    have = _memory_available()
+    if preset.params and need > have:
+        where = "GPU memory" if _has_cuda() else "RAM"
+        return (f"its weights need about {need / 1e9:.1f} GB at {bytes_per_param:g} bytes/param and "
+                f"only {have / 1e9:.1f} GB of {where} is free; pick a smaller precision or model")
+    return None
+
+
+# --- availability checks -------------------------------------------------------------------
+def _check_torch(bytes_per_param: float) -> Callable[[Preset], str | None]:
+    def check(preset: Preset) -> str | None:
+        if preset.fmt != "transformers":
+            return f"{preset.name} is an OpenVINO export; use ov-int4"
+        return _too_big(preset, bytes_per_param)
+
+    return check
+
+
+def _check_fp16(preset: Preset) -> str | None:
+    return _check_torch(2)(preset) or (
+        f"Gemma's activations (about 1e5) overflow float16 (max {FP16_MAX:.0f}): logits become "
+        "NaN and every token <pad>; use bf16 (or, on a T4, bnb-nf4 or fp32). Notebook 03 shows it")
+
+
+def _check_bnb(bytes_per_param: float) -> Callable[[Preset], str | None]:
+    def check(preset: Preset) -> str | None:
+        return _check_torch(bytes_per_param)(preset) or _missing("bitsandbytes")
+
+    return check
+
+
+def _check_ov(bytes_per_param: float, exported_ok: bool) -> Callable[[Preset], str | None]:
+    def check(preset: Preset) -> str | None:
+        if preset.fmt == "openvino" and not exported_ok:
+            return f"{preset.name} is already an OpenVINO export; load it with ov-int4"
+        return _missing("optimum.intel", "openvino", "openvino_genai", "openvino_tokenizers") or (
+            _too_big(preset, bytes_per_param))
+
+    return check
+
+
+# --- loaders ---------------------------------------------------------------------------------
+def _hf_tokenizer(path: str) -> Any:
+    from gemma_widgets._bundled import load_tokenizer
+    from gemma_widgets.templates import ensure_chat_template
+
+    tokenizer = load_tokenizer(path)
+    ensure_chat_template(tokenizer)
+    return tokenizer
 
 
 def _load_torch_dtype(variant: Precision, preset: Preset, path: str, **options: Any) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gemma_widgets._bundled import load_tokenizer
-    from gemma_widgets.templates import ensure_chat_template
-
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[variant.name]
     device_map = "auto" if _has_cuda() else None
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **options)
     model.eval()
-    tokenizer = load_tokenizer(path)
-    ensure_chat_template(tokenizer)
-    return LoadedModel(model, tokenizer, preset, variant.name, "transformers", path)
+    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path)
+
+
+def bnb_dtype() -> Any:
+    """The dtype of everything bitsandbytes does not quantize, and of its compute.
+
+    It must be given explicitly: without ``dtype``, transformers 4.57 loads a bitsandbytes model
+    in **float16** (its bnb quantizer's default), so the embedding, the norms and Gemma's residual
+    stream are float16; the stream passes 65504, turns to inf then NaN, and greedy decoding
+    returns only ``<pad>`` (id 0). bfloat16 has float32's range: used on CPUs and on GPUs with
+    compute capability 8 or more. Older GPUs (a T4 is 7.5) have no fast bf16, and fp16 is the
+    trap above, so they compute in float32.
+    """
+    import torch
+
+    capability = _cuda_capability()
+    if capability is not None and capability[0] < 8:
+        return torch.float32
+    return torch.bfloat16
+
+
+def bnb_config(variant: str, double_quant: bool = False, **extra: Any) -> Any:
+    """The ``BitsAndBytesConfig`` for ``bnb-int8``, ``bnb-nf4`` or ``bnb-fp4``."""
+    from transformers import BitsAndBytesConfig
+
+    if variant == "bnb-int8":
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=variant.removeprefix("bnb-"),
+                              bnb_4bit_compute_dtype=bnb_dtype(),
+                              bnb_4bit_use_double_quant=double_quant, **extra)
+
+
+def _load_bnb(variant: Precision, preset: Preset, path: str, double_quant: bool = False,
+              **options: Any) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    device_map = "auto" if _has_cuda() else None
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=bnb_config(variant.name, double_quant), dtype=bnb_dtype(),
+        device_map=device_map, **options)
+    model.eval()
+    notes = [f"non-quantized layers and compute in {str(bnb_dtype()).removeprefix('torch.')}"]
+    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path,
+                       notes=notes)
+
+
+def _load_ov(variant: Precision, preset: Preset, path: str, engine: str | None = None,
+             **settings: Any) -> LoadedModel:
+    from gemma_widgets import _openvino
+
+    engine = _openvino.engine_name(engine or ("optimum" if variant.name.endswith("-optimum")
+                                              else None))
+    notes = []
+    if preset.fmt == "openvino":
+        if settings:
+            raise PrecisionUnavailableError(
+                f"{preset.name} is already exported; export settings {sorted(settings)} do not apply.")
+        folder = path if preset.source == "local" else _hub_snapshot(path)
+        notes.append("loaded as exported")
+    else:
+        weight_format = variant.name.split("-")[1]
+        export = _openvino.ExportSettings(weight_format=weight_format, **settings)
+        folder = str(_openvino.export(path, export))
+        notes.append(f"OpenVINO export {export.key}")
+    model = _openvino.load_ir(folder, engine)
+    return LoadedModel(model, _hf_tokenizer(folder), preset, variant.name, engine, folder,
+                       notes=notes)
+
+
+def _hub_snapshot(repo: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo)
 
 
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
         Precision("fp32", "float32 weights and activations (reference)", 4, _load_torch_dtype,
-                  _transformers_only),
+                  _check_torch(4)),
         Precision("bf16", "bfloat16: fp32's range, half the bytes", 2, _load_torch_dtype,
-                  _transformers_only),
+                  _check_torch(2)),
         Precision("fp16", "float16: half the bytes, but Gemma's activations overflow its range", 2,
-                  _load_torch_dtype, _transformers_only),
+                  _load_torch_dtype, _check_fp16),
+        Precision("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outliers in 16-bit", 1,
+                  _load_bnb, _check_bnb(1)),
+        Precision("bnb-nf4", "bitsandbytes 4-bit NormalFloat weights", 0.5, _load_bnb,
+                  _check_bnb(0.5)),
+        Precision("bnb-fp4", "bitsandbytes 4-bit float weights", 0.5, _load_bnb, _check_bnb(0.5)),
+        Precision("ov-fp16", "OpenVINO IR, fp16 weights (openvino-genai)", 2, _load_ov,
+                  _check_ov(2, exported_ok=False)),
+        Precision("ov-int8", "OpenVINO IR, int8 weights (openvino-genai)", 1, _load_ov,
+                  _check_ov(1, exported_ok=False)),
+        Precision("ov-int4", "OpenVINO IR, int4 weights (openvino-genai, fast)", 0.5, _load_ov,
+                  _check_ov(0.5, exported_ok=True)),
+        Precision("ov-int4-optimum", "OpenVINO IR, int4 weights (optimum-intel, transformers API)",
+                  0.5, _load_ov, _check_ov(0.5, exported_ok=True)),
     )
 }
 
 
-def auto_precision(preset: Preset) -> str:
-    """The best precision for ``preset`` on this hardware."""
-    import torch
+def auto_precision(preset: Preset, for_speed: bool = False) -> str:
+    """The best precision for ``preset`` on this hardware, and why.
 
+    * An OpenVINO export can only run as exported: ``ov-int4``.
+    * A GPU with compute capability 8 or more (A100, L4, RTX 30xx and newer) computes bf16
+      natively: ``bf16``, the full model at half fp32's bytes with fp32's range.
+    * An older GPU (a T4 is 7.5) has no fast bf16, and fp16 overflows Gemma's activations, so
+      the weights go 4-bit (``bnb-nf4``, computing in float32), which also fits a 9B model in a
+      T4's 15 GB; without bitsandbytes, ``fp32``.
+    * On a CPU: with ``for_speed`` (chat, benchmarks) the OpenVINO int4 export run by
+      openvino-genai, the fastest path measured here; otherwise ``bf16``, which keeps the
+      transformers API (``pipeline``, ``generate``, logits) that most lessons use.
+    """
     if preset.fmt == "openvino":
         return "ov-int4"
-    if _has_cuda() and torch.cuda.get_device_capability()[0] >= 8:
-        return "bf16"  # Ampere or newer computes bf16 natively
+    capability = _cuda_capability()
+    if capability is not None:
+        if capability[0] >= 8:
+            return "bf16"
+        return "bnb-nf4" if PRECISIONS["bnb-nf4"].unavailable_reason(preset) is None else "fp32"
+    if for_speed and PRECISIONS["ov-int4"].unavailable_reason(preset) is None:
+        return "ov-int4"
     return "bf16"
 
 
 def resolve(name: str | None, preset: Preset) -> Precision:
-    """The :class:`Precision` called ``name`` (``None`` or ``auto``: :func:`auto_precision`)."""
+    """The :class:`Precision` called ``name``.
+
+    ``None`` or ``auto``: :func:`auto_precision`; ``fast``: the same with ``for_speed=True``.
+    """
     name = (name or "auto").strip().lower()
-    if name == "auto":
-        name = auto_precision(preset)
+    if name in ("auto", "fast"):
+        name = auto_precision(preset, for_speed=name == "fast")
     if name not in PRECISIONS:
         raise PrecisionUnavailableError(
-            f"Unknown precision {name!r}. Known: auto, {', '.join(PRECISIONS)}."
+            f"Unknown precision {name!r}. Known: auto, fast, {', '.join(PRECISIONS)}."
         )
     return PRECISIONS[name]
+
+
+def available(preset: Preset) -> dict[str, str | None]:
+    """Every precision's name with why it cannot run ``preset`` here (``None``: it can)."""
+    return {name: p.unavailable_reason(preset) for name, p in PRECISIONS.items()}

@@ -1,0 +1,180 @@
+"""OpenVINO exports of a model, cached on disk, and the two engines that run them.
+
+An export is an OpenVINO IR folder (``openvino_model.xml``/``.bin``) written by optimum-intel,
+with the Hugging Face tokenizer and the OpenVINO tokenizer/detokenizer (converted by
+openvino-tokenizers) beside it. It is built once per (model, :class:`ExportSettings`) under
+``cache_root()/openvino`` by :func:`gemma_widgets._cache.build_once`; later loads only read it.
+
+Two engines run the same IR:
+
+* ``openvino-genai`` (default, the fast one): ``LoadedModel.model`` is an
+  ``openvino_genai.LLMPipeline``; its whole generate loop runs in C++. Call it with token ids
+  (``openvino_genai.TokenizedInputs``) or text; stream with a ``StreamerBase`` whose ``write``
+  returns ``StreamingStatus.STOP`` to stop. It gives no logits.
+* ``optimum-intel``: ``LoadedModel.model`` is an ``optimum.intel.OVModelForCausalLM``, the
+  transformers API (``generate`` with a ``TextIteratorStreamer``, ``model(ids).logits``). Its
+  Python generate loop costs about a third of the speed at this model size.
+
+In both, ``LoadedModel.tokenizer`` is the Hugging Face tokenizer (chat template, counting) and
+``LoadedModel.path`` is the IR folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from gemma_widgets._cache import build_once, cache_root
+from gemma_widgets.errors import PrecisionUnavailableError
+
+ENGINES = {"genai": "openvino-genai", "openvino-genai": "openvino-genai",
+           "optimum": "optimum-intel", "optimum-intel": "optimum-intel"}
+DEFAULT_ENGINE = "openvino-genai"
+TOKENIZER_XML = "openvino_tokenizer.xml"
+DETOKENIZER_XML = "openvino_detokenizer.xml"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to compress the weights when exporting (nncf weight compression).
+
+    Attributes:
+        weight_format: ``fp16`` (no compression), ``int8`` (per output channel) or ``int4``.
+        sym: symmetric quantization (a scale per group) instead of asymmetric (scale and zero
+            point per group): a little faster and smaller, a little less accurate.
+        group_size: how many consecutive weights share one scale (int4 only); smaller groups
+            follow the weights more closely but store more scales. -1 means one per row.
+        ratio: the share of the compressible layers put in int4; the rest stay int8.
+        all_layers: also put the embedding and the last layer in int4 (by default nncf keeps
+            them in int8). Gemma ties its output layer to its 262k-row embedding, the largest
+            tensor of a small model, so this changes the bytes read per token a lot.
+    """
+
+    weight_format: str = "int4"
+    sym: bool = False
+    group_size: int = 64
+    ratio: float = 1.0
+    all_layers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in ("fp16", "int8", "int4"):
+            raise PrecisionUnavailableError(
+                f"Unknown OpenVINO weight format {self.weight_format!r}: use fp16, int8 or int4.")
+        if not 0.0 < self.ratio <= 1.0:
+            raise PrecisionUnavailableError(f"ratio must be in (0, 1], got {self.ratio}.")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise PrecisionUnavailableError(f"group_size must be positive or -1, got {self.group_size}.")
+
+    @property
+    def key(self) -> str:
+        """A short folder name that differs whenever a setting differs."""
+        if self.weight_format != "int4":
+            return self.weight_format
+        mode = "sym" if self.sym else "asym"
+        tail = "-all" if self.all_layers else ""
+        return f"int4-{mode}-g{self.group_size}-r{self.ratio:g}{tail}"
+
+    def quantization_config(self) -> Any:
+        """The ``OVWeightQuantizationConfig`` for these settings (None for fp16)."""
+        from optimum.intel import OVWeightQuantizationConfig
+
+        if self.weight_format == "fp16":
+            return None
+        if self.weight_format == "int8":
+            return OVWeightQuantizationConfig(bits=8, sym=self.sym)
+        return OVWeightQuantizationConfig(bits=4, sym=self.sym, group_size=self.group_size,
+                                          ratio=self.ratio, all_layers=self.all_layers)
+
+
+def export_dir(source: str, settings: ExportSettings) -> Path:
+    """Where the export of ``source`` (a folder or hub id) with ``settings`` is cached."""
+    name = Path(source).name or "model"
+    digest = hashlib.sha256(os.path.abspath(source).encode() if os.path.isdir(source)
+                            else source.encode()).hexdigest()[:8]
+    return cache_root() / "openvino" / f"{name}-{digest}-{settings.key}"
+
+
+def save_ov_tokenizers(hf_tokenizer: Any, folder: Path) -> None:
+    """Convert ``hf_tokenizer`` to OpenVINO tokenizer/detokenizer models inside ``folder``."""
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+
+    tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
+    ov.save_model(tokenizer, folder / TOKENIZER_XML)
+    ov.save_model(detokenizer, folder / DETOKENIZER_XML)
+
+
+def export(source: str, settings: ExportSettings) -> Path:
+    """The IR folder for ``source`` exported with ``settings``, built once (with a progress bar)."""
+
+    def build(out: Path) -> dict:
+        from optimum.intel import OVModelForCausalLM
+
+        from gemma_widgets._bundled import load_tokenizer
+        from gemma_widgets.templates import ensure_chat_template
+
+        steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
+        steps.set_postfix_str("export and compress weights")
+        config = settings.quantization_config()
+        model = OVModelForCausalLM.from_pretrained(
+            source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
+        steps.update()
+        steps.set_postfix_str("save IR")
+        model.save_pretrained(out)
+        tokenizer = load_tokenizer(source)
+        ensure_chat_template(tokenizer)
+        tokenizer.save_pretrained(out)
+        steps.update()
+        steps.set_postfix_str("convert tokenizers")
+        save_ov_tokenizers(tokenizer, out)
+        steps.update()
+        steps.close()
+        return {"source": source, "settings": asdict(settings)}
+
+    return build_once(export_dir(source, settings), build)
+
+
+def with_ov_tokenizers(folder: str) -> Path:
+    """``folder`` if it has OpenVINO tokenizers, else a cached twin (links to its IR) that has."""
+    path = Path(folder)
+    if (path / TOKENIZER_XML).is_file() and (path / DETOKENIZER_XML).is_file():
+        return path
+
+    def build(out: Path) -> dict:
+        from gemma_widgets._bundled import load_tokenizer
+
+        for item in path.iterdir():
+            (out / item.name).symlink_to(item.resolve())
+        save_ov_tokenizers(load_tokenizer(path), out)
+        return {"source": str(path)}
+
+    return build_once(cache_root() / "openvino" / f"{path.name}-tokenizers", build)
+
+
+def engine_name(engine: str | None) -> str:
+    """The canonical engine name for ``engine`` (``genai``/``optimum`` or the full names)."""
+    if engine is None:
+        return DEFAULT_ENGINE
+    try:
+        return ENGINES[engine.strip().lower()]
+    except KeyError:
+        raise PrecisionUnavailableError(
+            f"Unknown OpenVINO engine {engine!r}: use 'genai' (openvino-genai LLMPipeline, fast) "
+            "or 'optimum' (optimum-intel OVModelForCausalLM, the transformers API).") from None
+
+
+def load_ir(folder: str, engine: str, device: str = "CPU") -> Any:
+    """The model object for ``engine`` on the IR in ``folder`` (see the module docstring)."""
+    if engine == "optimum-intel":
+        from optimum.intel import OVModelForCausalLM
+
+        return OVModelForCausalLM.from_pretrained(folder, device=device)
+    import openvino_genai
+
+    return openvino_genai.LLMPipeline(str(with_ov_tokenizers(folder)), device)
+

@@ -1,0 +1,152 @@
+"""The precision registry: availability reasons, auto choices, and sane output from every variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gemma_widgets import load_model, precisions
+from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.models import PRESETS, resolve_preset
+from gemma_widgets.precisions import FP16_MAX, PRECISIONS, auto_precision, available, resolve
+
+PROMPT = "The capital of France is"
+NEW_TOKENS = 12
+TINY = PRESETS["tiny-random-gemma2"]
+NINE_B = PRESETS["google/gemma-2-9b-it"]
+OV_HUB = PRESETS["fakezeta/gemma-2-9b-it-ov-int4"]
+
+
+def next_logits(lm, ids: list[int]) -> torch.Tensor:
+    """Logits of ``lm`` over ``ids``; an openvino-genai pipeline is scored on its IR by optimum."""
+    model = lm.model
+    if lm.engine == "openvino-genai":
+        from optimum.intel import OVModelForCausalLM
+
+        model = OVModelForCausalLM.from_pretrained(lm.path)
+    input_ids = torch.tensor([ids], device=getattr(model, "device", "cpu"))
+    with torch.inference_mode():
+        return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0].float()
+
+
+def greedy(lm, ids: list[int], n: int = NEW_TOKENS) -> list[int]:
+    """``n`` greedy tokens after ``ids`` from either engine."""
+    if lm.engine == "openvino-genai":
+        import numpy as np
+        import openvino as ov
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = config.min_new_tokens = n
+        array = np.array([ids], dtype=np.int64)
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+        return list(lm.model.generate(inputs, config).tokens[0])[:n]
+    input_ids = torch.tensor([ids], device=lm.model.device)
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
+                                min_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def assert_sane(lm, strict: bool) -> None:
+    """Finite logits; greedy output not all padding (and, ``strict``, not one token repeated)."""
+    ids = lm.tokenizer(PROMPT).input_ids
+    assert torch.isfinite(next_logits(lm, ids)).all(), f"{lm.precision}: non-finite logits"
+    out = greedy(lm, ids)
+    assert len(out) == NEW_TOKENS
+    assert set(out) != {lm.tokenizer.pad_token_id}, f"{lm.precision}: every token is <pad>"
+    if strict:
+        assert len(set(out)) > 1, f"{lm.precision}: one token repeated: {lm.tokenizer.decode(out)!r}"
+
+
+def variants_here(preset) -> list:
+    return [pytest.param(name, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
+            for name, reason in available(preset).items()]
+
+
+@pytest.mark.parametrize("name", variants_here(TINY))
+def test_every_available_variant_gives_finite_logits_on_the_tiny_model(name):
+    assert_sane(load_model("tiny-random-gemma2", precision=name), strict=False)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", variants_here(PRESETS["bundled"]))
+def test_every_available_variant_gives_sane_text_on_the_bundled_model(name):
+    lm = load_model("bundled", precision=name)
+    assert lm.precision == name
+    assert_sane(lm, strict=True)
+
+
+def test_available_lists_every_variant_with_a_reason_or_none():
+    found = available(TINY)
+    assert list(found) == list(PRECISIONS)
+    assert all(reason is None or (isinstance(reason, str) and reason) for reason in found.values())
+    assert found["fp32"] is None and found["bf16"] is None
+
+
+def test_fp16_is_unavailable_for_gemma_with_the_overflow_as_reason():
+    reason = PRECISIONS["fp16"].unavailable_reason(TINY)
+    assert reason and f"{FP16_MAX:.0f}" in reason and "bf16" in reason
+    with pytest.raises(PrecisionUnavailableError, match="overflow float16"):
+        load_model("tiny-random-gemma2", precision="fp16")
+
+
+def test_bnb_without_dtype_is_float16_which_is_why_the_registry_gives_one():
+    """The cause of the all-<pad> output: transformers' bitsandbytes default dtype is float16."""
+    from transformers import AutoModelForCausalLM
+
+    from gemma_widgets.models import locate
+
+    path = locate(TINY)
+    config = precisions.bnb_config("bnb-nf4")
+    assert AutoModelForCausalLM.from_pretrained(path, quantization_config=config).dtype == torch.float16
+    lm = load_model("tiny-random-gemma2", precision="bnb-nf4")
+    assert lm.model.model.embed_tokens.weight.dtype == precisions.bnb_dtype() != torch.float16
+
+
+def test_too_little_memory_is_a_reason_before_any_load(monkeypatch):
+    monkeypatch.setattr(precisions, "_memory_available", lambda: 5 * 10**9)
+    reason = PRECISIONS["bf16"].unavailable_reason(NINE_B)
+    assert reason and "18.5 GB" in reason and "5.0 GB" in reason
+    assert PRECISIONS["ov-int4"].unavailable_reason(NINE_B) is None  # 4.6 GB fits
+    with pytest.raises(PrecisionUnavailableError, match="bf16 is not available here: its weights need"):
+        PRECISIONS["bf16"].load(NINE_B, "google/gemma-2-9b-it")
+
+
+def test_a_missing_package_is_a_reason(monkeypatch):
+    real = precisions.importlib.util.find_spec
+    monkeypatch.setattr(precisions.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert "pip install bitsandbytes" in PRECISIONS["bnb-nf4"].unavailable_reason(TINY)
+    assert available(TINY)["bf16"] is None
+
+
+def test_openvino_exports_only_load_as_exported():
+    assert PRECISIONS["bf16"].unavailable_reason(OV_HUB).startswith(f"{OV_HUB.name} is an OpenVINO export")
+    assert "already an OpenVINO export" in PRECISIONS["ov-int8"].unavailable_reason(OV_HUB)
+    assert auto_precision(OV_HUB) == "ov-int4"
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "bnb-nf4")])
+def test_auto_on_a_gpu_follows_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(precisions, "_cuda_capability", lambda: capability)
+    assert auto_precision(TINY) == expected
+    expected_dtype = torch.float32 if capability < (8, 0) else torch.bfloat16
+    assert precisions.bnb_dtype() == expected_dtype
+
+
+def test_auto_on_a_t4_without_bitsandbytes_is_fp32(monkeypatch):
+    monkeypatch.setattr(precisions, "_cuda_capability", lambda: (7, 5))
+    monkeypatch.setattr(precisions, "_missing", lambda *modules: "the package bitsandbytes is not installed")
+    assert auto_precision(TINY) == "fp32"
+
+
+def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
+    monkeypatch.setattr(precisions, "_cuda_capability", lambda: None)
+    assert resolve("auto", TINY).name == resolve(None, TINY).name == "bf16"
+    assert resolve("fast", TINY).name == "ov-int4"
+
+
+def test_unknown_precision_lists_the_known_ones():
+    with pytest.raises(PrecisionUnavailableError, match="Known: auto, fast, fp32, bf16"):
+        resolve("int3", resolve_preset("tiny-random-gemma2"))
