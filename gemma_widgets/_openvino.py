@@ -115,14 +115,15 @@ def export(source: str, settings: ExportSettings) -> Path:
     def build(out: Path) -> dict:
         from optimum.intel import OVModelForCausalLM
 
-        from gemma_widgets._bundled import load_tokenizer
+        from gemma_widgets._bundled import _quiet_transformers, load_tokenizer
         from gemma_widgets.templates import ensure_chat_template
 
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
         steps.set_postfix_str("export and compress weights")
         config = settings.quantization_config()
-        model = OVModelForCausalLM.from_pretrained(
-            source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
+        with _quiet_transformers():  # the exporter's own tokenizer load warns spuriously
+            model = OVModelForCausalLM.from_pretrained(
+                source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
         steps.update()
         steps.set_postfix_str("save IR")
         model.save_pretrained(out)

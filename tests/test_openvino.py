@@ -1,0 +1,111 @@
+"""OpenVINO exports: settings, the on-disk cache, both engines on one IR, loading an export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gemma_widgets import load_model
+from gemma_widgets._cache import MANIFEST, read_manifest
+from gemma_widgets._openvino import (
+    DETOKENIZER_XML,
+    TOKENIZER_XML,
+    ExportSettings,
+    engine_name,
+    export,
+    export_dir,
+    with_ov_tokenizers,
+)
+from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.models import PRESETS, locate, resolve_preset
+from gemma_widgets.precisions import PRECISIONS
+from tests.test_precisions import greedy
+
+pytestmark = pytest.mark.skipif(bool(PRECISIONS["ov-int4"].unavailable_reason(PRESETS["tiny-random-gemma2"])),
+                                reason="OpenVINO packages missing")
+
+
+@pytest.fixture(scope="module")
+def tiny_ir():
+    return export(locate(PRESETS["tiny-random-gemma2"]), ExportSettings())
+
+
+def test_every_setting_gets_its_own_folder():
+    base = ExportSettings()
+    variants = [base, ExportSettings(sym=True), ExportSettings(group_size=128), ExportSettings(ratio=0.8),
+                ExportSettings(all_layers=True), ExportSettings("int8"), ExportSettings("fp16")]
+    assert len({s.key for s in variants}) == len(variants)
+    assert base.key == "int4-asym-g64-r1"
+    assert len({export_dir("/some/model", s) for s in variants}) == len(variants)
+    assert export_dir("/a/model", base) != export_dir("/b/model", base)
+
+
+@pytest.mark.parametrize("bad", [dict(weight_format="int3"), dict(ratio=0), dict(ratio=1.5), dict(group_size=0)])
+def test_bad_settings_are_refused_with_the_allowed_values(bad):
+    with pytest.raises(PrecisionUnavailableError):
+        ExportSettings(**bad)
+
+
+def test_quantization_config_carries_the_settings():
+    config = ExportSettings(sym=True, group_size=32, ratio=0.5, all_layers=True).quantization_config()
+    assert (config.bits, config.sym, config.group_size, config.ratio, config.all_layers) == (4, True, 32, 0.5, True)
+    assert ExportSettings("int8").quantization_config().bits == 8
+    assert ExportSettings("fp16").quantization_config() is None
+
+
+def test_an_export_is_complete_and_built_once(tiny_ir, monkeypatch):
+    for name in ("openvino_model.xml", "openvino_model.bin", "config.json", "tokenizer.json",
+                 TOKENIZER_XML, DETOKENIZER_XML):
+        assert (tiny_ir / name).is_file(), name
+    assert read_manifest(tiny_ir)["settings"]["group_size"] == 64
+    stamp = (tiny_ir / MANIFEST).stat().st_mtime_ns
+    import optimum.intel
+
+    monkeypatch.setattr(optimum.intel.OVModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("exported again"))
+    assert export(locate(PRESETS["tiny-random-gemma2"]), ExportSettings()) == tiny_ir
+    assert (tiny_ir / MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
+    genai = load_model("tiny-random-gemma2", "ov-int4")
+    optimum = load_model("tiny-random-gemma2", "ov-int4", engine="optimum")
+    assert (genai.engine, optimum.engine) == ("openvino-genai", "optimum-intel")
+    assert genai.path == optimum.path == str(tiny_ir)
+    assert type(genai.model).__name__ == "LLMPipeline"
+    assert type(optimum.model).__name__ == "OVModelForCausalLM"
+    assert callable(genai.tokenizer.apply_chat_template)  # the HF tokenizer in both
+    ids = genai.tokenizer("Hello there, how are").input_ids
+    assert greedy(genai, ids, 8) == greedy(optimum, ids, 8)
+    assert load_model("tiny-random-gemma2", "ov-int4-optimum").engine == "optimum-intel"
+
+
+def test_unknown_engine_names_the_two():
+    assert engine_name("genai") == engine_name(None) == "openvino-genai"
+    assert engine_name("Optimum") == "optimum-intel"
+    with pytest.raises(PrecisionUnavailableError, match="'genai'.*'optimum'"):
+        engine_name("llama.cpp")
+
+
+def test_an_export_folder_loads_as_exported_and_refuses_other_settings(tiny_ir):
+    preset = resolve_preset(str(tiny_ir))
+    assert preset.fmt == "openvino"
+    assert "already an OpenVINO export" in PRECISIONS["ov-int8"].unavailable_reason(preset)
+    lm = load_model(str(tiny_ir), "auto")
+    assert lm.precision == "ov-int4" and lm.path == str(tiny_ir) and "loaded as exported" in lm.notes
+    with pytest.raises(PrecisionUnavailableError, match="do not apply"):
+        load_model(str(tiny_ir), "ov-int4", group_size=32)
+
+
+def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMMA_WIDGETS_CACHE", str(tmp_path / "cache"))
+    bare = tmp_path / "bare-ir"
+    bare.mkdir()
+    for item in tiny_ir.iterdir():
+        if item.name not in (TOKENIZER_XML, DETOKENIZER_XML, MANIFEST):
+            (bare / item.name).symlink_to(item)
+    twin = with_ov_tokenizers(str(bare))
+    assert twin != bare and (twin / TOKENIZER_XML).is_file() and (twin / "openvino_model.xml").exists()
+    assert with_ov_tokenizers(str(tiny_ir)) == tiny_ir
+    assert json.loads((twin / MANIFEST).read_text())["info"]["source"] == str(bare)
