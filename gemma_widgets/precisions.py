@@ -282,6 +282,29 @@ def auto_precision(preset: Preset, for_speed: bool = False) -> str:
     return "bf16"
 
 
+def residual_peaks(model: Any, input_ids: Any) -> list[float]:
+    """The largest ``|value|`` in the residual stream after each decoder layer, for ``input_ids``.
+
+    These are the numbers float16 must hold: compare them with :data:`FP16_MAX`.
+    """
+    import torch
+
+    peaks: list[float] = []
+
+    def record(module: Any, inputs: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        peaks.append(float(hidden.detach().abs().max()))
+
+    hooks = [layer.register_forward_hook(record) for layer in model.model.layers]
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return peaks
+
+
 def resolve(name: str | None, preset: Preset) -> Precision:
     """The :class:`Precision` called ``name``.
 

@@ -22,8 +22,9 @@ from gemma_widgets.models import PRESETS, locate, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
 from tests.test_precisions import greedy
 
-pytestmark = pytest.mark.skipif(bool(PRECISIONS["ov-int4"].unavailable_reason(PRESETS["tiny-random-gemma2"])),
-                                reason="OpenVINO packages missing")
+pytestmark = pytest.mark.skipif(
+    bool(PRECISIONS["ov-int4"].unavailable_reason(PRESETS["tiny-random-gemma2"])),
+    reason="OpenVINO packages missing")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ def test_bad_settings_are_refused_with_the_allowed_values(bad):
 
 def test_quantization_config_carries_the_settings():
     config = ExportSettings(sym=True, group_size=32, ratio=0.5, all_layers=True).quantization_config()
-    assert (config.bits, config.sym, config.group_size, config.ratio, config.all_layers) == (4, True, 32, 0.5, True)
+    settings = (config.bits, config.sym, config.group_size, config.ratio, config.all_layers)
+    assert settings == (4, True, 32, 0.5, True)
     assert ExportSettings("int8").quantization_config().bits == 8
     assert ExportSettings("fp16").quantization_config() is None
 
