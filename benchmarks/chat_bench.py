@@ -51,6 +51,7 @@ class Figures:
     speed_ratio: float  # panel over bare (main thread); target >= 0.97
     speed_ratio_vs_thread: float  # panel over bare in a worker thread: the streaming overhead alone
     bare_prefill_ms: float
+    bare_prefill_in_thread_ms: float
     panel_first_text_ms: float
     first_text_over_prefill_ms: float  # target <= 50
     decode_step_ms: float
@@ -133,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     bare_generate(model, ids, 8, stop_ids, pad)  # warm-up
     panel.send(PROMPT).wait()
     panel.clear()
-    prefill, bare, bare_thread, panel_s, first_text = [], [], [], [], []
+    prefill, prefill_thread, bare, bare_thread, panel_s, first_text = [], [], [], [], [], []
     for _ in range(args.repeats):
         prefill.append(bare_generate(model, ids, 1, stop_ids, pad))
+        prefill_thread.append(in_thread(bare_generate, model, ids, 1, stop_ids, pad))
         bare.append(bare_generate(model, ids, n, stop_ids, pad))
         bare_thread.append(in_thread(bare_generate, model, ids, n, stop_ids, pad))
         start = time.perf_counter()
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         panel_tok_s=n / pan_s, speed_ratio=bare_s / pan_s,
         speed_ratio_vs_thread=statistics.median(bare_thread) / pan_s,
         bare_prefill_ms=1000 * statistics.median(prefill),
+        bare_prefill_in_thread_ms=1000 * statistics.median(prefill_thread),
         panel_first_text_ms=1000 * statistics.median(first_text),
         first_text_over_prefill_ms=1000 * (statistics.median(first_text) - statistics.median(prefill)),
         decode_step_ms=1000 * step, stop_latency_ms=1000 * statistics.median(stops),
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
          f"panel {figures.speed_ratio_vs_thread:.3f}x of it)"),
         ("first text <= bare prefill + 50 ms", figures.first_text_over_prefill_ms <= 50,
          f"{figures.panel_first_text_ms:.0f} ms vs prefill {figures.bare_prefill_ms:.0f} ms "
-         f"(+{figures.first_text_over_prefill_ms:.0f} ms)"),
+         f"(+{figures.first_text_over_prefill_ms:.0f} ms; prefill in a worker thread "
+         f"{figures.bare_prefill_in_thread_ms:.0f} ms)"),
         ("stop <= one decode step + 100 ms", figures.stop_latency_max_ms <= figures.decode_step_ms + 100,
          f"median {figures.stop_latency_ms:.0f} ms, max {figures.stop_latency_max_ms:.0f} ms; "
          f"step {figures.decode_step_ms:.0f} ms"),
