@@ -257,6 +257,8 @@ class ChatPanel:
         with self._lock:
             self._finished = generation
             self._finished_live, self._live = self._live, None
+            if self._finished_live is not None:
+                self._finished_live.remove_class("gw-streaming")
             self._sync()
             stats = generation.stats
             if stats is not None:
@@ -279,7 +281,7 @@ class ChatPanel:
             self._set_busy(True)
         try:
             generation = action(*args)
-        except GemmaWidgetsError as exc:
+        except Exception as exc:  # nothing started: undo the live widget, keep the panel usable
             with self._lock:
                 if self._live is not None:
                     self._live.close()

@@ -433,7 +433,7 @@ class ChatSession:
         try:
             self.plan = self.conversation.plan(self.tokenizer, self.context_window,
                                                int(self.settings.max_new_tokens))
-        except GemmaWidgetsError:
+        except Exception:  # nothing was sent: the transcript goes back to how it was
             on_fail()
             raise
         self.generation = Generation(

@@ -68,7 +68,7 @@ def test_streaming_updates_the_reply_and_disables_send(tiny):
     assert panel.input.value == ""
     assert panel.send_button.disabled and not panel.stop_button.disabled
     live = panel.transcript.children[-1]
-    assert "gw-streaming" in live._dom_classes
+    assert "gw-streaming" in live._dom_classes and "gw-message" in live._dom_classes
     assert _wait_for(lambda: "three" in live.value)
     assert "eight" not in live.value  # it is mid-reply: the text arrived in pieces
     assert panel.wait(10)
@@ -76,6 +76,7 @@ def test_streaming_updates_the_reply_and_disables_send(tiny):
     assert [m["role"] for m in panel.history] == ["user", "assistant"]
     assert panel.history[-1]["content"] == "one two three four five six seven eight"
     assert "eight" in panel.transcript.children[-1].value and len(panel.transcript.children) == 2
+    assert "gw-streaming" not in panel.transcript.children[-1]._dom_classes
     assert "tokens" in panel.status.value and "tok/s" in panel.status.value
     assert panel.meter.value > 0 and "/ 1,024 tokens" in panel.meter_label.value
 
@@ -262,3 +263,19 @@ def test_bundled_model_chats_in_the_panel(bundled):
     assert reply["role"] == "assistant" and reply["content"].strip()
     assert panel.session.generation.stats.new_tokens > 0
     assert "<end_of_turn>" not in reply["content"]
+
+
+def test_an_unexpected_error_before_the_reply_leaves_the_panel_usable(tiny, monkeypatch):
+    panel, _ = _panel(tiny)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(panel.session.conversation, "plan", broken)
+    with pytest.raises(RuntimeError):
+        panel.send("hi")
+    assert not panel.send_button.disabled and panel.stop_button.disabled
+    assert "template exploded" in panel.notice.value
+    assert panel.history == [] and panel.transcript.children == ()
+    monkeypatch.undo()
+    assert panel.send("hi").wait(10) and len(panel.history) == 2
