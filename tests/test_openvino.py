@@ -42,7 +42,8 @@ def test_every_setting_gets_its_own_folder():
     assert export_dir("/a/model", base) != export_dir("/b/model", base)
 
 
-@pytest.mark.parametrize("bad", [dict(weight_format="int3"), dict(ratio=0), dict(ratio=1.5), dict(group_size=0)])
+@pytest.mark.parametrize("bad", [dict(weight_format="int3"), dict(ratio=0), dict(ratio=1.5),
+                                 dict(group_size=0)])
 def test_bad_settings_are_refused_with_the_allowed_values(bad):
     with pytest.raises(PrecisionUnavailableError):
         ExportSettings(**bad)
