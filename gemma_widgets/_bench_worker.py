@@ -6,7 +6,8 @@ means the peak memory it reports is that variant's alone, and a crash or an out-
 kill ends this process, not the run. Anything a library prints goes to stderr, so the
 event stream stays clean.
 
-The scenario, in order: load; warm-up; prefill repeats (generate exactly one token: time to
+With ``prepare_only`` in the spec it only loads the variant (building any cache, such as an
+OpenVINO export) and exits. The scenario, in order: load; warm-up; prefill repeats (generate exactly one token: time to
 first token); decode repeats (``min_new_tokens == max_new_tokens``); memory; the text of the
 last decode; quality on the package passage (after the memory reading, so scoring's
 activations do not count as the variant's footprint).
@@ -28,10 +29,27 @@ Emit = Callable[..., None]
 Generate = Callable[[list[int], int], list[int]]
 
 
-def parse_variant(variant: str) -> tuple[str, dict[str, bool]]:
-    """``"bf16+compile"`` -> ``("bf16", {"compile": True})``: a precision and loader flags."""
+def parse_variant(variant: str) -> tuple[str, dict[str, Any]]:
+    """A variant name -> a precision and :func:`~gemma_widgets.load_model` options.
+
+    ``"bf16"`` -> ``("bf16", {})``; ``"bf16+compile"`` -> ``("bf16", {"compile": True})``;
+    ``"ov-int4+group_size=32+all_layers"`` -> ``("ov-int4", {"group_size": 32, "all_layers": True})``.
+    """
     base, *flags = [part.strip() for part in variant.split("+")]
-    return base, {flag: True for flag in flags if flag}
+    options: dict[str, Any] = {}
+    for flag in filter(None, flags):
+        key, sep, value = flag.partition("=")
+        options[key.strip()] = _option_value(value.strip()) if sep else True
+    return base, options
+
+
+def _option_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _hf_tokenizer(loaded: Any) -> Any:
@@ -145,6 +163,9 @@ def measure(spec: dict[str, Any], emit: Emit) -> None:
     start = time.perf_counter()
     loaded = load_model(spec["model"], precision=precision, **flags)
     load_s = time.perf_counter() - start
+    if spec.get("prepare_only"):  # caches are built now; the measuring process only reads them
+        emit("prepared", seconds=load_s)
+        return
     emit("loaded", engine=loaded.engine, load_s=load_s, weights_bytes=weights_bytes(loaded),
          notes=list(loaded.notes))
     tokenizer = _hf_tokenizer(loaded)

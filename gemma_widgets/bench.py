@@ -39,12 +39,13 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._bench_worker import parse_variant
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.quality import top1_agreement
 
@@ -158,7 +159,7 @@ class Progress:
     variant: str
     index: int
     total: int
-    stage: str  # "starting", "load", "warmup", "prefill", "decode", "quality", "finished"
+    stage: str  # "prepare", "load", "warmup", "prefill", "decode", "quality", "finished"
     fraction: float
 
 
@@ -181,8 +182,7 @@ def variant_choices(model: str | None = None) -> dict[str, str | None]:
     from gemma_widgets import precisions
     from gemma_widgets.models import resolve_preset
 
-    preset = resolve_preset(model)
-    return {name: p.unavailable_reason(preset) for name, p in precisions.PRECISIONS.items()}
+    return precisions.available(resolve_preset(model))
 
 
 def default_variants(model: str | None = None) -> list[str]:
@@ -199,9 +199,6 @@ class _Worker:
     """One worker process and the events it sends, for one variant."""
 
     def __init__(self, spec: dict[str, Any]):
-        self.spec = spec
-        self.steps = 1 + spec["warmup"] + 2 * spec["repeats"] + 1
-        self.done = 0
         self.events: queue.Queue[dict | None] = queue.Queue()
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
@@ -251,63 +248,96 @@ def _worker_command() -> list[str]:
     return [sys.executable, "-m", "gemma_widgets._bench_worker"]
 
 
-def _measure(spec: dict[str, Any], index: int, total: int, cancel: threading.Event,
-             timeout_s: float | None, progress: Callable[[Progress], None]) -> tuple[Result, list[int]]:
-    """Measure one variant in its own process; returns its result and its top-1 predictions."""
-    result = Result(spec["model"], spec["variant"], new_tokens=spec["new_tokens"], repeats=spec["repeats"])
+def _events(spec: dict[str, Any], cancel: threading.Event, timeout_s: float | None,
+            started: float) -> Iterator[dict[str, Any]]:
+    """A worker's events for ``spec``, always ending with ``done`` or ``error``.
+
+    Cancel, the deadline (``timeout_s`` after ``started``) and a worker that dies without a
+    word (killed, crashed) all end the stream with an ``error`` that says which.
+    """
     worker = _Worker(spec)
-    top1: list[int] = []
-    prefill: list[float] = []
-    decode: list[float] = []
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    progress(Progress(spec["variant"], index, total, "load", 0.0))
     try:
         while True:
             if cancel.is_set():
-                worker.stop()
-                result.status, result.error = "cancelled", "cancelled by the user"
-                break
-            if deadline and time.monotonic() > deadline:
-                worker.stop()
-                result.status, result.error = "failed", f"timed out after {timeout_s:.0f} s"
-                break
+                yield {"event": "error", "status": "cancelled", "message": "cancelled by the user"}
+                return
+            if timeout_s and time.monotonic() - started > timeout_s:
+                yield {"event": "error", "status": "failed", "message": f"timed out after {timeout_s:.0f} s"}
+                return
             try:
                 event = worker.events.get(timeout=0.1)
             except queue.Empty:
                 continue
             if event is None:
-                result.status, result.error = "failed", worker.exit_reason()
-                break
-            kind = event.pop("event")
-            if kind == "done":
-                break
-            if kind == "error":
-                result.status, result.error = event["status"], event["message"]
-                break
-            if kind == "loaded":
-                result.engine, result.load_s, result.notes = event["engine"], event["load_s"], event["notes"]
-                result.weights_mb = event["weights_bytes"] / _MB
-                worker.done += 1
-            elif kind == "prompt":
-                result.prompt_tokens = event["prompt_tokens"]
-            elif kind == "memory":
-                result.peak_rss_mb = event["peak_rss_bytes"] / _MB
-                result.rss_mb = event["rss_bytes"] / _MB
-                cuda = event["peak_cuda_bytes"]
-                result.peak_cuda_mb = cuda / _MB if cuda is not None else None
-            elif kind == "text":
-                result.text = event["text"]
-            elif kind == "quality":
-                result.perplexity, top1 = event["perplexity"], event["top1"]
-            elif kind == "step":
-                worker.done += 1
-                if event["stage"] == "prefill":
-                    prefill.append(event["seconds"])
-                elif event["stage"] == "decode":
-                    decode.append(event["seconds"])
-                progress(Progress(spec["variant"], index, total, event["stage"], worker.done / worker.steps))
+                yield {"event": "error", "status": "failed", "message": worker.exit_reason()}
+                return
+            last = event["event"] in ("done", "error")
+            yield event
+            if last:
+                return
     finally:
         worker.stop()
+
+
+def _needs_prepare(variant: str) -> bool:
+    """OpenVINO variants may export on first load: build that cache in a process of its own."""
+    return parse_variant(variant)[0].startswith("ov-")
+
+
+def _measure(spec: dict[str, Any], index: int, total: int, cancel: threading.Event,
+             timeout_s: float | None, progress: Callable[[Progress], None]) -> tuple[Result, list[int]]:
+    """Measure one variant in its own process; returns its result and its top-1 predictions."""
+    result = Result(spec["model"], spec["variant"], new_tokens=spec["new_tokens"], repeats=spec["repeats"])
+    prepare = _needs_prepare(spec["variant"])
+    steps = prepare + 1 + spec["warmup"] + 2 * spec["repeats"] + 1
+    done = 0
+    top1: list[int] = []
+    prefill: list[float] = []
+    decode: list[float] = []
+    started = time.monotonic()
+
+    def tick(stage: str) -> None:
+        nonlocal done
+        done += 1
+        progress(Progress(spec["variant"], index, total, stage, done / steps))
+
+    if prepare:
+        progress(Progress(spec["variant"], index, total, "prepare", 0.0))
+        for event in _events({**spec, "prepare_only": True}, cancel, timeout_s, started):
+            if event["event"] == "error":
+                result.status, result.error = event["status"], event["message"]
+                return result, top1
+            if event["event"] == "prepared":
+                result.notes.append(f"loaded once first in a separate process ({event['seconds']:.0f} s), "
+                                    "so a one-time export counts in neither load time nor memory")
+        tick("prepare")
+    progress(Progress(spec["variant"], index, total, "load", done / steps))
+    for event in _events(spec, cancel, timeout_s, started):
+        kind = event["event"]
+        if kind == "error":
+            result.status, result.error = event["status"], event["message"]
+        elif kind == "loaded":
+            result.engine, result.load_s = event["engine"], event["load_s"]
+            result.notes += event["notes"]
+            result.weights_mb = event["weights_bytes"] / _MB
+            tick("load")
+        elif kind == "prompt":
+            result.prompt_tokens = event["prompt_tokens"]
+        elif kind == "memory":
+            result.peak_rss_mb = event["peak_rss_bytes"] / _MB
+            result.rss_mb = event["rss_bytes"] / _MB
+            cuda = event["peak_cuda_bytes"]
+            result.peak_cuda_mb = cuda / _MB if cuda is not None else None
+        elif kind == "text":
+            result.text = event["text"]
+        elif kind == "quality":
+            result.perplexity, top1 = event["perplexity"], event["top1"]
+        elif kind == "step":
+            if event["stage"] == "prefill":
+                prefill.append(event["seconds"])
+            elif event["stage"] == "decode":
+                decode.append(event["seconds"])
+            tick(event["stage"])
     _fill_timings(result, prefill, decode)
     return result, top1
 

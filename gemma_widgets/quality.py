@@ -22,7 +22,7 @@ optimum-intel model read from the same OpenVINO IR folder, i.e. the same weights
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -72,22 +72,33 @@ def top1_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float:
 
 def score_logits(logits: Any, ids: Sequence[int]) -> PassageScores:
     """Perplexity and top-1 predictions from ``logits`` (``[len(ids), vocab]``) for ``ids``."""
+    return score_chunks((logits[i:i + _CHUNK] for i in range(0, len(ids) - 1, _CHUNK)), ids)
+
+
+def score_chunks(chunks: Iterable[Any], ids: Sequence[int]) -> PassageScores:
+    """:func:`score_logits` over consecutive row chunks of the logits (bounded memory)."""
     import torch
 
     target = torch.as_tensor(ids[1:], dtype=torch.long)
-    logits = logits[: len(target)]  # the last position predicts past the passage
     nll = 0.0
     top1: list[int] = []
-    for start in range(0, len(target), _CHUNK):
-        chunk = logits[start:start + _CHUNK].float()
-        labels = target[start:start + len(chunk)]
+    for chunk in chunks:
+        chunk = chunk[: len(target) - len(top1)].float()  # the last position predicts past the passage
+        labels = target[len(top1):len(top1) + len(chunk)]
         nll += torch.nn.functional.cross_entropy(chunk, labels, reduction="sum").item()
         top1 += chunk.argmax(-1).tolist()
+    if len(top1) != len(target):
+        raise GemmaWidgetsError(f"Got logits for {len(top1)} positions, expected {len(target)}.")
     return PassageScores(math.exp(nll / len(target)), top1, len(ids))
 
 
-def passage_logits(loaded: LoadedModel, ids: Sequence[int]) -> Any:
-    """Next-token logits (``[len(ids), vocab]``, a CPU tensor) of ``loaded`` over ``ids``."""
+def passage_logits(loaded: LoadedModel, ids: Sequence[int]) -> Iterator[Any]:
+    """Next-token logits of ``loaded`` over ``ids``, in CPU chunks of rows (``[<=64, vocab]``).
+
+    A transformers model runs its decoder once and applies the output layer (with Gemma's final
+    logit soft-capping) a chunk at a time, so scoring never holds all ``len(ids) x 262k`` logits
+    (390 MB in fp32 for the passage). OpenVINO models return all logits at once.
+    """
     import torch
 
     if loaded.engine == "openvino-genai":
@@ -98,9 +109,22 @@ def passage_logits(loaded: LoadedModel, ids: Sequence[int]) -> Any:
         raise GemmaWidgetsError(f"Cannot score engine {loaded.engine!r}: it gives no logits.")
     device = getattr(model, "device", torch.device("cpu"))
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "use_cache": False}
+    head = model.get_output_embeddings() if loaded.engine == "transformers" else None
+    decoder = getattr(model, "model", None)
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
-    return out.logits[0].detach().to("cpu")
+        if head is None or decoder is None:
+            logits = model(**inputs).logits[0]
+            for start in range(0, len(ids), _CHUNK):
+                yield logits[start:start + _CHUNK].to("cpu")
+            return
+        hidden = decoder(**inputs).last_hidden_state[0]
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        for start in range(0, len(ids), _CHUNK):
+            logits = head(hidden[start:start + _CHUNK])
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            yield logits.to("cpu")
 
 
 def _optimum_twin(loaded: LoadedModel) -> Any:
@@ -113,4 +137,4 @@ def _optimum_twin(loaded: LoadedModel) -> Any:
 def score_passage(loaded: LoadedModel, max_tokens: int | None = None) -> PassageScores:
     """Score ``loaded`` on the package's passage (see the module docstring)."""
     ids = passage_ids(loaded.tokenizer, max_tokens)
-    return score_logits(passage_logits(loaded, ids), ids)
+    return score_chunks(passage_logits(loaded, ids), ids)

@@ -29,6 +29,8 @@ def tiny_run():
 def test_variant_names_carry_loader_flags():
     assert parse_variant("bf16") == ("bf16", {})
     assert parse_variant("bf16+compile") == ("bf16", {"compile": True})
+    assert parse_variant("ov-int4+group_size=32+all_layers+sym=false+ratio=0.8+engine=optimum") == (
+        "ov-int4", {"group_size": 32, "all_layers": True, "sym": False, "ratio": 0.8, "engine": "optimum"})
 
 
 def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
@@ -174,3 +176,16 @@ def test_cli_compares_two_variants_of_the_bundled_model(tmp_path):
     assert [r.variant for r in results] == ["fp32", "bf16"] and all(r.ok for r in results)
     assert results[1].top1_agreement > 0.5  # bf16 mostly agrees with fp32 on a real model
     assert results[0].perplexity < 1000
+
+
+def test_openvino_engines_are_measured_and_genai_is_scored_on_the_same_ir():
+    results = bench.run(TINY, ["ov-int4", "ov-int4-optimum"], reference="ov-int4-optimum", **FAST)
+    by = {r.variant: r for r in results}
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert by["ov-int4"].engine == "openvino-genai" and by["ov-int4-optimum"].engine == "optimum-intel"
+    assert by["ov-int4"].weights_mb == by["ov-int4-optimum"].weights_mb > 0  # the IR's weight file
+    # openvino-genai gives no logits: it is scored by optimum-intel on the very same IR
+    assert by["ov-int4"].top1_agreement == 1.0
+    assert by["ov-int4"].perplexity == pytest.approx(by["ov-int4-optimum"].perplexity, rel=1e-4)
+    assert by["ov-int4"].text and by["ov-int4-optimum"].text
+    assert any("separate process" in note for note in by["ov-int4"].notes)

@@ -56,7 +56,22 @@ def test_an_engine_without_logits_is_refused(tiny):
     from dataclasses import replace
 
     with pytest.raises(GemmaWidgetsError, match="no logits"):
-        quality.passage_logits(replace(tiny, engine="llama.cpp"), [1, 2, 3])
+        list(quality.passage_logits(replace(tiny, engine="llama.cpp"), [1, 2, 3]))
+
+
+def test_chunked_scoring_equals_the_full_forward_pass_with_soft_capping(tiny):
+    import torch
+
+    assert tiny.model.config.final_logit_softcapping  # Gemma 2 caps its logits: the chunks must too
+    ids = quality.passage_ids(tiny.tokenizer, max_tokens=150)  # three chunks
+    with torch.inference_mode():
+        full = tiny.model(input_ids=torch.tensor([ids])).logits[0]
+    chunked = torch.cat(list(quality.passage_logits(tiny, ids)))
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-4)
+    chunked_scores = quality.score_chunks(quality.passage_logits(tiny, ids), ids)
+    full_scores = quality.score_logits(full, ids)
+    assert chunked_scores.perplexity == pytest.approx(full_scores.perplexity, rel=1e-5)
+    assert chunked_scores.top1 == full_scores.top1
 
 
 @pytest.mark.integration
