@@ -9,9 +9,11 @@ from gemma_widgets.errors import GemmaWidgetsError
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gemma_widgets.models import locate, resolve_preset
+    from gemma_widgets.models import load_model, locate, resolve_preset
 
     print(locate(resolve_preset(args.model)))
+    for precision in args.precision or ():  # load once, so its cached export is built now
+        print(f"{precision}: ready ({load_model(args.model, precision).load_seconds:.0f} s)")
     return 0
 
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     prepare = sub.add_parser("prepare", help="build the bundled model's cache and print where it is")
     prepare.add_argument("--model", default=None, help="preset or hub id (default: bundled)")
+    prepare.add_argument("--precision", action="append",
+                         help="also build this precision's cache, e.g. ov-int4 (repeatable)")
     prepare.set_defaults(func=_prepare)
     from gemma_widgets.terminal import add_arguments as chat_arguments
 
