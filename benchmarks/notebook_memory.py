@@ -2,9 +2,11 @@
 
 Each notebook runs in a fresh kernel with nbclient (as nbval does). A thread samples, every
 ``interval`` seconds, the resident memory (RSS) of the kernel and of every process it started
-(the dashboard's per-variant workers, for example) and keeps the peak of their sum: what a
-container's memory limit sees, counting pages shared between processes twice (so it errs high).
-The kernel's own exact peak (Linux ``VmHWM``) is kept beside it, since a sampler can miss a spike.
+(the dashboard's per-variant workers, for example) and keeps the peak of their sum. Two sums:
+RSS, which counts pages shared between processes (a memory-mapped model file, say) once per
+process and so errs high, and PSS, which splits shared pages between their processes: the
+memory the tree really holds, the figure to hold against a container's limit. The kernel's own
+exact RSS peak (Linux ``VmHWM``) is kept beside them, since a sampler can miss a spike.
 
     python benchmarks/notebook_memory.py                      # every notebook, a Markdown table
     python benchmarks/notebook_memory.py notebooks/06_*.ipynb --limit-gb 2 --json memory.json
@@ -33,7 +35,8 @@ class NotebookMemory:
     """One notebook's run: its peak memory and how long it took."""
 
     notebook: str
-    peak_mb: float  # peak of the summed RSS of the kernel and its descendants
+    peak_mb: float  # peak of the summed PSS of the kernel and its descendants
+    peak_rss_mb: float  # peak of their summed RSS (shared pages counted once per process)
     kernel_peak_mb: float  # the kernel process's own high-water mark (VmHWM)
     max_processes: int  # most processes alive at once (kernel included)
     seconds: float
@@ -60,7 +63,7 @@ class TreeWatcher:
     def __init__(self, pid: int, interval: float = 0.1):
         self.root = psutil.Process(pid)
         self.interval = interval
-        self.peak = self.root_hwm = self.max_processes = 0
+        self.peak = self.peak_rss = self.root_hwm = self.max_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,13 +80,14 @@ class TreeWatcher:
             processes = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        total = 0
+        pss = rss = 0
         for process in processes:
             try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
+                info = process.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        self.peak = max(self.peak, total)
+            pss, rss = pss + info.pss, rss + info.rss
+        self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
         self.max_processes = max(self.max_processes, len(processes))
         self.root_hwm = max(self.root_hwm, _high_water_mark(self.root.pid))
 
@@ -126,6 +130,7 @@ def measure(notebook: Path, timeout: int = 1800, interval: float = 0.1) -> Noteb
     return NotebookMemory(
         notebook.name,
         peak_mb=round(watcher.peak / MB, 1) if watcher else 0.0,
+        peak_rss_mb=round(watcher.peak_rss / MB, 1) if watcher else 0.0,
         kernel_peak_mb=round(watcher.root_hwm / MB, 1) if watcher else 0.0,
         max_processes=watcher.max_processes if watcher else 0,
         seconds=round(seconds, 1),
@@ -134,11 +139,12 @@ def measure(notebook: Path, timeout: int = 1800, interval: float = 0.1) -> Noteb
 
 
 def markdown_table(results: list[NotebookMemory], limit_mb: float) -> str:
-    lines = ["| notebook | peak memory (kernel + workers) | kernel alone | processes | run time | fits |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| notebook | peak PSS (kernel + workers) | peak RSS sum | kernel alone (RSS) | processes "
+             "| run time | fits |", "|---|---|---|---|---|---|---|"]
     for r in results:
         fits = "yes" if r.fits(limit_mb) else ("error: " + r.error if r.error else "no")
-        lines.append(f"| {r.notebook} | {r.peak_mb:.0f} MB | {r.kernel_peak_mb:.0f} MB | {r.max_processes} "
+        lines.append(f"| {r.notebook} | {r.peak_mb:.0f} MB | {r.peak_rss_mb:.0f} MB | {r.kernel_peak_mb:.0f} MB "
+                     f"| {r.max_processes} "
                      f"| {r.seconds:.0f} s | {fits} |")
     return "\n".join(lines)
 
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for notebook in notebooks:
         result = measure(notebook, args.timeout)
-        print(f"{result.notebook}: peak {result.peak_mb:.0f} MB, kernel {result.kernel_peak_mb:.0f} MB, "
+        print(f"{result.notebook}: peak PSS {result.peak_mb:.0f} MB, RSS sum {result.peak_rss_mb:.0f} MB, "
+              f"kernel {result.kernel_peak_mb:.0f} MB, "
               f"{result.seconds:.0f} s{' ERROR ' + result.error if result.error else ''}",
               file=sys.stderr, flush=True)
         results.append(result)
