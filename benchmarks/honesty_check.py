@@ -102,7 +102,8 @@ def main() -> int:
     ratio = result.decode_tps / plain
     print(f"{args.model} {args.variant} ({result.engine}), {args.new_tokens} new tokens, "
           f"median of {args.repeats}")
-    print(f"  harness     decode {result.decode_tps:7.2f} tok/s  (runs {[round(x, 1) for x in result.decode_runs_tps]})")
+    runs = [round(x, 1) for x in result.decode_runs_tps]
+    print(f"  harness     decode {result.decode_tps:7.2f} tok/s  (runs {runs})")
     print(f"  plain loop  decode {plain:7.2f} tok/s")
     verdict = "PASS" if abs(ratio - 1) <= 0.05 else "FAIL"
     print(f"  harness / plain = {ratio:.3f}  -> {verdict} (target within 5%)")

@@ -12,7 +12,8 @@ llama-cpp-python is not a dependency of the kit (``pip install llama-cpp-python`
 from source, about 5 minutes on two cores). Run it on an idle machine:
 
     .venv/bin/python benchmarks/llamacpp_compare.py
-    .venv/bin/python benchmarks/llamacpp_compare.py --variants ov-int4+sym+group_size=128+all_layers --repeats 5
+    .venv/bin/python benchmarks/llamacpp_compare.py --repeats 5 \
+        --variants ov-int4+sym+group_size=128+all_layers
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def main() -> int:
     ratio = fastest.decode_tps / llama["decode_tps"]
     verdict = "PASS" if ratio >= TARGET else "FAIL"
     quality = "" if fastest.perplexity is None else f", passage perplexity {fastest.perplexity:.2f}"
-    print(f"fastest kit variant: {fastest.variant} ({fastest.engine}) {fastest.decode_tps:.1f} tok/s{quality}")
+    print(f"fastest kit variant: {fastest.variant} ({fastest.engine}) "
+          f"{fastest.decode_tps:.1f} tok/s{quality}")
     print(f"fastest / llama.cpp = {ratio:.2f}x -> {verdict} (target >= {TARGET}x)")
     return 0 if verdict == "PASS" else 1
 

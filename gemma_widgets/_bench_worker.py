@@ -7,10 +7,10 @@ kill ends this process, not the run. Anything a library prints goes to stderr, s
 event stream stays clean.
 
 With ``prepare_only`` in the spec it only loads the variant (building any cache, such as an
-OpenVINO export) and exits. The scenario, in order: load; warm-up; prefill repeats (generate exactly one token: time to
-first token); decode repeats (``min_new_tokens == max_new_tokens``); memory; the text of the
-last decode; quality on the package passage (after the memory reading, so scoring's
-activations do not count as the variant's footprint).
+OpenVINO export) and exits. The scenario, in order: load; warm-up; prefill repeats (generate
+exactly one token: time to first token); decode repeats (``min_new_tokens == max_new_tokens``);
+memory; the text of the last decode; quality on the package passage (after the memory reading,
+so scoring's activations do not count as the variant's footprint).
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def measure(spec: dict[str, Any], emit: Emit) -> None:
             raise GenerationError(f"asked for exactly {n} new tokens, got {len(tokens)}")
         emit("step", stage="decode", done=i + 1, seconds=seconds)
     rss = _rss_bytes()  # the kernel updates its high-water mark lazily: never report less than now
-    emit("memory", peak_rss_bytes=max(peak_rss_bytes(), rss), rss_bytes=rss, peak_cuda_bytes=_peak_cuda_bytes())
+    emit("memory", peak_rss_bytes=max(peak_rss_bytes(), rss), rss_bytes=rss,
+         peak_cuda_bytes=_peak_cuda_bytes())
     emit("text", text=tokenizer.decode(tokens, skip_special_tokens=True))
     if spec.get("quality", True):
         scores = score_passage(loaded, spec.get("passage_tokens"))

@@ -239,7 +239,8 @@ class _Worker:
         tail = f": {lines[-1]}" if lines else ""
         if code < 0:
             name = signal.Signals(-code).name
-            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+            oom = -code == signal.SIGKILL
+            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if oom else ""
             return f"the worker process was killed by {name}{hint}{tail}"
         return f"the worker process exited with code {code}{tail}"
 
@@ -558,8 +559,9 @@ def within_quality_bound(result: Result, reference: Result | None,
     """True if ``result``'s quality is close enough to ``reference``'s (or nothing says otherwise)."""
     if reference is None or result is reference:
         return True
-    if result.perplexity and reference.perplexity and result.perplexity > max_perplexity_ratio * reference.perplexity:
-        return False
+    if result.perplexity and reference.perplexity:
+        if result.perplexity > max_perplexity_ratio * reference.perplexity:
+            return False
     return result.top1_agreement is None or result.top1_agreement >= min_agreement
 
 

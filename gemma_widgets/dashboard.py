@@ -186,7 +186,10 @@ class PrecisionDashboard:
         if not self._results:
             raise GemmaWidgetsError("Nothing to export yet: run the dashboard or load a results file.")
         path = Path(path)
-        saved = plots.save_png(self._results, path) if path.suffix == ".png" else bench.save(self._results, path)
+        if path.suffix == ".png":
+            saved = plots.save_png(self._results, path)
+        else:
+            saved = bench.save(self._results, path)
         self.status.value = f"Saved {html.escape(str(saved))}."
         return saved
 
@@ -238,7 +241,8 @@ class PrecisionDashboard:
             self.status.value = f"{ended}: {sum(r.ok for r in results)} of {len(settings['variants'])} " \
                                 "variant(s) measured."
         except Exception as exc:  # the thread must report, never die silently
-            self.status.value = f"<span style='color:#b00'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+            message = html.escape(f"{type(exc).__name__}: {exc}")
+            self.status.value = f"<span style='color:#b00'>{message}</span>"
         finally:
             self.run_button.disabled, self.cancel_button.disabled = False, True
 
@@ -265,7 +269,8 @@ def results_table_html(results: Sequence[Result]) -> str:
             continue
         cells = [r.variant, r.engine, _cell(r.load_s, ".1f"), _cell(r.weights_mb, ".0f"),
                  _cell(r.peak_rss_mb, ".0f"), _cell(r.peak_cuda_mb, ".0f"), _cell(r.ttft_ms, ".1f"),
-                 _cell(r.decode_tps, ".1f"), f"{_cell(r.decode_tps_p10, '.1f')}-{_cell(r.decode_tps_p90, '.1f')}",
+                 _cell(r.decode_tps, ".1f"),
+                 f"{_cell(r.decode_tps_p10, '.1f')}-{_cell(r.decode_tps_p90, '.1f')}",
                  _cell(r.perplexity, ".2f"),
                  "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")

@@ -15,7 +15,7 @@ from gemma_widgets.bench import Machine, Result
 from gemma_widgets.errors import GemmaWidgetsError
 
 TINY = "tiny-random-gemma2"
-FAST = dict(new_tokens=4, repeats=2, warmup=1, passage_tokens=48)
+FAST = {"new_tokens": 4, "repeats": 2, "warmup": 1, "passage_tokens": 48}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_cli_compares_two_variants_of_the_bundled_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "gemma_widgets", "bench", "--model", "bundled", "--precisions", "bf16,fp32",
          "--new-tokens", "8", "--repeats", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True, text=True, timeout=1200, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
