@@ -133,7 +133,18 @@ def weights_bytes(loaded: Any) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's high-water resident memory (Linux reports kilobytes, macOS bytes)."""
+    """This process's high-water resident memory.
+
+    On Linux it is ``VmHWM``: ``ru_maxrss`` survives fork and exec, so a worker started by a
+    notebook kernel holding 3 GB would report at least 3 GB. macOS reports bytes in ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
