@@ -93,6 +93,7 @@ def quiet() -> None:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("nncf").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a float16-cast notice per matmul
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
