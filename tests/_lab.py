@@ -121,8 +121,8 @@ def chromium_missing_reason() -> str | None:
 
 
 @contextlib.contextmanager
-def chromium_page(artifacts: Path) -> Iterator:
-    """A Playwright page in headless Debian Chromium; records dialogs in ``page.dialogs``."""
+def chromium_browser(artifacts: Path) -> Iterator:
+    """Headless Debian Chromium driven by Playwright (its own browser download is never used)."""
     from playwright.sync_api import sync_playwright
 
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -130,17 +130,30 @@ def chromium_page(artifacts: Path) -> Iterator:
         # Playwright gives each launch a new, empty user-data-dir of its own.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.dialogs = []
-
-            def on_dialog(dialog) -> None:
-                page.dialogs.append(f"{dialog.type}: {dialog.message}")
-                dialog.dismiss()
-
-            page.on("dialog", on_dialog)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def new_page(browser) -> Iterator:
+    """A fresh tab that records dialogs in ``page.dialogs`` and is closed on exit.
+
+    A tab per notebook: navigating away from a JupyterLab tab with a modified notebook raises
+    its "leave site?" (beforeunload) dialog, and dismissing that aborts the navigation.
+    """
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.dialogs = []
+
+    def on_dialog(dialog) -> None:
+        page.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    try:
+        yield page
+    finally:
+        page.close(run_before_unload=False)
 
 
 def copy_notebooks(source: Path, dest: Path) -> Path:

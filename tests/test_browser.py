@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _lab import chromium_missing_reason, chromium_page, copy_notebooks, lab_server
+from _lab import chromium_browser, chromium_missing_reason, copy_notebooks, lab_server, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -39,8 +39,15 @@ def lab(tmp_path_factory):
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("lab")
     root = copy_notebooks(REPO / "notebooks", work / "notebooks")
-    with lab_server(root, work) as server, chromium_page(ARTIFACTS) as page:
-        yield server, page
+    with lab_server(root, work) as server, chromium_browser(ARTIFACTS) as browser:
+        yield server, browser
+
+
+@pytest.fixture
+def page(lab):
+    """A tab of its own for each test, so one notebook's unsaved state never blocks the next."""
+    with new_page(lab[1]) as page:
+        yield page
 
 
 def run_notebook(server, page, name: str) -> None:
@@ -113,8 +120,8 @@ def stop_and_wait(page, chat) -> None:
     chat.locator("button.gw-send:not([disabled])").wait_for(timeout=60_000)
 
 
-def test_chat_panel_streams_stops_and_keeps_markup_as_text(lab):
-    server, page = lab
+def test_chat_panel_streams_stops_and_keeps_markup_as_text(lab, page):
+    server = lab[0]
     try:
         check_chat(page, server)
     finally:
@@ -162,8 +169,8 @@ def check_chat(page, server) -> None:
     page.screenshot(path=ARTIFACTS / "06_chat_markup_as_text.png", full_page=True)
 
 
-def test_dashboard_renders_its_table_and_plot(lab):
-    server, page = lab
+def test_dashboard_renders_its_table_and_plot(lab, page):
+    server = lab[0]
     try:
         check_dashboard(page, server)
     finally:
