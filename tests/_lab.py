@@ -41,7 +41,8 @@ class LabServer:
     process: subprocess.Popen = field(repr=False)
 
     def lab_url(self, notebook: str) -> str:
-        return f"{self.url}/lab/tree/{notebook}?token={self.token}"
+        """The notebook alone in a fresh layout (``reset``: no tabs restored from earlier pages)."""
+        return f"{self.url}/lab/tree/{notebook}?reset&token={self.token}"
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]

@@ -55,7 +55,8 @@ def run_notebook(server, page, name: str) -> None:
     if not (server.root / name).is_file():
         pytest.fail(f"notebooks/{name} does not exist")
     page.goto(server.lab_url(name))
-    page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+    notebook = page.locator(".jp-NotebookPanel:visible").first  # this notebook's cells only
+    notebook.wait_for(timeout=120_000)
     kernel_idle(page).wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
@@ -63,7 +64,7 @@ def run_notebook(server, page, name: str) -> None:
     started = False
     while True:
         # textContent, not innerText: cells scrolled out of view are not rendered (content-visibility)
-        prompts = [p.strip() for p in page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()]
+        prompts = [p.strip() for p in notebook.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()]
         started = started or any(p not in ("[ ]:", "") for p in prompts)
         if started and not any("*" in p for p in prompts) and kernel_idle(page).count():
             break  # nothing queued: every cell ran, or one raised and Run All stopped there
@@ -71,7 +72,7 @@ def run_notebook(server, page, name: str) -> None:
         page.wait_for_timeout(1000)
     page.screenshot(path=ARTIFACTS / f"{Path(name).stem}_ran.png", full_page=True)
     if not all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
-        tracebacks = [t for t in page.locator(STDERR_OUTPUT).all_text_contents() if "Error" in t]
+        tracebacks = [t for t in notebook.locator(STDERR_OUTPUT).all_text_contents() if "Error" in t]
         pytest.fail(f"{name} stopped before its last cell:\n" + "\n".join(tracebacks)[-4000:])
 
 
