@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -199,10 +200,17 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     compiled: str | None = None  # the torch.compile mode generation runs under, if compiled
 
-    @property
+    @functools.cached_property
     def context_window(self) -> int:
-        """How many tokens (prompt plus reply) the model attends to."""
+        """How many tokens (prompt plus reply) the model attends to.
+
+        An openvino-genai pipeline has no config object; its IR folder has config.json.
+        """
         config = getattr(self.model, "config", None)
+        if config is None and self.path:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.path)
         return int(getattr(config, "max_position_embeddings", 0) or 8192)
 
     def __repr__(self) -> str:

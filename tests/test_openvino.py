@@ -79,6 +79,7 @@ def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
     assert type(genai.model).__name__ == "LLMPipeline"
     assert type(optimum.model).__name__ == "OVModelForCausalLM"
     assert callable(genai.tokenizer.apply_chat_template)  # the HF tokenizer in both
+    assert genai.context_window == optimum.context_window == 1024  # genai: from the IR's config.json
     ids = genai.tokenizer("Hello there, how are").input_ids
     assert greedy(genai, ids, 8) == greedy(optimum, ids, 8)
     assert load_model("tiny-random-gemma2", "ov-int4-optimum").engine == "optimum-intel"
