@@ -72,7 +72,7 @@ def _with_class(widget: Any, *names: str) -> Any:
 
 
 class ChatPanel:
-    """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision=...)``.
+    """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision="fast")``.
 
     Enter sends (Shift+Enter too: ipywidgets' only input with a submit event is the one-line
     ``Text``). For a message of several lines, the ¶ toggle swaps in a ``Textarea``, where
@@ -85,8 +85,8 @@ class ChatPanel:
                  precision: str | None = None, system: str = "",
                  settings: SamplingSettings | None = None, context_window: int | None = None,
                  **load_options: Any):
-        if loaded is None:
-            loaded = load_model(model, precision, **load_options)
+        if loaded is None:  # chat is speed-sensitive: "fast" is OpenVINO int4 on a CPU when it can
+            loaded = load_model(model, precision or "fast", **load_options)
         elif model is not None or precision is not None or load_options:
             raise GemmaWidgetsError("Give either a loaded model or model=/precision=, not both.")
         self.session = ChatSession(loaded, settings=settings or SamplingSettings(),

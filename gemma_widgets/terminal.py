@@ -162,7 +162,8 @@ class TerminalChat:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``chat`` subcommand's options (sampling defaults: :class:`SamplingSettings`)."""
     parser.add_argument("--model", default=None, help="preset, hub id or folder (default: bundled)")
-    parser.add_argument("--precision", default=None, help="fp32, bf16, ... (default: auto)")
+    parser.add_argument("--precision", default="fast",
+                        help="fp32, bf16, ov-int4, ... (default: fast, the quickest this machine runs)")
     parser.add_argument("--system", default="", help="system prompt (folded into the first user turn)")
     parser.add_argument("--temperature", type=float, help="0 means greedy (default 0.7)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling mass (default 0.95)")

@@ -61,6 +61,17 @@ def test_build_from_a_preset_name():
         ChatPanel(panel.session.loaded, model="bundled")
 
 
+def test_a_model_name_without_a_precision_gets_the_fast_one(monkeypatch, tiny):
+    """Chat is speed-sensitive: ``fast`` (OpenVINO int4 on openvino-genai on a CPU) by default."""
+    import gemma_widgets.chat as chat
+
+    asked = []
+    monkeypatch.setattr(chat, "load_model", lambda name, precision, **kw: asked.append(precision) or tiny)
+    ChatPanel(model="tiny-random-gemma2")
+    ChatPanel(model="tiny-random-gemma2", precision="bf16")
+    assert asked == ["fast", "bf16"]
+
+
 def test_streaming_updates_the_reply_and_disables_send(tiny):
     panel, model = _panel(tiny, "one two three four five six seven eight", delay=0.03)
     panel.input.value = "count"
