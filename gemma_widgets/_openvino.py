@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ def export(source: str, settings: ExportSettings) -> Path:
     """The IR folder for ``source`` exported with ``settings``, built once (with a progress bar)."""
 
     def build(out: Path) -> dict:
+        import torch
         from optimum.intel import OVModelForCausalLM
 
         from gemma_widgets._bundled import _quiet_transformers, load_tokenizer
@@ -121,7 +123,10 @@ def export(source: str, settings: ExportSettings) -> Path:
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
         steps.set_postfix_str("export and compress weights")
         config = settings.quantization_config()
-        with _quiet_transformers():  # the exporter's own tokenizer load warns spuriously
+        # The exporter's own tokenizer load warns spuriously, and tracing the model warns about
+        # every Python-side check in transformers' code (TracerWarning): nothing a learner can act on.
+        with _quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = OVModelForCausalLM.from_pretrained(
                 source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
         steps.update()

@@ -28,6 +28,9 @@ GPU_CANDIDATES = ("google/gemma-2-9b-it", "google/gemma-2-2b-it")
 # Weights take this share of GPU memory at most; the rest is CUDA context, KV cache, activations.
 GPU_WEIGHTS_SHARE = 0.8
 
+# Below this much RAM the notebooks take their light path (Binder gives 1-2 GB).
+SMALL_MEMORY_GB = 4.0
+
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
@@ -54,6 +57,11 @@ class Environment:
             gpu = "no GPU"
         return (f"{self.place}: {self.cpu_count} CPU cores, {self.memory_gb:.1f} GB RAM, {gpu}, "
                 f"HF token {'set' if self.has_token else 'not set'}")
+
+    @property
+    def small_memory(self) -> bool:
+        """Under :data:`SMALL_MEMORY_GB` (Binder's 1-2 GB): notebooks skip their most memory-hungry rows."""
+        return self.memory_gb < SMALL_MEMORY_GB
 
     @property
     def suggestion(self) -> str:
@@ -89,6 +97,7 @@ def _colab_setup() -> None:
 
 def quiet() -> None:
     """Keep library warnings and logs that teach nothing out of learners' output."""
+    import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -96,6 +105,7 @@ def quiet() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a float16-cast notice per matmul
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # an OpenVINO export traces
 
 
 def memory_limit_bytes(limit_files: tuple[str, ...] = _CGROUP_LIMITS) -> int:
