@@ -15,6 +15,7 @@ so scoring's activations do not count as the variant's footprint).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -204,6 +205,10 @@ def measure(spec: dict[str, Any], emit: Emit) -> None:
          peak_cuda_bytes=_peak_cuda_bytes())
     emit("text", text=tokenizer.decode(tokens, skip_special_tokens=True))
     if spec.get("quality", True):
+        if loaded.engine == "openvino-genai":  # it gives no logits: scoring loads an optimum-intel twin,
+            del generate                      # so free the pipeline's copy of the weights first
+            loaded.model = None
+            gc.collect()
         scores = score_passage(loaded, spec.get("passage_tokens"))
         emit("quality", perplexity=scores.perplexity, top1=scores.top1)
     emit("step", stage="quality", done=1)

@@ -67,6 +67,10 @@ def compile_unavailable_reason(device: str = "cpu") -> str | None:
     return None
 
 
+#: Compile serially on machines this small (see :func:`use_inductor_cache`).
+SERIAL_COMPILE_CORES = 4
+
+
 def inductor_cache_dir() -> Path:
     """The kit's persistent inductor cache: ``<cache root>/inductor``."""
     return cache_root() / "inductor"
@@ -77,7 +81,16 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
 
     An existing ``$TORCHINDUCTOR_CACHE_DIR`` wins unless ``folder`` is given, so CI can point
     it anywhere. Returns the folder in use.
+
+    On a machine of :data:`SERIAL_COMPILE_CORES` cores or fewer it also compiles in this process
+    (``compile_threads=1``, inherited by child processes): inductor's pool of compile workers
+    starts a Python process per core, about 100 MB each, and buys little on two cores.
     """
+    if (os.cpu_count() or 1) <= SERIAL_COMPILE_CORES:
+        import torch._inductor.config
+
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+        torch._inductor.config.compile_threads = int(os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
     if folder is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     else:

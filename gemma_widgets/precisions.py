@@ -22,9 +22,12 @@ API with logits, what notebook 04 teaches). ``auto`` picks for the hardware, see
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gemma_widgets.errors import PrecisionUnavailableError
@@ -139,12 +142,35 @@ def _check_ov(bytes_per_param: float, exported_ok: bool) -> Callable[[Preset], s
 
 
 # --- loaders ---------------------------------------------------------------------------------
+#: Tokenizers in use, by the digest of their files: see :func:`_hf_tokenizer`.
+_TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
 def _hf_tokenizer(path: str) -> Any:
+    """The tokenizer saved in ``path``, with Gemma's chat template.
+
+    Models loaded from folders with the same tokenizer files share one tokenizer object while
+    any of them is alive: Gemma's 262k-token vocabulary takes 300-400 MB of memory, and a
+    notebook that holds two precisions (or the tiny test model beside the bundled one) needs it once.
+    """
     from gemma_widgets._bundled import load_tokenizer
     from gemma_widgets.templates import ensure_chat_template
 
-    tokenizer = load_tokenizer(path)
-    ensure_chat_template(tokenizer)
+    folder = Path(path)
+    key = None
+    if (folder / "tokenizer.json").is_file():
+        digest = hashlib.sha256()
+        for name in _TOKENIZER_FILES:
+            if (folder / name).is_file():
+                digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+        key = digest.hexdigest()
+    tokenizer = _TOKENIZERS.get(key) if key else None
+    if tokenizer is None:
+        tokenizer = load_tokenizer(path)
+        ensure_chat_template(tokenizer)
+        if key:
+            _TOKENIZERS[key] = tokenizer
     return tokenizer
 
 

@@ -150,3 +150,12 @@ def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
 def test_unknown_precision_lists_the_known_ones():
     with pytest.raises(PrecisionUnavailableError, match="Known: auto, fast, fp32, bf16"):
         resolve("int3", resolve_preset("tiny-random-gemma2"))
+
+
+def test_models_with_the_same_tokenizer_files_share_one_tokenizer(tiny):
+    """Gemma's 262k vocabulary costs 300-400 MB: a second precision must not load it again."""
+    from gemma_widgets import load_model
+
+    other = load_model("tiny-random-gemma2", precision="bf16")
+    assert other.tokenizer is tiny.tokenizer
+    assert callable(other.tokenizer.apply_chat_template)
