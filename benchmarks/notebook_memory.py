@@ -1,12 +1,17 @@
 """Peak memory of each notebook, run top to bottom: does the course fit Binder's 1-2 GB?
 
 Each notebook runs in a fresh kernel with nbclient (as nbval does). A thread samples, every
-``interval`` seconds, the resident memory (RSS) of the kernel and of every process it started
-(the dashboard's per-variant workers, for example) and keeps the peak of their sum. Two sums:
-RSS, which counts pages shared between processes (a memory-mapped model file, say) once per
-process and so errs high, and PSS, which splits shared pages between their processes: the
-memory the tree really holds, the figure to hold against a container's limit. The kernel's own
-exact RSS peak (Linux ``VmHWM``) is kept beside them, since a sampler can miss a spike.
+``interval`` seconds, the kernel and every process it started (the dashboard's per-variant
+workers, for example) and keeps the peaks of two sums over them:
+
+* anonymous memory (``RssAnon + RssShmem``): what cannot be given back under pressure. A
+  container's limit (Binder's cgroup) counts page cache too, but drops clean file pages (a
+  memory-mapped model file) before it kills anything, so this is the figure that decides an
+  out-of-memory kill, and the one held against ``--limit-gb``;
+* PSS, which adds the file pages in use, shared pages split between processes: the memory the
+  tree touches, a tighter fit than the limit needs.
+
+The kernel's own exact peak RSS (Linux ``VmHWM``, file pages included) is kept beside them.
 
     python benchmarks/notebook_memory.py                      # every notebook, a Markdown table
     python benchmarks/notebook_memory.py notebooks/06_*.ipynb --limit-gb 2 --json memory.json
@@ -35,35 +40,41 @@ class NotebookMemory:
     """One notebook's run: its peak memory and how long it took."""
 
     notebook: str
-    peak_mb: float  # peak of the summed PSS of the kernel and its descendants
-    peak_rss_mb: float  # peak of their summed RSS (shared pages counted once per process)
+    peak_anon_mb: float  # peak of the summed anonymous memory of the kernel and its descendants
+    peak_mb: float  # peak of their summed PSS (file pages in use included)
     kernel_peak_mb: float  # the kernel process's own high-water mark (VmHWM)
     max_processes: int  # most processes alive at once (kernel included)
     seconds: float
     error: str = ""
 
     def fits(self, limit_mb: float) -> bool:
-        return not self.error and max(self.peak_mb, self.kernel_peak_mb) <= limit_mb
+        return not self.error and self.peak_anon_mb <= limit_mb
 
 
-def _high_water_mark(pid: int) -> int:
-    """A process's peak RSS in bytes, from /proc (0 where unavailable)."""
+def _status_kb(pid: int, *keys: str) -> int:
+    """The sum of ``keys`` (e.g. ``VmHWM``) in /proc/<pid>/status, in bytes (0 where unavailable)."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            key, _, value = line.partition(":")
+            if key in keys:
+                total += int(value.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return total
 
 
 class TreeWatcher:
-    """Samples the RSS of a process and all its descendants in a background thread."""
+    """Samples the memory of a process and all its descendants in a background thread.
+
+    ``peak_anon`` and ``peak`` (PSS) are the peaks of the sums over the tree, in bytes;
+    ``root_hwm`` is the root process's own peak RSS.
+    """
 
     def __init__(self, pid: int, interval: float = 0.1):
         self.root = psutil.Process(pid)
         self.interval = interval
-        self.peak = self.peak_rss = self.root_hwm = self.max_processes = 0
+        self.peak = self.peak_anon = self.root_hwm = self.max_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,16 +91,16 @@ class TreeWatcher:
             processes = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        pss = rss = 0
+        pss = anon = 0
         for process in processes:
             try:
-                info = process.memory_full_info()
+                pss += process.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            pss, rss = pss + info.pss, rss + info.rss
-        self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
+            anon += _status_kb(process.pid, "RssAnon", "RssShmem")
+        self.peak, self.peak_anon = max(self.peak, pss), max(self.peak_anon, anon)
         self.max_processes = max(self.max_processes, len(processes))
-        self.root_hwm = max(self.root_hwm, _high_water_mark(self.root.pid))
+        self.root_hwm = max(self.root_hwm, _status_kb(self.root.pid, "VmHWM"))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -129,8 +140,8 @@ def measure(notebook: Path, timeout: int = 1800, interval: float = 0.1) -> Noteb
         watcher.stop()
     return NotebookMemory(
         notebook.name,
+        peak_anon_mb=round(watcher.peak_anon / MB, 1) if watcher else 0.0,
         peak_mb=round(watcher.peak / MB, 1) if watcher else 0.0,
-        peak_rss_mb=round(watcher.peak_rss / MB, 1) if watcher else 0.0,
         kernel_peak_mb=round(watcher.root_hwm / MB, 1) if watcher else 0.0,
         max_processes=watcher.max_processes if watcher else 0,
         seconds=round(seconds, 1),
@@ -139,13 +150,12 @@ def measure(notebook: Path, timeout: int = 1800, interval: float = 0.1) -> Noteb
 
 
 def markdown_table(results: list[NotebookMemory], limit_mb: float) -> str:
-    lines = ["| notebook | peak PSS (kernel + workers) | peak RSS sum | kernel alone (RSS) | processes "
+    lines = ["| notebook | peak anonymous memory (kernel + workers) | peak PSS | kernel peak RSS | processes "
              "| run time | fits |", "|---|---|---|---|---|---|---|"]
     for r in results:
         fits = "yes" if r.fits(limit_mb) else ("error: " + r.error if r.error else "no")
-        lines.append(f"| {r.notebook} | {r.peak_mb:.0f} MB | {r.peak_rss_mb:.0f} MB | {r.kernel_peak_mb:.0f} MB "
-                     f"| {r.max_processes} "
-                     f"| {r.seconds:.0f} s | {fits} |")
+        lines.append(f"| {r.notebook} | {r.peak_anon_mb:.0f} MB | {r.peak_mb:.0f} MB | {r.kernel_peak_mb:.0f} MB "
+                     f"| {r.max_processes} | {r.seconds:.0f} s | {fits} |")
     return "\n".join(lines)
 
 
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for notebook in notebooks:
         result = measure(notebook, args.timeout)
-        print(f"{result.notebook}: peak PSS {result.peak_mb:.0f} MB, RSS sum {result.peak_rss_mb:.0f} MB, "
+        print(f"{result.notebook}: peak anonymous {result.peak_anon_mb:.0f} MB, PSS {result.peak_mb:.0f} MB, "
               f"kernel {result.kernel_peak_mb:.0f} MB, "
               f"{result.seconds:.0f} s{' ERROR ' + result.error if result.error else ''}",
               file=sys.stderr, flush=True)

@@ -161,3 +161,10 @@ def test_memory_limit_takes_a_container_limit_below_the_machine(clean_env, tmp_p
     assert environment.memory_limit_bytes((str(limit),)) == total
     clean_env.setenv("MEM_LIMIT", "1073741824")  # what Binder's spawner sets
     assert environment.memory_limit_bytes(()) == 1073741824
+
+
+def test_a_binder_sized_limit_makes_notebooks_take_their_light_path(clean_env):
+    clean_env.setenv("MEM_LIMIT", str(2 * 1024**3))
+    assert environment.describe().small_memory
+    clean_env.delenv("MEM_LIMIT")
+    assert environment.describe().small_memory == (environment.memory_limit_bytes() / 1e9 < 4)
