@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ def pytest_collection_modifyitems(config, items):
 
     A background thread (``benchmarks/notebook_memory.py``) sums their anonymous memory, what a
     container cannot reclaim, and their PSS. If the anonymous peak passes :data:`BINDER_LIMIT_MB`,
-    the notebook's last cell fails with the figures. Every peak is printed in the summary.
+    the notebook's last cell fails with the figures. Every peak, and how long the cells ran, is
+    printed in the summary.
     """
     notebooks: dict = {}
     for item in items:
@@ -38,6 +40,7 @@ def pytest_collection_modifyitems(config, items):
 
 def _watch(notebook, first, last, peaks: dict) -> None:
     watcher: list = []
+    started: list = []
     run_first, run_last, start_kernel = first.runtest, last.runtest, notebook.setup
 
     def setup_as_on_binder() -> None:
@@ -53,6 +56,7 @@ def _watch(notebook, first, last, peaks: dict) -> None:
 
     def start() -> None:
         watcher.append(TreeWatcher(notebook.kernel.km.provisioner.pid, interval=0.2).start())
+        started.append(time.monotonic())
         run_first()
 
     def check() -> None:
@@ -62,7 +66,7 @@ def _watch(notebook, first, last, peaks: dict) -> None:
             watcher[0].sample()  # the kernel is alive: its VmHWM is final
             watcher[0].stop()
         anon, pss, kernel = (value / MB for value in (watcher[0].peak_anon, watcher[0].peak, watcher[0].root_hwm))
-        peaks[notebook.name] = (anon, pss, kernel)
+        peaks[notebook.name] = (anon, pss, kernel, time.monotonic() - started[0])
         assert anon <= BINDER_LIMIT_MB, (
             f"{notebook.name} peaked at {anon:.0f} MB of anonymous memory (kernel and the processes it "
             f"started; PSS {pss:.0f} MB): over Binder's {BINDER_LIMIT_MB} MB")
@@ -74,9 +78,9 @@ def pytest_terminal_summary(terminalreporter, config):
     peaks = config.stash.get(_PEAKS, {})
     if peaks:
         terminalreporter.section(f"notebook peak memory (Binder limit {BINDER_LIMIT_MB} MB)")
-        for name, (anon, pss, kernel) in peaks.items():
+        for name, (anon, pss, kernel, seconds) in peaks.items():
             terminalreporter.write_line(f"{name}: {anon:.0f} MB anonymous, {pss:.0f} MB PSS (kernel + "
-                                        f"children); kernel peak RSS {kernel:.0f} MB")
+                                        f"children); kernel peak RSS {kernel:.0f} MB; cells ran {seconds:.0f} s")
 
 
 _PEAKS = pytest.StashKey[dict]()
