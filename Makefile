@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: lab test install prepare chromium
 
+# Jupyter refuses to run as root (a container, a cloud VM) unless asked.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
 lab: prepare
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/
 
 test: prepare
 	$(PY) -m pytest
