@@ -53,15 +53,6 @@ def _option_value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def _hf_tokenizer(loaded: Any) -> Any:
-    """A Hugging Face tokenizer for ``loaded`` (an openvino-genai pipeline may carry its own)."""
-    if callable(getattr(loaded.tokenizer, "apply_chat_template", None)) and callable(loaded.tokenizer):
-        return loaded.tokenizer
-    from gemma_widgets._bundled import load_tokenizer
-
-    return load_tokenizer(loaded.path)
-
-
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     """The prompt as token ids: through the chat template for instruction-tuned models."""
     if chat:
@@ -167,6 +158,7 @@ def _peak_cuda_bytes() -> int | None:
 def measure(spec: dict[str, Any], emit: Emit) -> None:
     """Run the scenario for ``spec`` (see :mod:`gemma_widgets.bench`), emitting events."""
     from gemma_widgets.errors import GenerationError
+    from gemma_widgets.generation import hf_tokenizer
     from gemma_widgets.models import load_model
     from gemma_widgets.quality import score_passage
 
@@ -180,7 +172,7 @@ def measure(spec: dict[str, Any], emit: Emit) -> None:
         return
     emit("loaded", engine=loaded.engine, load_s=load_s, weights_bytes=weights_bytes(loaded),
          notes=list(loaded.notes))
-    tokenizer = _hf_tokenizer(loaded)
+    tokenizer = hf_tokenizer(loaded)
     ids = prompt_ids(tokenizer, spec["prompt"], loaded.preset.instruction_tuned)
     generate = generator(loaded)
     emit("prompt", prompt_tokens=len(ids))

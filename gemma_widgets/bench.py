@@ -191,8 +191,8 @@ def default_variants(model: str | None = None) -> list[str]:
 
 
 def default_reference(variants: Sequence[str]) -> str:
-    """The quality reference: ``fp32`` when it is measured, else the first variant."""
-    return "fp32" if "fp32" in variants else variants[0]
+    """The quality reference: the most precise variant measured (``fp32``, then ``bf16``), else the first."""
+    return next((name for name in ("fp32", "bf16") if name in variants), variants[0])
 
 
 class _Worker:
@@ -599,7 +599,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every variant completes")
-    parser.add_argument("--reference", default=None, help="quality reference (default fp32 if run)")
+    parser.add_argument("--reference", default=None, help="quality reference (default fp32 if run, else bf16, else the first)")
     parser.add_argument("--out", default=None, help="save the results to a .csv or .json file")
 
 

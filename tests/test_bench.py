@@ -155,6 +155,8 @@ def test_default_variants_are_those_that_can_run_here():
     assert bench.default_variants(TINY) == [name for name, reason in choices.items() if reason is None]
     assert bench.default_reference(["bf16", "fp32"]) == "fp32"
     assert bench.default_reference(["bf16", "ov-int4"]) == "bf16"
+    assert bench.default_reference(["ov-int4", "bf16"]) == "bf16"  # not merely the first one
+    assert bench.default_reference(["ov-int4", "ov-int8"]) == "ov-int4"
 
 
 @pytest.mark.integration
