@@ -4,10 +4,13 @@ Each notebook runs in a fresh kernel with nbclient (as nbval does). A thread sam
 ``interval`` seconds, the kernel and every process it started (the dashboard's per-variant
 workers, for example) and keeps the peaks of two sums over them:
 
-* anonymous memory (``RssAnon + RssShmem``): what cannot be given back under pressure. A
+* anonymous memory (``Pss_Anon + Pss_Shmem``): what cannot be given back under pressure. A
   container's limit (Binder's cgroup) counts page cache too, but drops clean file pages (a
   memory-mapped model file) before it kills anything, so this is the figure that decides an
-  out-of-memory kill, and the one held against ``--limit-gb``;
+  out-of-memory kill, and the one held against ``--limit-gb``. Proportional, not ``RssAnon``:
+  a child forked from the kernel shares its pages until it writes them, and the cgroup charges
+  a shared page once (``RssAnon`` summed over the tree counted the kernel twice, 1 GB over, in a
+  sample taken while a child had just forked);
 * PSS, which adds the file pages in use, shared pages split between processes: the memory the
   tree touches, a tighter fit than the limit needs.
 
@@ -51,11 +54,11 @@ class NotebookMemory:
         return not self.error and self.peak_anon_mb <= limit_mb
 
 
-def _status_kb(pid: int, *keys: str) -> int:
-    """The sum of ``keys`` (e.g. ``VmHWM``) in /proc/<pid>/status, in bytes (0 where unavailable)."""
+def _status_kb(pid: int, *keys: str, table: str = "status") -> int:
+    """The sum of ``keys`` (e.g. ``VmHWM``) in /proc/<pid>/<table>, in bytes (0 where unavailable)."""
     total = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/{table}").read_text().splitlines():
             key, _, value = line.partition(":")
             if key in keys:
                 total += int(value.split()[0]) * 1024
@@ -93,11 +96,8 @@ class TreeWatcher:
             return
         pss = anon = 0
         for process in processes:
-            try:
-                pss += process.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            anon += _status_kb(process.pid, "RssAnon", "RssShmem")
+            pss += _status_kb(process.pid, "Pss", table="smaps_rollup")
+            anon += _status_kb(process.pid, "Pss_Anon", "Pss_Shmem", table="smaps_rollup")
         self.peak, self.peak_anon = max(self.peak, pss), max(self.peak_anon, anon)
         self.max_processes = max(self.max_processes, len(processes))
         self.root_hwm = max(self.root_hwm, _status_kb(self.root.pid, "VmHWM"))
