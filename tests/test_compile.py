@@ -151,8 +151,6 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
     assert results[0] == results[1]
 
 
-def test_second_start_loads_compiled_graphs_from_the_inductor_cache(tmp_path):
-    cold = gc.first_call(tmp_path, new_tokens=2)
-    warm = gc.first_call(tmp_path, new_tokens=2)
-    assert cold.cache_misses > 0 and cold.cache_hits == 0
-    assert warm.cache_hits > 0 and warm.cache_misses == 0
+# gc.first_call (a cold start, then a second start that loads every graph from the folder) is
+# asserted in notebooks/05_torch_compile.ipynb section 5, which nbval runs in this suite: ~50 s
+# of compiling, paid once.
