@@ -291,10 +291,11 @@ class ChatPanel:
                 self._show_notice(str(exc))
             raise
         with self._lock:
-            if self._finished is not generation:  # else the reply already ended (and is shown)
-                plan = generation.plan
-                self._show_notice(plan.notice() or "")
-                self._update_meter(plan.prompt_tokens)
+            finished = self._finished is generation  # a fast reply can end before we get here
+            if not (finished and generation.error is not None):  # an error's notice stays
+                self._show_notice(generation.plan.notice() or "")
+            if not finished:
+                self._update_meter(generation.plan.prompt_tokens)
                 self._sync()
         return generation
 

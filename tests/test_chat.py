@@ -214,6 +214,22 @@ def test_context_overflow_shows_a_notice(tiny):
     assert len(panel.transcript.children) == 16 and panel.meter.value <= 160
 
 
+def test_overflow_notice_shows_when_the_reply_ends_before_send_returns(tiny):
+    panel, _ = _panel(tiny, "an answer " * 5, context_window=160,
+                      settings=SamplingSettings(max_new_tokens=20))
+    send = panel.session.send
+
+    def send_and_finish(text):  # the race a busy machine makes: the reply ends first
+        generation = send(text)
+        assert generation.wait(10)
+        return generation
+
+    panel.session.send = send_and_finish
+    for i in range(8):
+        panel.send(f"message {i} " + "filler " * 10)
+    assert "left out of the prompt" in panel.notice.value and len(panel.history) == 16
+
+
 def test_a_raising_generation_shows_the_error_and_stays_usable(tiny):
     panel, model = _panel(tiny, "some words before failing", fail_after=2)
     panel.send("go").wait(10)
