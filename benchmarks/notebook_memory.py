@@ -54,17 +54,18 @@ class NotebookMemory:
         return not self.error and self.peak_anon_mb <= limit_mb
 
 
-def _status_kb(pid: int, *keys: str, table: str = "status") -> int:
-    """The sum of ``keys`` (e.g. ``VmHWM``) in /proc/<pid>/<table>, in bytes (0 where unavailable)."""
-    total = 0
+def _proc_kb(pid: int, table: str = "status") -> dict[str, int]:
+    """/proc/<pid>/<table> (``status``, ``smaps_rollup``) as {key: bytes}; empty where unavailable."""
+    values: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/{table}").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in keys:
-                total += int(value.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
+            fields = value.split()
+            if len(fields) == 2 and fields[1] == "kB":
+                values[key] = int(fields[0]) * 1024
+    except (OSError, ValueError):
         pass
-    return total
+    return values
 
 
 class TreeWatcher:
@@ -96,11 +97,12 @@ class TreeWatcher:
             return
         pss = anon = 0
         for process in processes:
-            pss += _status_kb(process.pid, "Pss", table="smaps_rollup")
-            anon += _status_kb(process.pid, "Pss_Anon", "Pss_Shmem", table="smaps_rollup")
+            rollup = _proc_kb(process.pid, "smaps_rollup")  # one read: the kernel walks every mapping
+            pss += rollup.get("Pss", 0)
+            anon += rollup.get("Pss_Anon", 0) + rollup.get("Pss_Shmem", 0)
         self.peak, self.peak_anon = max(self.peak, pss), max(self.peak_anon, anon)
         self.max_processes = max(self.max_processes, len(processes))
-        self.root_hwm = max(self.root_hwm, _status_kb(self.root.pid, "VmHWM"))
+        self.root_hwm = max(self.root_hwm, _proc_kb(self.root.pid).get("VmHWM", 0))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

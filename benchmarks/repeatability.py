@@ -62,8 +62,9 @@ def main() -> int:
         if args.out:
             bench.save(results, args.out)
     print(bench.format_table(results))
-    noise = machine_noise()
-    print(f"this machine's own floor: a fixed matrix-vector workload timed 10 times spreads {noise:.1%} (p10-p90)")
+    runs = 10
+    print(f"this machine's own floor: a fixed matrix-vector workload timed {runs} times spreads "
+          f"{machine_noise(runs):.1%} (p10-p90)")
     passed = True
     for r in results:
         if not r.ok or r.decode_spread is None:

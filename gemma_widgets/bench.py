@@ -599,7 +599,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every variant completes")
-    parser.add_argument("--reference", default=None, help="quality reference (default fp32 if run, else bf16, else the first)")
+    parser.add_argument("--reference", default=None,
+                        help="quality reference (default fp32 if run, else bf16, else the first)")
     parser.add_argument("--out", default=None, help="save the results to a .csv or .json file")
 
 
