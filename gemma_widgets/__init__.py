@@ -7,7 +7,11 @@ The table of contents:
 * :class:`PrecisionDashboard`: measure one prompt across precisions and compare.
 """
 
-from gemma_widgets.errors import (
+from gemma_widgets._native import bound_native_memory
+
+bound_native_memory()  # before torch builds its first oneDNN kernel and a reply starts a thread
+
+from gemma_widgets.errors import (  # noqa: E402
     GatedModelError,
     GemmaWidgetsError,
     GenerationError,
@@ -15,7 +19,7 @@ from gemma_widgets.errors import (
     PrecisionUnavailableError,
     UnknownModelError,
 )
-from gemma_widgets.models import PRESETS, LoadedModel, load_model
+from gemma_widgets.models import PRESETS, LoadedModel, load_model  # noqa: E402
 
 __all__ = [
     "PRESETS",

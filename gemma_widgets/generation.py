@@ -19,8 +19,6 @@ True
 
 from __future__ import annotations
 
-import ctypes
-import os
 import queue
 import threading
 import time
@@ -31,6 +29,7 @@ from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from gemma_widgets._native import release_openmp_threads
 from gemma_widgets.conversation import Conversation, Message, PromptPlan
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import LoadedModel
@@ -252,24 +251,6 @@ def make_engine(loaded: LoadedModel, tokenizer: Any = None) -> TransformersEngin
     if loaded.engine in ("transformers", "optimum-intel"):
         return TransformersEngine(loaded, tokenizer)
     raise GemmaWidgetsError(f"The chat cannot drive engine {loaded.engine!r}: use {', '.join(ENGINES)}.")
-
-
-def release_openmp_threads() -> None:
-    """Free the calling thread's idle OpenMP workers before another thread starts computing.
-
-    torch's CPU kernels run on GNU OpenMP, which keeps a team of workers per thread that ever
-    ran a parallel region. While the main thread's idle team exists beside the generation
-    thread's, there are more OpenMP threads than cores on a small machine, and libgomp then
-    stops spin-waiting between regions: on 2 cores a reply decoded in a background thread at
-    about 0.75x the speed of the same ``generate`` in the main thread (``benchmarks/chat_bench.py``).
-    ``omp_pause_resource_all`` releases the calling thread's team; it comes back when that
-    thread next computes. A no-op where libgomp is not loaded (macOS, other builds).
-    """
-    try:
-        libgomp = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
-        libgomp.omp_pause_resource_all(1)  # omp_pause_soft
-    except (OSError, AttributeError):
-        pass
 
 
 class Generation:
