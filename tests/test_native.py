@@ -13,11 +13,9 @@ import torch
 
 from gemma_widgets._native import KERNEL_CACHE_VARIABLES, release_openmp_threads
 
-#: Forward passes of the tiny model in bf16 at 24 new prompt lengths, in a fresh process;
-#: prints how much heap (glibc's in-use bytes) they left behind.
-SHAPES_SCRIPT = """
-import ctypes, gc, torch
-from gemma_widgets import load_model
+#: The start of a fresh-process probe: ``heap_in_use()``, glibc's bytes in use after a collection.
+HEAP_PROBE = """
+import ctypes, gc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -25,12 +23,19 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-model = load_model("tiny-random-gemma2", "bf16").model
 
 def heap_in_use():
     gc.collect()
     return libc.mallinfo2().uordblks
+"""
 
+#: Forward passes of the tiny model in bf16 at 24 new prompt lengths, in a fresh process;
+#: prints how much heap they left behind.
+SHAPES_SCRIPT = HEAP_PROBE + """
+import torch
+from gemma_widgets import load_model
+
+model = load_model("tiny-random-gemma2", "bf16").model
 with torch.no_grad():
     for length in range(8, 48):  # more shapes than the kit's cap: its cache is full from here on
         model(torch.randint(10, 1000, (1, length)))

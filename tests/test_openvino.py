@@ -23,6 +23,7 @@ from gemma_widgets._openvino import (
 from gemma_widgets.errors import PrecisionUnavailableError
 from gemma_widgets.models import PRESETS, locate, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
+from tests.test_native import HEAP_PROBE
 from tests.test_precisions import greedy
 
 pytestmark = pytest.mark.skipif(
@@ -120,24 +121,14 @@ def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_p
 
 #: In a fresh process (so no other test's threads or garbage move the figures): heap bytes left
 #: in use after 40 new prompt lengths, by the kit's pipeline and by one with OpenVINO's defaults.
-NEW_LENGTHS_SCRIPT = """
-import ctypes, gc, sys
+NEW_LENGTHS_SCRIPT = HEAP_PROBE + """
+import sys
 import numpy as np, openvino as ov, openvino_genai
 from gemma_widgets._openvino import load_ir, with_ov_tokenizers
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
 config = openvino_genai.GenerationConfig()
 config.max_new_tokens = config.min_new_tokens = 2
 config.ignore_eos = True
-
-def heap_in_use():
-    gc.collect()
-    return libc.mallinfo2().uordblks
 
 def heap_left_by_new_lengths(pipe):
     def generate(length):
