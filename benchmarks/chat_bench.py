@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 
 import psutil
 import torch
-from transformers import AutoConfig
 
 from gemma_widgets import load_model
 from gemma_widgets.chat import ChatPanel
@@ -185,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turn {i + 1}/{args.turns}: RSS {rss[-1]:.0f} MB", file=sys.stderr, flush=True)
     plan = turns.session.plan
     kept_tokens = plan.prompt_tokens + args.turn_tokens
-    config = getattr(model, "config", None) or AutoConfig.from_pretrained(loaded.path)  # genai: the IR's
-    kv_bytes, kv_dtype = kv_bytes_per_token(config)
+    kv_bytes, kv_dtype = kv_bytes_per_token(loaded.config)
     warm = min(5, len(rss)) - 1
 
     figures = Figures(

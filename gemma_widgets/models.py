@@ -201,17 +201,19 @@ class LoadedModel:
     compiled: str | None = None  # the torch.compile mode generation runs under, if compiled
 
     @functools.cached_property
-    def context_window(self) -> int:
-        """How many tokens (prompt plus reply) the model attends to.
-
-        An openvino-genai pipeline has no config object; its IR folder has config.json.
-        """
+    def config(self) -> Any:
+        """The model's config; an openvino-genai pipeline has none, so its IR folder's config.json."""
         config = getattr(self.model, "config", None)
         if config is None and self.path:
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(self.path)
-        return int(getattr(config, "max_position_embeddings", 0) or 8192)
+        return config
+
+    @functools.cached_property
+    def context_window(self) -> int:
+        """How many tokens (prompt plus reply) the model attends to."""
+        return int(getattr(self.config, "max_position_embeddings", 0) or 8192)
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.preset.name!r}, precision={self.precision!r}, "
