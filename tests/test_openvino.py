@@ -14,6 +14,8 @@ from gemma_widgets._openvino import (
     DETOKENIZER_XML,
     TOKENIZER_XML,
     ExportSettings,
+    compression_mode,
+    cpu_properties,
     engine_name,
     export,
     export_dir,
@@ -154,3 +156,12 @@ def test_the_kits_pipeline_keeps_no_kernels_for_each_new_prompt_length(tiny_ir):
     kit, default = (int(x) for x in done.stdout.split()[-2:])
     assert kit < 2 * 2**20
     assert default > 10 * 2**20  # OpenVINO's own default: ~0.7 MB per new length on this tiny model
+
+
+def test_int8_weights_compile_with_activation_groups_of_128(tiny_ir):
+    int8_ir = export(locate(PRESETS["tiny-random-gemma2"]), ExportSettings("int8"))
+    assert (compression_mode(tiny_ir), compression_mode(int8_ir)) == ("int4_asym", "int8_asym")
+    assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in cpu_properties(tiny_ir)
+    model = load_ir(str(int8_ir), "optimum-intel")
+    model.compile()
+    assert model.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128
