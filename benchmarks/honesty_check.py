@@ -9,9 +9,9 @@ variant in one run a different way, sharing none of the harness's code past ``lo
 * openvino-genai: the pipeline's own performance metrics (mean time per output token).
 
 This machine's speed drifts by 10-20% over tens of seconds, so the two alternate: each round
-runs the harness and then the plain loop, each in a fresh process (run in this long-lived
-process instead, the plain loop read ~8% slower), and the ratio reported is the median of the
-rounds' ratios.
+runs the harness and the plain loop, each in a fresh process (run in this long-lived process
+instead, the plain loop read ~8% slower), and which goes first changes every round so that a
+drift favours neither. The ratio reported is the median of the rounds' ratios.
 
 Target (issue 6): the two within 5% of each other. Run it on an idle machine:
 
@@ -107,15 +107,19 @@ def main() -> int:
     plain_cmd = [sys.executable, __file__, "--plain-only", "--model", args.model, "--variant", args.variant,
                  "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
     print(f"{args.model} {args.variant}, {args.new_tokens} new tokens, median of {args.repeats} per round")
+
+    def plain() -> float:
+        return float(subprocess.run(plain_cmd, capture_output=True, text=True, check=True).stdout.split()[-1])
+
     ratios = []
     for i in range(args.rounds):
+        loop = plain() if i % 2 else None
         (result,) = bench.run(args.model, [args.variant], prompt=bench.DEFAULT_PROMPT,
                               new_tokens=args.new_tokens, repeats=args.repeats, quality=False)
         if not result.ok:
             print(f"harness failed: {result.status}: {result.error}")
             return 1
-        done = subprocess.run(plain_cmd, capture_output=True, text=True, check=True)
-        loop = float(done.stdout.split()[-1])
+        loop = loop or plain()
         ratios.append(result.decode_tps / loop)
         print(f"  round {i + 1}: harness {result.decode_tps:7.2f} tok/s ({result.engine}), "
               f"plain loop {loop:7.2f} tok/s -> {ratios[-1]:.3f}", flush=True)
