@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets.templates import chat_ids
+
 Emit = Callable[..., None]
 Generate = Callable[[list[int], int], list[int]]
 
@@ -56,9 +58,7 @@ def _option_value(text: str) -> Any:
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     """The prompt as token ids: through the chat template for instruction-tuned models."""
     if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return chat_ids(tokenizer, [{"role": "user", "content": prompt}])
     return list(tokenizer(prompt).input_ids)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from gemma_widgets._display import WidgetView
 from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
 from gemma_widgets.errors import GemmaWidgetsError
@@ -71,7 +72,7 @@ def _with_class(widget: Any, *names: str) -> Any:
     return widget
 
 
-class ChatPanel:
+class ChatPanel(WidgetView):
     """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision="fast")``.
 
     Enter sends (Shift+Enter too: ipywidgets' only input with a submit event is the one-line
@@ -194,11 +195,6 @@ class ChatPanel:
                           self.save_button, self.upload]),
             self.settings_panel,
         ]), "gw-chat")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     def _ui(self, action: Any, *args: Any) -> None:
         """Run a button's action; a problem the user can fix becomes the notice, not a traceback."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.templates import ensure_chat_template, fold_system_prompt
+from gemma_widgets.templates import chat_ids, ensure_chat_template, fold_system_prompt
 
 TRANSCRIPT_FORMAT = "gemma_widgets.transcript/1"
 ROLES = ("user", "assistant")
@@ -137,7 +137,7 @@ class Conversation:
         if not chat:
             return 0
         ensure_chat_template(tokenizer)
-        return len(_token_ids(tokenizer, chat, generation_prompt))
+        return len(chat_ids(tokenizer, chat, generation_prompt))
 
     def plan(self, tokenizer: Any, context_window: int, max_new_tokens: int) -> PromptPlan:
         """The prompt for a reply to the last user message, fitted into ``context_window``.
@@ -153,7 +153,7 @@ class Conversation:
         start = min(self._first_kept, last_user)
         start -= start % 2  # a kept prompt starts with a user turn
         while True:
-            ids = _token_ids(tokenizer, self._prompt_messages(start), True)
+            ids = chat_ids(tokenizer, self._prompt_messages(start), True)
             if len(ids) <= budget:
                 self._first_kept = start
                 return PromptPlan(ids, start, start, context_window, max_new_tokens)
@@ -234,9 +234,3 @@ class Conversation:
             raise GemmaWidgetsError(f"Could not read a JSON transcript from {path}: {exc}") from exc
         return cls.from_data(data)
 
-
-def _token_ids(tokenizer: Any, chat: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(chat, add_generation_prompt=generation_prompt, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding on some versions
-        ids = ids["input_ids"]
-    return list(ids)

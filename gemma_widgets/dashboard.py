@@ -33,12 +33,13 @@ from typing import Any
 import ipywidgets as w
 
 from gemma_widgets import bench, plots
+from gemma_widgets._display import WidgetView
 from gemma_widgets.bench import DEFAULT_PROMPT, Progress, Result
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import PRESETS
 
 
-class PrecisionDashboard:
+class PrecisionDashboard(WidgetView):
     """Measure one prompt across precisions and compare speed, memory and quality.
 
     Args:
@@ -245,9 +246,6 @@ class PrecisionDashboard:
             self.status.value = f"<span style='color:#b00'>{message}</span>"
         finally:
             self.run_button.disabled, self.cancel_button.disabled = False, True
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def _cell(value: float | None, spec: str) -> str:

@@ -13,10 +13,14 @@ Suggested: bundled in bf16 (no GPU: the offline Gemma 3 270M runs on any CPU)
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,17 @@ GPU_WEIGHTS_SHARE = 0.8
 
 # Below this much RAM the notebooks take their light path (Binder gives 1-2 GB).
 SMALL_MEMORY_GB = 4.0
+
+#: Colab's own packages: installing the kit or an extra there must never replace them (pip is given
+#: their installed versions as constraints, so it fails instead). The set-up cell lists them too.
+COLAB_PACKAGES = ("torch", "transformers", "huggingface-hub", "tokenizers", "numpy", "ipywidgets")
+
+#: What a notebook may ask :func:`install_extras` for, and the pip packages each one is. OpenVINO
+#: here is the runtime only: optimum-intel (the exporter) accepts no transformers 5 release.
+EXTRAS = {
+    "openvino": ("openvino", "openvino-genai", "openvino-tokenizers"),
+    "bnb": ("bitsandbytes",),
+}
 
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
@@ -176,6 +191,71 @@ def describe() -> Environment:
     model, precision, reason = suggest(gpu_gb, cc, has_token)
     return Environment(where(), psutil.cpu_count() or 1, memory_limit_bytes() / 1e9, gpu, cc, gpu_gb,
                        has_token, model, precision, reason)
+
+
+def colab_constraints() -> list[str]:
+    """``name==version`` for each of :data:`COLAB_PACKAGES` that is installed: pip's constraints."""
+    from importlib import metadata
+
+    pins = []
+    for name in COLAB_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def pip_install(packages: list[str], timeout: float = 900) -> str | None:
+    """``pip install`` ``packages`` without replacing Colab's own packages; None, or why it failed."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(colab_constraints()) + "\n")
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", handle.name, *packages],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"pip did not finish within {timeout:.0f} s"
+    finally:
+        os.unlink(handle.name)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+        return (lines[0] if lines else done.stderr.strip()[-300:]) or f"pip exited with {done.returncode}"
+    return None
+
+
+def install_extras(*extras: str) -> dict[str, str | None]:
+    """Make the optional packages a notebook needs available; print one line per extra.
+
+    On Colab they are pip-installed beside Colab's own packages (never replacing them); locally
+    and on Binder ``requirements.txt`` installed them already, so nothing is installed. Returns each
+    extra with None (ready) or why it is not; the notebook goes on either way.
+    """
+    status: dict[str, str | None] = {}
+    for extra in extras:
+        if extra not in EXTRAS:
+            raise ValueError(f"Unknown extra {extra!r}: choose from {', '.join(EXTRAS)}.")
+        packages = EXTRAS[extra]
+        modules = [name.replace("-", "_") for name in packages]
+        missing = [p for p, m in zip(packages, modules, strict=True) if importlib.util.find_spec(m) is None]
+        reason = pip_install(missing) if missing and where() == "colab" else None
+        importlib.invalidate_caches()
+        still = [p for p, m in zip(packages, modules, strict=True) if importlib.util.find_spec(m) is None]
+        if still and not reason:
+            reason = f"{', '.join(still)} not installed (pip install {' '.join(still)})"
+        status[extra] = reason
+        print(f"{extra}: {'ready' if reason is None else 'not available: ' + reason}")
+    return status
+
+
+def can_run(precision: str, model: str | None = None) -> bool:
+    """True if ``precision`` can load ``model`` here; otherwise print why, for a cell to skip itself."""
+    from gemma_widgets.models import resolve_preset
+    from gemma_widgets.precisions import PRECISIONS
+
+    reason = PRECISIONS[precision].unavailable_reason(resolve_preset(model))
+    if reason:
+        print(f"Skipped here: {precision} is not available ({reason}).")
+    return reason is None
 
 
 def setup() -> Environment:

@@ -22,6 +22,7 @@ API with logits, what notebook 04 teaches). ``auto`` picks for the hardware, see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import weakref
@@ -131,12 +132,49 @@ def _check_bnb(bytes_per_param: float) -> Callable[[Preset], str | None]:
     return check
 
 
-def _check_ov(bytes_per_param: float, exported_ok: bool) -> Callable[[Preset], str | None]:
+@functools.cache
+def _unmet_requirement(dist: str) -> str | None:
+    """The first of ``dist``'s declared requirements that the installed packages do not meet.
+
+    optimum-intel imports (lazily) only beside the transformers releases it declares, so a
+    mismatch is named here instead of failing deep inside an export.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    for line in metadata.requires(dist) or ():
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            return f"{dist} needs {requirement.name}, which is not installed"
+        if not requirement.specifier.contains(installed, prereleases=True):
+            return (f"{dist} {metadata.version(dist)} needs {requirement.name}{requirement.specifier} "
+                    f"and {installed} is installed")
+    return None
+
+
+def _optimum_reason() -> str | None:
+    """Why optimum-intel (the exporter, and the ``optimum`` engine) cannot run here, or None."""
+    missing = _missing("optimum.intel", "nncf")
+    if missing:
+        return (f"{missing}; no optimum-intel release accepts transformers 5 with huggingface_hub 2 "
+                "(Colab's stack), so exports are made on a machine with requirements.txt's stack")
+    return _unmet_requirement("optimum-intel")
+
+
+def _check_ov(bytes_per_param: float, exported_ok: bool, engine: str = "genai") -> Callable[[Preset], str | None]:
+    """An IR runs on openvino-genai alone; exporting one, or the ``optimum`` engine, needs optimum-intel."""
+
     def check(preset: Preset) -> str | None:
         if preset.fmt == "openvino" and not exported_ok:
             return f"{preset.name} is already an OpenVINO export; load it with ov-int4"
-        return _missing("optimum.intel", "openvino", "openvino_genai", "openvino_tokenizers") or (
-            _too_big(preset, bytes_per_param))
+        needs_optimum = engine == "optimum" or preset.fmt != "openvino"
+        return (_missing("openvino", "openvino_genai", "openvino_tokenizers")
+                or (_optimum_reason() if needs_optimum else None) or _too_big(preset, bytes_per_param))
 
     return check
 
@@ -278,7 +316,7 @@ PRECISIONS: dict[str, Precision] = {
         Precision("ov-int4", "OpenVINO IR, int4 weights (openvino-genai, fast)", 0.5, _load_ov,
                   _check_ov(0.5, exported_ok=True)),
         Precision("ov-int4-optimum", "OpenVINO IR, int4 weights (optimum-intel, transformers API)",
-                  0.5, _load_ov, _check_ov(0.5, exported_ok=True)),
+                  0.5, _load_ov, _check_ov(0.5, exported_ok=True, engine="optimum")),
     )
 }
 

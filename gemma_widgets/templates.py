@@ -72,6 +72,17 @@ def fold_system_prompt(messages: list[Message], system: str | None = None) -> li
     return messages
 
 
+def chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+    """``messages`` through the tokenizer's chat template, as a list of token ids.
+
+    transformers 4 returns a list of ids from ``apply_chat_template(tokenize=True)`` and
+    transformers 5 a ``BatchEncoding``; with ``return_dict=True`` both return the latter.
+    """
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                            tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])
+
+
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Token ids that end a model turn: ``<end_of_turn>`` and the tokenizer's EOS."""
     ids = []
