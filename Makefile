@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test install prepare chromium
+.PHONY: lab test test-colab notebooks install prepare chromium
 
 # Jupyter refuses to run as root (a container, a cloud VM) unless asked.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -15,6 +15,15 @@ lab: prepare
 
 test: prepare
 	$(PY) -m pytest
+
+# The same tests and every notebook on Colab's stack (transformers 5, ipywidgets 7.7.1), in
+# .venv-colab, after doing what each notebook's set-up cell does on Colab (tools/colab_imitation.sh).
+test-colab:
+	PYTHON=$(PYTHON) bash tools/colab_imitation.sh
+
+# Rewrite every notebook's set-up cell and the badges from pyproject.toml's Repository URL.
+notebooks: $(STAMP)
+	$(PY) tools/sync_notebooks.py
 
 install: $(STAMP)
 

@@ -9,7 +9,7 @@ Two recipes, both current for transformers 4.57:
   ``cache_implementation="static"``: the prefill runs eagerly and only the one-token decode step
   is compiled, against a static cache that is reused while it is large enough.
 
-``HybridCache`` is deprecated in transformers 4.57: :class:`transformers.StaticCache` reads
+``HybridCache`` is deprecated in transformers 4.57 and gone in 5: :class:`transformers.StaticCache` reads
 ``config.layer_types`` and gives each sliding-window layer (Gemma 2 and 3) a window-sized
 buffer and each global layer a ``max_cache_len`` one. :func:`measure` times eager with a
 dynamic cache, eager with a static cache and the compiled variants side by side.

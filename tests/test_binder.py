@@ -21,8 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TEST_TOOLS = {"pytest", "nbval", "playwright"}
-# What Colab ships (a CUDA torch and its companions): the set-up cell's install must keep them.
-COLAB_TORCH = {"torch": "2.9.0+cu126", "torchvision": "0.24.0+cu126", "torchaudio": "2.9.0+cu126"}
+# What Colab ships (late 2026: a CUDA torch, transformers 5, hub 2, ipywidgets 7): the set-up cell's
+# install must keep every one of them.
+COLAB = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126", "transformers": "5.24.0",
+         "huggingface-hub": "2.4.0", "tokenizers": "0.23.3", "numpy": "2.4.6", "ipywidgets": "7.7.1"}
 
 
 def normalise(name: str) -> str:
@@ -121,11 +123,15 @@ def test_binder_requirements_resolve(index, tmp_path):
 
 
 @pytest.mark.integration
-def test_colab_install_keeps_colabs_torch(index, tmp_path):
-    """The set-up cell's ``%pip install "gemma_widgets[openvino] @ ..."`` on a Colab-like environment
-    installs neither another torch nor CUDA libraries."""
-    python = fake_environment(tmp_path / "colab", COLAB_TORCH)
-    planned = dry_run(python, f"{REPO}[openvino]")
-    replaced = {name: v for name, v in planned.items() if name in COLAB_TORCH or name.startswith("nvidia-")}
-    assert not replaced, f"the install would replace Colab's torch: {replaced}"
-    assert "gemma-widgets" in planned and "optimum-intel" in planned
+def test_colab_install_keeps_colabs_packages(index, tmp_path):
+    """The set-up cell's install on a Colab-like environment, resolved by pip: with Colab's packages as
+    constraints (as the cell gives them) it resolves, and replaces none of them nor adds CUDA libraries."""
+    from gemma_widgets.environment import COLAB_PACKAGES, EXTRAS
+
+    python = fake_environment(tmp_path / "colab", COLAB)
+    constraints = tmp_path / "keep.txt"
+    constraints.write_text("\n".join(f"{name}=={COLAB[name]}" for name in COLAB_PACKAGES))
+    planned = dry_run(python, "-c", str(constraints), str(REPO), *EXTRAS["openvino"], *EXTRAS["bnb"])
+    replaced = {name: v for name, v in planned.items() if name in COLAB or name.startswith("nvidia-")}
+    assert not replaced, f"the install would replace Colab's packages: {replaced}"
+    assert "gemma-widgets" in planned and "openvino-genai" in planned and "optimum-intel" not in planned

@@ -168,3 +168,39 @@ def test_a_binder_sized_limit_makes_notebooks_take_their_light_path(clean_env):
     assert environment.describe().small_memory
     clean_env.delenv("MEM_LIMIT")
     assert environment.describe().small_memory == (environment.memory_limit_bytes() / 1e9 < 4)
+
+
+def _fake_pip(monkeypatch, returncode: int, stderr: str = "") -> list:
+    """Stub pip (record its arguments) and pretend no optional package is installed."""
+    calls = []
+    monkeypatch.setattr(environment.subprocess, "run",
+                        lambda args, **kw: calls.append(args) or SimpleNamespace(returncode=returncode,
+                                                                                  stderr=stderr))
+    monkeypatch.setattr(environment, "importlib",
+                        SimpleNamespace(util=SimpleNamespace(find_spec=lambda name: None),
+                                        invalidate_caches=lambda: None))
+    return calls
+
+
+def test_extras_on_colab_are_installed_with_colabs_packages_pinned(fake_colab, monkeypatch, capsys):
+    error = "ERROR: Cannot install openvino because these package versions have conflicting dependencies."
+    calls = _fake_pip(monkeypatch, returncode=1, stderr=f"noise\n{error}\n")
+    status = environment.install_extras("openvino")
+    ((args),) = calls
+    assert args[-3:] == ["openvino", "openvino-genai", "openvino-tokenizers"] and "-c" in args
+    assert status == {"openvino": error}
+    assert f"openvino: not available: {error}" in capsys.readouterr().out  # one line, and the notebook goes on
+
+
+def test_extras_elsewhere_are_checked_not_installed(clean_env, monkeypatch, capsys):
+    calls = _fake_pip(monkeypatch, returncode=0)
+    assert environment.install_extras("bnb") == {"bnb": "bitsandbytes not installed (pip install bitsandbytes)"}
+    assert calls == [] and "bnb: not available" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="Unknown extra"):
+        environment.install_extras("cuda")
+
+
+def test_colab_constraints_pin_what_is_installed():
+    from importlib.metadata import version
+
+    assert environment.colab_constraints() == [f"{name}=={version(name)}" for name in environment.COLAB_PACKAGES]

@@ -224,6 +224,7 @@ def _export_tiny_for_genai(tiny, out) -> dict:
 @pytest.mark.integration
 def test_openvino_genai_engine_matches_transformers_and_stops(tiny):
     genai = pytest.importorskip("openvino_genai")
+    pytest.importorskip("optimum.intel", exc_type=ImportError)
     from gemma_widgets._cache import build_once, cache_root
     from gemma_widgets.models import LoadedModel
 

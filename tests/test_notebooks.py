@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-SETUP = '''# Set-up: nothing to do locally or on Binder; on Colab this installs the kit first.
-import sys
-if "google.colab" in sys.modules:
-    %pip install -q "gemma_widgets[openvino] @ git+https://github.com/gemma-widgets/gemma-widgets"
-from gemma_widgets.environment import setup
-env = setup()'''
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import sync_notebooks  # noqa: E402
+
+NOTEBOOKS = sync_notebooks.NOTEBOOKS
 
 
 def test_there_are_notebooks():
@@ -26,11 +25,12 @@ def test_notebook_shape(path):
     nbformat.validate(nb)
     title = nb.cells[0]
     assert title.cell_type == "markdown" and title.source.startswith("# ")
-    assert f"colab.research.google.com/github/gemma-widgets/gemma-widgets/blob/main/notebooks/{path.name}" \
-        in title.source, "an Open in Colab badge for this notebook"
+    slug = sync_notebooks.slug()
+    assert f"colab.research.google.com/github/{slug}/blob/main/notebooks/{path.name}" \
+        in title.source, "an Open in Colab badge for this notebook, on the repository the kit installs from"
     assert "What you will learn" in title.source
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code[0].source.strip() == SETUP, "the first code cell is the course's set-up cell"
+    assert code[0].source == sync_notebooks.setup_cell(), "the first code cell is the course's set-up cell"
     assert any("Try it yourself" in c.source for c in nb.cells if c.cell_type == "markdown")
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
@@ -41,3 +41,33 @@ def test_notebook_outputs_stay_out_of_git(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"clear the outputs of {path.name}"
+
+
+def test_setup_cells_and_badges_come_from_the_one_repository_url():
+    """pyproject's Repository URL is written into every set-up cell and badge (``make notebooks``)."""
+    assert sync_notebooks.sync(check=True) == []
+    cell = sync_notebooks.setup_cell()
+    assert f"git+{sync_notebooks.repository()}" in cell and "check=True" in cell
+    readme = (ROOT / "README.md").read_text()
+    assert f"mybinder.org/v2/gh/{sync_notebooks.slug()}/" in readme
+    assert f"colab.research.google.com/github/{sync_notebooks.slug()}/" in readme
+
+
+def test_the_setup_cell_pins_every_colab_package_and_fails_loudly(tmp_path, monkeypatch):
+    """The set-up cell's install, run as on Colab with pip stubbed: Colab's packages go in as
+    constraints (pip must keep them), and ``check=True`` makes a failed install stop the cell."""
+    import subprocess
+    from importlib.metadata import version
+
+    from gemma_widgets.environment import COLAB_PACKAGES
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append((args, check)))
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    keep = tmp_path / "keep.txt"
+    install = sync_notebooks.setup_cell().split("from gemma_widgets.environment")[0]
+    namespace: dict = {}
+    exec(install.replace("/tmp/colab-keep.txt", str(keep)), namespace)
+    ((args, check),) = calls
+    assert check is True and args[-3:] == ["-c", str(keep), namespace["KIT"]]
+    assert keep.read_text().splitlines() == [f"{name}=={version(name)}" for name in COLAB_PACKAGES]

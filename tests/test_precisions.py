@@ -91,15 +91,19 @@ def test_fp16_is_unavailable_for_gemma_with_the_overflow_as_reason():
         load_model("tiny-random-gemma2", precision="fp16")
 
 
+@pytest.mark.skipif(bool(PRECISIONS["bnb-nf4"].unavailable_reason(TINY)), reason="bitsandbytes missing")
 def test_bnb_without_dtype_is_float16_which_is_why_the_registry_gives_one():
-    """The cause of the all-<pad> output: transformers' bitsandbytes default dtype is float16."""
+    """The cause of the all-<pad> output: transformers 4's bitsandbytes default dtype is float16
+    (transformers 5 takes the checkpoint's dtype); the registry always gives one."""
+    import transformers
     from transformers import AutoModelForCausalLM
 
     from gemma_widgets.models import locate
 
     path = locate(TINY)
     config = precisions.bnb_config("bnb-nf4")
-    assert AutoModelForCausalLM.from_pretrained(path, quantization_config=config).dtype == torch.float16
+    default = AutoModelForCausalLM.from_pretrained(path, quantization_config=config).dtype
+    assert default == (torch.float16 if transformers.__version__.startswith("4.") else torch.float32)
     lm = load_model("tiny-random-gemma2", precision="bnb-nf4")
     assert lm.model.model.embed_tokens.weight.dtype == precisions.bnb_dtype() != torch.float16
 
@@ -143,8 +147,12 @@ def test_auto_on_a_t4_without_bitsandbytes_is_fp32(monkeypatch):
 
 def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
     monkeypatch.setattr(precisions, "_cuda_capability", lambda: None)
+    monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
+    monkeypatch.setattr(precisions, "_optimum_reason", lambda: None)
     assert resolve("auto", TINY).name == resolve(None, TINY).name == "bf16"
     assert resolve("fast", TINY).name == "ov-int4"
+    monkeypatch.setattr(precisions, "_optimum_reason", lambda: "no exporter (Colab)")
+    assert resolve("fast", TINY).name == "bf16"
 
 
 def test_unknown_precision_lists_the_known_ones():
@@ -159,3 +167,30 @@ def test_models_with_the_same_tokenizer_files_share_one_tokenizer(tiny):
     other = load_model("tiny-random-gemma2", precision="bf16")
     assert other.tokenizer is tiny.tokenizer
     assert callable(other.tokenizer.apply_chat_template)
+
+
+def test_optimum_intel_beside_a_transformers_it_does_not_accept_is_named(monkeypatch):
+    """Colab's case: optimum-intel imports lazily, so an installed but incompatible one looked available."""
+    from importlib import metadata
+
+
+    installed = {"optimum-intel": "1.27.0", "transformers": "5.24.0"}
+    monkeypatch.setattr(metadata, "requires", lambda dist: ["transformers<4.58,>=4.45", "tests; extra == 'x'"])
+    monkeypatch.setattr(metadata, "version", lambda dist: installed[dist])
+    precisions._unmet_requirement.cache_clear()
+    try:
+        reason = precisions._unmet_requirement("optimum-intel")
+    finally:
+        precisions._unmet_requirement.cache_clear()
+    assert reason == "optimum-intel 1.27.0 needs transformers<4.58,>=4.45 and 5.24.0 is installed"
+
+
+def test_an_exported_ir_needs_no_optimum_but_an_export_does(monkeypatch):
+
+    monkeypatch.setattr(precisions, "_optimum_reason", lambda: "no optimum-intel here")
+    monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
+    exported = PRESETS["fakezeta/gemma-2-9b-it-ov-int4"]
+    monkeypatch.setattr(precisions, "_too_big", lambda preset, bpp: None)
+    assert PRECISIONS["ov-int4"].unavailable_reason(exported) is None
+    assert PRECISIONS["ov-int4-optimum"].unavailable_reason(exported) == "no optimum-intel here"
+    assert PRECISIONS["ov-int4"].unavailable_reason(PRESETS["bundled"]) == "no optimum-intel here"

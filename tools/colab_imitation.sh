@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Colab, imitated (make test-colab): a second environment with Colab's stack, set up exactly as every
+# notebook's set-up cell sets up Colab, then the unit tests and all seven notebooks under nbval there.
+#
+# Colab (late 2026) runs Python 3.12/3.13, torch 2.11 CUDA, transformers 5, huggingface_hub 2 and
+# ipywidgets 7.7.1. This package index has no CPU torch for 3.12+, so: Python 3.11, the CPU torch
+# 2.13.0 from this machine's disk, and Colab's transformers/hub/tokenizers/ipywidgets releases (the
+# newest 5.x here). numpy is whatever transformers takes (numpy 2.5 has no Python 3.11 build).
+# A stand-in google.colab module and COLAB_RELEASE_TAG make the kit and the set-up cell see Colab.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+VENV=${COLAB_VENV:-.venv-colab}
+OUT=artifacts/colab
+COLAB_STACK=(torch==2.13.0 transformers==5.24.0 huggingface_hub==2.4.0 tokenizers==0.23.3
+             ipywidgets==7.7.1 ipykernel)
+HARNESS=(pytest==9.2.0 nbval==0.11.0)
+mkdir -p "$OUT"
+
+# 1. Colab's own packages, and the test harness (Colab has pytest too), in a venv made once.
+stamp="$VENV/.colab-stack"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${COLAB_STACK[*]} ${HARNESS[*]}" ]; then
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q "${COLAB_STACK[@]}" "${HARNESS[@]}"
+    echo "${COLAB_STACK[*]} ${HARNESS[*]}" > "$stamp"
+fi
+PY=$VENV/bin/python
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$ROOT/tests/colab_standin" > "$site/google_colab_standin.pth"
+export COLAB_RELEASE_TAG=release-colab-imitation
+export GEMMA_WIDGETS_SOURCE=$ROOT        # the set-up cell installs this checkout, not the repository
+export GEMMA_WIDGETS_CACHE=${GEMMA_WIDGETS_CACHE_COLAB:-$HOME/.cache/gemma_widgets-colab}  # converted by transformers 5
+
+# 2. What the set-up cells do on Colab: notebook 01's set-up cell, then the extras 04 and 07 install.
+"$PY" -m pip uninstall -q -y gemma_widgets bitsandbytes openvino openvino-genai openvino-tokenizers \
+    2>/dev/null || true
+"$PY" -m pip freeze --exclude-editable | sort > "$OUT/freeze-before.txt"
+"$PY" - <<'PY'
+import nbformat
+cell = next(c for c in nbformat.read("notebooks/01_pipeline.ipynb", 4).cells if c.cell_type == "code")
+exec(compile(cell.source, "set-up cell", "exec"))
+from gemma_widgets.environment import install_extras
+assert not any(install_extras("openvino", "bnb").values()), "an extra could not be installed"
+PY
+"$PY" -m pip freeze --exclude-editable | sort > "$OUT/freeze-after.txt"
+diff "$OUT/freeze-before.txt" "$OUT/freeze-after.txt" > "$OUT/freeze.diff" || true
+echo "== what the set-up changed (pip freeze before -> after):"
+cat "$OUT/freeze.diff"
+kept() {  # fails if a Colab package differs between two freezes
+    "$PY" - "$1" "$2" <<'PY'
+import sys
+from gemma_widgets.environment import COLAB_PACKAGES
+def pins(path):
+    lines = [line.strip() for line in open(path) if "==" in line]
+    return {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in lines}
+before, after = pins(sys.argv[1]), pins(sys.argv[2])
+replaced = [f"{p} {before.get(p)} -> {after.get(p)}" for p in COLAB_PACKAGES if before.get(p) != after.get(p)]
+assert not replaced, f"Colab's packages were replaced: {replaced}"
+print("Colab's packages kept:", ", ".join(f"{p} {before[p]}" for p in COLAB_PACKAGES))
+PY
+}
+kept "$OUT/freeze-before.txt" "$OUT/freeze-after.txt"
+
+# 3. The unit tests and every notebook, on Colab's stack (the browser test needs JupyterLab 4: not here).
+status=0
+"$PY" -m pytest -p no:cacheprovider ${COLAB_TEST_PATHS:-tests notebooks} -m "not browser" --ignore=tests/test_binder.py "$@" || status=$?
+"$PY" -m pip freeze --exclude-editable | sort > "$OUT/freeze-end.txt"
+kept "$OUT/freeze-before.txt" "$OUT/freeze-end.txt"   # the notebooks' own installs kept them too
+exit $status
