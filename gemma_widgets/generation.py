@@ -190,7 +190,7 @@ class TransformersEngine:
 
     def __init__(self, loaded: LoadedModel, tokenizer: Any):
         self.model = loaded.model
-        self.stop_ids = end_of_turn_ids(tokenizer)
+        self.stop_ids = end_of_turn_ids(tokenizer, getattr(loaded.model, "generation_config", None))
         self.pad_id = tokenizer.pad_token_id
 
     def generate(self, input_ids: list[int], settings: SamplingSettings, options: dict[str, Any],
@@ -277,7 +277,7 @@ class Generation:
         self._done = threading.Event()
         self._on_text, self._on_finish = on_text, on_finish
         self._streamer = TokenTextStreamer(tokenizer)
-        self._stop_ids = set(end_of_turn_ids(tokenizer))
+        self._stop_ids = set(engine.stop_ids)
         self._engine_thread = threading.Thread(
             target=self._run_engine, args=(engine, dict(options or {})), daemon=True,
             name="gemma-widgets-generate")

@@ -46,6 +46,19 @@ class Preset:
         """Estimated bytes of weights at ``bytes_per_param``."""
         return int(self.params * bytes_per_param)
 
+    @property
+    def family(self) -> str | None:
+        """``gemma2``, ``gemma3`` or None: from the folder's config, else from the name."""
+        if self.source == "local":
+            import json
+
+            config = json.loads((Path(str(self.repo_id)) / "config.json").read_text())
+            return str(config.get("text_config", config).get("model_type", "")).removesuffix("_text") or None
+        name = self.name.lower()
+        return next((family for marker, family in (("gemma-2", "gemma2"), ("gemma2", "gemma2"),
+                                                   ("gemma-3", "gemma3"), ("gemma3", "gemma3"))
+                     if marker in name), "gemma3" if self.source == "bundled" else None)
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p

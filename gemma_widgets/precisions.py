@@ -6,7 +6,7 @@ availability check that returns a reason instead of raising deep inside a load:
 ========================  =====================================================================
 ``fp32``                  float32, the reference
 ``bf16``                  bfloat16: float32's range in half the bytes
-``fp16``                  float16: unavailable for Gemma, whose activations overflow it
+``fp16``                  float16: Gemma 2 2B/9B only (Gemma 3 and 27B overflow or are erratic)
 ``bnb-int8``              bitsandbytes LLM.int8() weights
 ``bnb-nf4``, ``bnb-fp4``  bitsandbytes 4-bit weights (``double_quant=True`` quantizes the scales)
 ``ov-fp16``, ``ov-int8``  OpenVINO IR exports (nncf weight compression), run by openvino-genai
@@ -34,9 +34,10 @@ from typing import Any
 from gemma_widgets.errors import PrecisionUnavailableError
 from gemma_widgets.models import LoadedModel, Preset
 
-#: Gemma's residual stream reaches ~1e5 on ordinary prompts (notebook 03 measures it); float16
-#: stops at 65504, so an fp16 model turns it into inf, then NaN, and greedy decoding picks
-#: token 0, ``<pad>``, forever.
+#: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
+#: prompts (notebook 03 measures ~1e5), so in fp16 it turns to inf, then NaN, and greedy decoding
+#: picks token 0, ``<pad>``, forever. For Gemma 2, Hugging Face's guidance is that fp16 works for
+#: 2B and 9B (the 9B card offers a ``float16`` revision) and is erratic for 27B.
 FP16_MAX = 65504.0
 
 
@@ -120,9 +121,18 @@ def _check_torch(bytes_per_param: float) -> Callable[[Preset], str | None]:
 
 
 def _check_fp16(preset: Preset) -> str | None:
-    return _check_torch(2)(preset) or (
-        f"Gemma's activations (about 1e5) overflow float16 (max {FP16_MAX:.0f}): logits become "
-        "NaN and every token <pad>; use bf16 (or, on a T4, bnb-nf4 or fp32). Notebook 03 shows it")
+    """fp16 per family: Gemma 2 2B/9B allowed (Hugging Face's guidance); 27B and Gemma 3 refused."""
+    reason = _check_torch(2)(preset)
+    if reason:
+        return reason
+    if preset.family == "gemma2" and "27b" not in preset.name.lower():
+        return None
+    if preset.family == "gemma2":
+        return ("Hugging Face's Gemma 2 guidance: float16 is erratic for 27B; use bf16 "
+                "(or, on a T4, bnb-nf4 or fp32)")
+    return (f"this model's activations (about 1e5 for Gemma 3 270M, measured in notebook 03) overflow "
+            f"float16 (max {FP16_MAX:.0f}): logits become NaN and every token <pad>; use bf16 (or, on "
+            "a T4, bnb-nf4 or fp32)")
 
 
 def _check_bnb(bytes_per_param: float) -> Callable[[Preset], str | None]:
@@ -212,15 +222,35 @@ def _hf_tokenizer(path: str) -> Any:
     return tokenizer
 
 
+def attention_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``attn_implementation="eager"`` for Gemma 2, unless the caller chose one.
+
+    Gemma 2 soft-caps its attention scores (``50 * tanh(s / 50)``); transformers' SDPA attention
+    cannot apply that cap and drops it, so Gemma 2 loads with eager attention, which keeps it
+    (``tests/test_gemma2.py`` checks both caps against a hand computation). Gemma 3 has no cap.
+    """
+    if "attn_implementation" in options:
+        return options
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "attn_logit_softcapping", None):
+        return {**options, "attn_implementation": "eager"}
+    return options
+
+
 def _load_torch_dtype(variant: Precision, preset: Preset, path: str, **options: Any) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[variant.name]
     device_map = "auto" if _has_cuda() else None
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **options)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map,
+                                                 **attention_options(path, options))
     model.eval()
-    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path)
+    notes = ["float16: Gemma 2 2B/9B are documented to work in it; watch for inf/NaN logits (notebook 03)"
+             ] if variant.name == "fp16" else []
+    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path, notes=notes)
 
 
 def bnb_dtype() -> Any:
@@ -259,7 +289,7 @@ def _load_bnb(variant: Precision, preset: Preset, path: str, double_quant: bool 
     device_map = "auto" if _has_cuda() else None
     model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=bnb_config(variant.name, double_quant), dtype=bnb_dtype(),
-        device_map=device_map, **options)
+        device_map=device_map, **attention_options(path, options))
     model.eval()
     notes = [f"non-quantized layers and compute in {str(bnb_dtype()).removeprefix('torch.')}"]
     return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path,
@@ -302,7 +332,7 @@ PRECISIONS: dict[str, Precision] = {
                   _check_torch(4)),
         Precision("bf16", "bfloat16: fp32's range, half the bytes", 2, _load_torch_dtype,
                   _check_torch(2)),
-        Precision("fp16", "float16: half the bytes, but Gemma's activations overflow its range", 2,
+        Precision("fp16", "float16: half the bytes; Gemma 2 2B/9B only (others overflow its range)", 2,
                   _load_torch_dtype, _check_fp16),
         Precision("bnb-int8", "bitsandbytes LLM.int8(): int8 weights, outliers in 16-bit", 1,
                   _load_bnb, _check_bnb(1)),
@@ -327,7 +357,7 @@ def auto_precision(preset: Preset, for_speed: bool = False) -> str:
     * An OpenVINO export can only run as exported: ``ov-int4``.
     * A GPU with compute capability 8 or more (A100, L4, RTX 30xx and newer) computes bf16
       natively: ``bf16``, the full model at half fp32's bytes with fp32's range.
-    * An older GPU (a T4 is 7.5) has no fast bf16, and fp16 overflows Gemma's activations, so
+    * An older GPU (a T4 is 7.5) has no fast bf16, and fp16 is safe for Gemma 2 2B/9B only, so
       the weights go 4-bit (``bnb-nf4``, computing in float32), which also fits a 9B model in a
       T4's 15 GB; without bitsandbytes, ``fp32``.
     * On a CPU: with ``for_speed`` (chat, benchmarks) the OpenVINO int4 export run by

@@ -83,12 +83,19 @@ def chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: boo
     return list(encoded["input_ids"])
 
 
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end a model turn: ``<end_of_turn>`` and the tokenizer's EOS."""
+def end_of_turn_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Token ids that end a model turn, read from the model's own files, never one family's numbers.
+
+    ``<end_of_turn>`` as the tokenizer numbers it (107 in Gemma 2's vocabulary, 106 in Gemma 3's),
+    the tokenizer's EOS, and every id in the model's ``generation_config.eos_token_id``.
+    """
     ids = []
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if isinstance(eot, int) and eot != tokenizer.unk_token_id:
         ids.append(eot)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    configured = getattr(generation_config, "eos_token_id", None)
+    configured = [configured] if isinstance(configured, int) else list(configured or ())
+    for token in (tokenizer.eos_token_id, *configured):
+        if token is not None and token not in ids:
+            ids.append(token)
     return ids

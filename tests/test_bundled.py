@@ -90,7 +90,8 @@ def test_loading_the_saved_tokenizer_is_quiet(bundled):
         logger.removeHandler(records)
         transformers.logging.set_verbosity(verbosity)
     assert not [m for m in quiet if "fix_mistral_regex" in m], quiet
-    assert [m for m in records.messages if "fix_mistral_regex" in m], "the control load warns"
+    if transformers.__version__.startswith("4.57."):  # the versions that warn spuriously
+        assert [m for m in records.messages if "fix_mistral_regex" in m], "the control load warns"
 
 
 def test_parameter_count_matches_the_preset(bundled):
@@ -102,9 +103,9 @@ def test_greedy_chat_generation_is_real_text(bundled):
     tok, model = bundled.tokenizer, bundled.model
     assert tok.convert_tokens_to_ids(END_OF_TURN) in model.generation_config.eos_token_id
     messages = [{"role": "user", "content": "Write one sentence about the sea."}]
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24)
-    new = out[0, ids.shape[1]:].tolist()
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=24)
+    new = out[0, inputs["input_ids"].shape[1]:].tolist()
     text = tok.decode(new, skip_special_tokens=True)
     print(repr(text))
     assert new and text.strip()

@@ -23,7 +23,8 @@ def eager(tiny):
 
 
 def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
-    from transformers import HybridCache, StaticCache
+    import transformers
+    from transformers import StaticCache
 
     cache = gc.static_cache(tiny.model, 64)
     window = tiny.model.config.sliding_window
@@ -31,7 +32,8 @@ def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
     assert [layer.is_sliding for layer in cache.layers] == [k == "sliding_attention" for k in kinds]
     assert [layer.keys.shape[2] for layer in cache.layers] == [
         min(window, 64) if k == "sliding_attention" else 64 for k in kinds]
-    assert issubclass(HybridCache, StaticCache)  # 4.57: HybridCache is a deprecated alias
+    hybrid = getattr(transformers, "HybridCache", None)  # 4.57: a deprecated alias; 5: gone
+    assert hybrid is None or issubclass(hybrid, StaticCache)
 
 
 def test_encode_left_pads_to_a_multiple(tiny):

@@ -8,6 +8,7 @@ import pytest
 
 from gemma_widgets.conversation import Conversation, Message
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+from gemma_widgets.templates import chat_ids
 
 
 def _chat(n: int, words: int = 1, system: str = "") -> Conversation:
@@ -103,7 +104,7 @@ def test_pop_reply_and_pop_user():
 
 def test_count_tokens_matches_the_template(tiny):
     conv = _chat(2, system="S")
-    ids = tiny.tokenizer.apply_chat_template(conv._prompt_messages(0), tokenize=True)
+    ids = chat_ids(tiny.tokenizer, conv._prompt_messages(0), add_generation_prompt=False)
     assert conv.count_tokens(tiny.tokenizer) == len(ids) > 0
     assert conv.count_tokens(tiny.tokenizer, start=2) < len(ids)
 

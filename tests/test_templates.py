@@ -9,6 +9,7 @@ from jinja2.exceptions import TemplateError
 
 from gemma_widgets.templates import (
     GEMMA_CHAT_TEMPLATE,
+    chat_ids,
     end_of_turn_ids,
     ensure_chat_template,
     fold_system_prompt,
@@ -58,8 +59,8 @@ def test_template_writes_gemmas_turn_format(tiny):
     assert text == ("<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
                     "<start_of_turn>model\n4<end_of_turn>\n"
                     "<start_of_turn>user\nAnd 3+3?<end_of_turn>\n<start_of_turn>model\n")
-    ids = tok.apply_chat_template(chat, add_generation_prompt=True)
-    assert ids == tok(text, add_special_tokens=False).input_ids
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == chat_ids(tok, chat) == tok(text, add_special_tokens=False).input_ids
 
 
 @pytest.mark.parametrize("chat, error", [
