@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test test-colab notebooks install prepare chromium
+.PHONY: lab test test-gemma2 test-colab notebooks install prepare chromium
 
 # Jupyter refuses to run as root (a container, a cloud VM) unless asked.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -15,6 +15,11 @@ lab: prepare
 
 test: prepare
 	$(PY) -m pytest
+
+# The course a second time on a Gemma 2 architecture (the tiny random one), and bench on it: the
+# CPU run of benchmarks/gpu_course.sh, which on a GPU runs Gemma 2 2B's shape.
+test-gemma2: prepare
+	PY=$(PY) bash benchmarks/gpu_course.sh --device cpu
 
 # The same tests and every notebook on Colab's stack (transformers 5, ipywidgets 7.7.1), in
 # .venv-colab, after doing what each notebook's set-up cell does on Colab (tools/colab_imitation.sh).

@@ -18,7 +18,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
 from notebook_memory import MB, TreeWatcher  # noqa: E402
 
-BINDER_LIMIT_MB = 2048  # mybinder.org gives 1-2 GB; the course's default path must fit 2 GB
+# mybinder.org gives 1-2 GB; the course's default path must fit 2 GB. NOTEBOOK_MEMORY_LIMIT_MB=0 lifts
+# the limit (benchmarks/gpu_course.sh runs Gemma 2 2B's shape); peaks are reported either way.
+BINDER_LIMIT_MB = int(os.environ.get("NOTEBOOK_MEMORY_LIMIT_MB", "2048"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,12 +47,13 @@ def _watch(notebook, first, last, peaks: dict) -> None:
 
     def setup_as_on_binder() -> None:
         saved = os.environ.get("MEM_LIMIT")
-        os.environ["MEM_LIMIT"] = str(BINDER_LIMIT_MB * MB)  # the kernel inherits it
+        if BINDER_LIMIT_MB:
+            os.environ["MEM_LIMIT"] = str(BINDER_LIMIT_MB * MB)  # the kernel inherits it
         try:
             start_kernel()
         finally:
             if saved is None:
-                del os.environ["MEM_LIMIT"]
+                os.environ.pop("MEM_LIMIT", None)
             else:
                 os.environ["MEM_LIMIT"] = saved
 
@@ -67,7 +70,7 @@ def _watch(notebook, first, last, peaks: dict) -> None:
             watcher[0].stop()
         anon, pss, kernel = (value / MB for value in (watcher[0].peak_anon, watcher[0].peak, watcher[0].root_hwm))
         peaks[notebook.name] = (anon, pss, kernel, time.monotonic() - started[0])
-        assert anon <= BINDER_LIMIT_MB, (
+        assert not BINDER_LIMIT_MB or anon <= BINDER_LIMIT_MB, (
             f"{notebook.name} peaked at {anon:.0f} MB of anonymous memory (kernel and the processes it "
             f"started; PSS {pss:.0f} MB): over Binder's {BINDER_LIMIT_MB} MB")
 

