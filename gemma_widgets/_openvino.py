@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets._cache import build_once, cache_root
+from gemma_widgets._cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import PrecisionUnavailableError
 
 ENGINES = {"genai": "openvino-genai", "openvino-genai": "openvino-genai",
@@ -93,10 +93,16 @@ class ExportSettings:
 
 
 def export_dir(source: str, settings: ExportSettings) -> Path:
-    """Where the export of ``source`` (a folder or hub id) with ``settings`` is cached."""
+    """Where the export of ``source`` (a folder or hub id) with ``settings`` is cached.
+
+    A local folder is keyed on its content (:func:`~gemma_widgets._cache.folder_digest`), so changed
+    weights get a new export instead of the stale one; a hub id on its name.
+    """
     name = Path(source).name or "model"
-    digest = hashlib.sha256(os.path.abspath(source).encode() if os.path.isdir(source)
-                            else source.encode()).hexdigest()[:8]
+    if os.path.isdir(source):
+        digest = folder_digest(Path(source))
+    else:
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     return cache_root() / "openvino" / f"{name}-{digest}-{settings.key}"
 
 
@@ -159,7 +165,13 @@ def with_ov_tokenizers(folder: str) -> Path:
         save_ov_tokenizers(load_tokenizer(path), out)
         return {"source": str(path)}
 
-    return build_once(cache_root() / "openvino" / f"{path.name}-tokenizers", build)
+    return build_once(tokenizer_twin_dir(path), build)
+
+
+def tokenizer_twin_dir(folder: Path) -> Path:
+    """Where :func:`with_ov_tokenizers` caches ``folder``'s twin: keyed on the IR's content, since two
+    folders with one base name (``ov_model``) are two models."""
+    return cache_root() / "openvino" / f"{folder.name}-{folder_digest(folder)}-tokenizers"
 
 
 def engine_name(engine: str | None) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_widgets._bench_worker import parse_variant
+from gemma_widgets._files import write_atomic
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.quality import top1_agreement
 
@@ -444,30 +446,36 @@ _MACHINE_FIELDS = dataclasses.fields(Machine)
 
 
 def save(results: Sequence[Result], path: str | os.PathLike) -> Path:
-    """Write ``results`` to ``path``: ``.json`` (one document) or ``.csv`` (a row per variant)."""
+    """Write ``results`` to ``path`` atomically: ``.json`` (one document) or ``.csv`` (a row per variant)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(json.dumps({"results": [asdict(r) for r in results]}, indent=1))
-    elif path.suffix == ".csv":
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([f.name for f in _FIELDS] + [f"machine.{f.name}" for f in _MACHINE_FIELDS])
-            for r in results:
-                row = [_csv_cell(getattr(r, f.name)) for f in _FIELDS]
-                row += [_csv_cell(getattr(r.machine, f.name)) if r.machine else "" for f in _MACHINE_FIELDS]
-                writer.writerow(row)
-    else:
+        return write_atomic(path, json.dumps({"results": [asdict(r) for r in results]}, indent=1))
+    if path.suffix != ".csv":
         raise GemmaWidgetsError(f"Save results as .csv or .json, not {path.name!r}.")
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow([f.name for f in _FIELDS] + [f"machine.{f.name}" for f in _MACHINE_FIELDS])
+    for r in results:
+        row = [_csv_cell(getattr(r, f.name)) for f in _FIELDS]
+        row += [_csv_cell(getattr(r.machine, f.name)) if r.machine else "" for f in _MACHINE_FIELDS]
+        writer.writerow(row)
+    return write_atomic(path, text.getvalue())
+
+
+#: A spreadsheet reads a cell that starts with one of these as a formula (OWASP's CSV injection list);
+#: such text cells are written with a leading ``'``, which :func:`load` removes again.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
+        value = json.dumps(value)
+    elif not isinstance(value, str):
+        return str(value)  # a number: "-1.5" stays a number
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
 def _from_cell(text: str, hint: Any) -> Any:
@@ -476,6 +484,8 @@ def _from_cell(text: str, hint: Any) -> Any:
     origin = {typing.get_origin(o) or o for o in options}
     if text == "" and type(None) in options:
         return None
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        text = text[1:]  # written so that a spreadsheet shows it as text
     if origin & {list, dict}:
         return json.loads(text)
     if int in options:

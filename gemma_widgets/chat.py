@@ -23,6 +23,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from gemma_widgets._display import WidgetView
+from gemma_widgets._files import write_atomic
 from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
 from gemma_widgets.errors import GemmaWidgetsError
@@ -386,16 +387,16 @@ class ChatPanel(WidgetView):
     # --- transcripts ------------------------------------------------------------------------
     def export_json(self, path: str | Path | None = None) -> str:
         """The transcript as JSON text; also written to ``path`` if given."""
-        text = json.dumps(self.session.conversation.to_dict(), indent=2, ensure_ascii=False)
+        text = self.session.conversation.to_json()
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         return text
 
     def export_markdown(self, path: str | Path | None = None) -> str:
         """The transcript as Markdown text; also written to ``path`` if given."""
         text = self.session.conversation.to_markdown()
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text)
         return text
 
     def _save_here(self) -> None:

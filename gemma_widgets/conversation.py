@@ -14,11 +14,13 @@ can show a notice.
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._files import read_limited, write_atomic
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 from gemma_widgets.templates import chat_ids, ensure_chat_template, fold_system_prompt
 
@@ -173,33 +175,38 @@ class Conversation:
                 "messages": [{k: v for k, v in asdict(m).items() if v not in (None, False)}
                              for m in self.messages]}
 
+    def to_json(self) -> str:
+        """The transcript as JSON text (what :meth:`save` writes)."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
     def to_markdown(self) -> str:
-        """The transcript as Markdown: one heading per turn, replies' notes in italics."""
+        """The transcript as Markdown: one heading per turn, replies' notes in italics.
+
+        Each message is a block quote with HTML escaped, so no message can forge a turn heading
+        (``## User``, or a line underlined with ``---``) or carry raw HTML into a Markdown viewer.
+        """
         lines = ["# Chat transcript", ""]
         if self.system.strip():
-            lines += ["## System", "", self.system.strip(), ""]
+            lines += ["## System", "", _quoted(self.system.strip()), ""]
         for m in self.messages:
-            lines += [f"## {'User' if m.role == 'user' else 'Gemma'}", "", m.content, ""]
+            lines += [f"## {'User' if m.role == 'user' else 'Gemma'}", "", _quoted(m.content), ""]
             if m.stopped:
                 lines += ["*(stopped by the user)*", ""]
             if m.error:
-                lines += [f"*(error: {m.error})*", ""]
+                lines += [f"*(error: {html.escape(m.error)})*", ""]
         return "\n".join(lines).rstrip() + "\n"
 
     def save(self, path: str | Path) -> Path:
-        """Write the transcript to ``path``: Markdown if it ends in ``.md``, else JSON."""
+        """Write the transcript to ``path`` atomically: Markdown if it ends in ``.md``, else JSON."""
         path = Path(path)
-        if path.suffix.lower() in (".md", ".markdown"):
-            path.write_text(self.to_markdown(), encoding="utf-8")
-        else:
-            path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
+        markdown = path.suffix.lower() in (".md", ".markdown")
+        return write_atomic(path, self.to_markdown() if markdown else self.to_json())
 
     @classmethod
     def from_data(cls, data: Any) -> Conversation:
         """A conversation from :meth:`to_dict`'s data or a plain transformers messages list."""
         if isinstance(data, dict):
-            system, raw = str(data.get("system") or ""), data.get("messages")
+            system, raw = _text(data.get("system") or "", "the system prompt"), data.get("messages")
         else:
             system, raw = "", data
         if not isinstance(raw, list):
@@ -208,9 +215,10 @@ class Conversation:
         for item in raw:
             if not isinstance(item, dict) or "role" not in item or "content" not in item:
                 raise GemmaWidgetsError(f"Not a chat message (needs 'role' and 'content'): {item!r:.80}")
+            content = _text(item["content"], f"message {len(conv.messages) + 1}")
             role = "assistant" if item["role"] == "model" else item["role"]
             if role == "system" and not conv.messages:
-                conv.system = "\n\n".join(p for p in (conv.system, str(item["content"])) if p.strip())
+                conv.system = "\n\n".join(p for p in (conv.system, content) if p.strip())
                 continue
             if role not in ROLES:
                 raise GemmaWidgetsError(f"Unknown role {item['role']!r}: use 'user' or 'assistant'.")
@@ -219,18 +227,39 @@ class Conversation:
                 raise GemmaWidgetsError(
                     f"Message {len(conv.messages) + 1} is from {role!r} but {expected!r} was expected: "
                     "Gemma needs turns that alternate user, assistant, user...")
-            stats = item.get("stats")
-            conv.messages.append(Message(role, str(item["content"]), bool(item.get("stopped")),
-                                         item.get("error"), stats if isinstance(stats, dict) else None))
+            stats, error = item.get("stats"), item.get("error")
+            conv.messages.append(Message(role, content, bool(item.get("stopped")),
+                                         None if error is None else _text(error, "an error note"),
+                                         stats if isinstance(stats, dict) else None))
         return conv
 
     @classmethod
     def load(cls, path: str | Path) -> Conversation:
-        """Read a transcript written by :meth:`save` (JSON) or a JSON messages list."""
+        """Read a transcript written by :meth:`save` (JSON) or a JSON messages list.
+
+        Everything is checked before a conversation is returned, so a bad file replaces nothing.
+        """
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(read_limited(path).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GemmaWidgetsError(f"Could not read a JSON transcript from {path}: {exc}") from exc
         return cls.from_data(data)
+
+
+def _text(value: Any, what: str) -> str:
+    """``value`` if it is text that can be written back as UTF-8 (JSON allows lone surrogates)."""
+    if not isinstance(value, str):
+        raise GemmaWidgetsError(f"In a transcript, {what} must be text, not {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GemmaWidgetsError(f"In a transcript, {what} holds text that is not valid Unicode "
+                                f"({exc.reason} at character {exc.start}).") from None
+    return value
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a Markdown block quote with HTML escaped: it renders as text, inside the turn."""
+    return "\n".join(f"> {line}" if line else ">" for line in html.escape(text, quote=False).split("\n"))
 

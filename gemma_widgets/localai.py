@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from gemma_widgets._files import read_limited, write_atomic
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import LoadedModel
 from gemma_widgets.templates import END_OF_TURN
@@ -87,8 +88,7 @@ class LocalAIModel:
         """Write the YAML to ``path`` (LocalAI's models folder, ``<name>.yaml``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
-        return path
+        return write_atomic(path, self.to_yaml())
 
 
 def from_dict(data: Any) -> LocalAIModel:
@@ -123,9 +123,11 @@ def from_dict(data: Any) -> LocalAIModel:
 def read(path: str | Path) -> LocalAIModel:
     """Read and check the definition in ``path``."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise LocalAIDefinitionError(f"Cannot read {path}: {exc.strerror}") from exc
+        data = yaml.safe_load(read_limited(path).decode("utf-8"))
+    except GemmaWidgetsError as exc:
+        raise LocalAIDefinitionError(str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise LocalAIDefinitionError(f"{path} is not a text file (a YAML definition): {exc.reason}") from exc
     except yaml.YAMLError as exc:
         raise LocalAIDefinitionError(f"{path} is not valid YAML: {exc}") from exc
     return from_dict(data)

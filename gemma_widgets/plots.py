@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._files import write_atomic
 from gemma_widgets.bench import Result
 
 _COLOR = "#4c72b0"
@@ -156,8 +157,7 @@ def summary_png(results: Sequence[Result]) -> bytes:
 
 
 def save_png(results: Sequence[Result], path: str | os.PathLike) -> Path:
-    """Write :func:`summary_png` to ``path``."""
+    """Write :func:`summary_png` to ``path`` (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(summary_png(results))
-    return path
+    return write_atomic(path, summary_png(results))

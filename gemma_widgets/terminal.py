@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import unicodedata
 from dataclasses import fields
 from typing import TYPE_CHECKING, TextIO
 
@@ -34,6 +35,21 @@ HELP = """Commands:
 A line ending in \\ continues on the next line. Ctrl+C stops a reply."""
 
 
+#: Bidirectional overrides and isolates reorder what a terminal shows ("Trojan source").
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` (new lines and tabs kept).
+
+    Model output is untrusted: an escape sequence could clear the screen, retitle the window or
+    write the clipboard (OSC 52). Only C0/C1 controls and bidi overrides are replaced; emoji and
+    joiners stay.
+    """
+    return "".join(ch if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI)
+                   else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" for ch in text)
+
+
 class TerminalChat:
     """Read messages and commands from ``stdin``; stream replies to ``stdout``."""
 
@@ -50,7 +66,7 @@ class TerminalChat:
 
     def _on_text(self, text: str) -> None:
         with self._lock:
-            self._write(text[self._shown:])
+            self._write(printable(text[self._shown:]))
             self._shown = len(text)
 
     def _read_message(self) -> str | None:
@@ -87,7 +103,7 @@ class TerminalChat:
                 else:
                     self._reply(self.session.send, text)
             except GemmaWidgetsError as exc:
-                self._write(f"! {exc}\n")
+                self._write(f"! {printable(str(exc))}\n")
 
     def _reply(self, action, *args) -> None:
         with self._lock:  # the reply's text waits until its prefix is written
@@ -101,7 +117,7 @@ class TerminalChat:
             generation.wait()
         self._write("\n")
         if generation.error is not None:
-            self._write(f"! the model raised {type(generation.error).__name__}: {generation.error} "
+            self._write(f"! the model raised {type(generation.error).__name__}: {printable(str(generation.error))} "
                         "(the transcript is kept; /regen to try again)\n")
         if generation.plan.notice():
             self._write(f"! {generation.plan.notice()}\n")

@@ -195,3 +195,19 @@ def test_openvino_engines_are_measured_and_genai_is_scored_on_the_same_ir():
     assert by["ov-int4"].perplexity == pytest.approx(by["ov-int4-optimum"].perplexity, rel=1e-4)
     assert by["ov-int4"].text and by["ov-int4-optimum"].text
     assert any("separate process" in note for note in by["ov-int4"].notes)
+
+
+def test_csv_text_cells_cannot_become_spreadsheet_formulas(tmp_path):
+    """OWASP's CSV injection: a text cell that starts with = + - @ is written with a leading quote,
+    and read back as it was."""
+    import csv
+
+    texts = ["=HYPERLINK(\"http://x\")", "+1", "-cmd", "@SUM(A1)", "'=quoted", "plain"]
+    results = [Result("bundled", "bf16", status="failed", error=text, text=text, ttft_ms=-1.5)
+               for text in texts]
+    path = bench.save(results, tmp_path / "results.csv")
+    with path.open(newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "@") or cell.startswith("-c")]
+    assert "-1.5" in cells  # numbers stay numbers
+    assert bench.load(path) == results

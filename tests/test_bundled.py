@@ -125,3 +125,28 @@ def test_loading_from_the_cache_does_not_convert_again(bundled, monkeypatch):
     print(f"load from cache: {seconds:.1f} s (load_seconds={loaded.load_seconds:.1f})")
     assert loaded.model.num_parameters() == bundled.model.num_parameters()
     assert seconds < 60, "a generous bound: converting takes minutes, loading seconds"
+
+
+CONVERT = "from gemma_widgets.models import PRESETS, locate; locate(PRESETS['bundled'])"
+
+
+@pytest.mark.integration
+def test_an_interrupted_first_conversion_never_blocks_the_next(tmp_path, monkeypatch):
+    """Kill the first conversion at random points (assembling the GGUF, converting the tokenizer...)
+    five times; then the next load works with no hand-made step."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("GEMMA_WIDGETS_CACHE", str(tmp_path))
+    rng = random.Random(15)
+    for _ in range(5):
+        process = subprocess.Popen([sys.executable, "-c", CONVERT], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 12.0))  # imports take ~4 s, assembling ~1 s, the tokenizer ~25 s
+        process.send_signal(rng.choice([signal.SIGKILL, signal.SIGINT]))
+        process.wait(timeout=60)
+    lm = load_model("bundled", "bf16")
+    assert lm.path == str(tmp_path / "gemma-3-270m")
+    assert not list(tmp_path.glob("*.tmp-*")), "the next build cleared what the killed ones left"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_widgets._cache import MANIFEST, build_once, cache_root, is_complete, read_manifest
+from gemma_widgets._cache import MANIFEST, build_once, cache_root, file_digest, is_complete, read_manifest
 
 
 def _writer(calls: list[Path], content: str = "weights"):
@@ -42,7 +42,8 @@ def test_builds_once_then_reuses(tmp_path):
     assert (folder / "model.bin").read_text() == "weights"
     assert read_manifest(folder) == {"content": "weights"}
     files = json.loads((folder / MANIFEST).read_text())["files"]
-    assert files == {"model.bin": 7, "sub/tokenizer.json": 2}
+    assert files == {"model.bin": file_digest(folder / "model.bin"),
+                     "sub/tokenizer.json": file_digest(folder / "sub" / "tokenizer.json")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"], "no temporary left"
 
 
@@ -127,3 +128,47 @@ def test_two_processes_at_once_build_once(tmp_path):
     assert len(builders) == 1, "only one process built"
     assert outputs == [f"built by {builders[0]}"] * 2, "both see the same, complete result"
     assert is_complete(folder)
+
+
+def test_damage_at_the_same_size_is_found_and_rebuilt(tmp_path):
+    """Garbage where the header was, or random bytes inside the weights, at the file's own size.
+
+    The digest samples the file, so it finds spread damage (random bytes), not every byte changed.
+    """
+    import random
+
+    folder = tmp_path / "model"
+    calls: list[Path] = []
+
+    def build(out: Path) -> dict:
+        calls.append(out)
+        (out / "model.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+        return {}
+
+    build_once(folder, build)
+    weights = folder / "model.bin"
+    rng = random.Random(14)
+    for damage in ("header", "random bytes"):
+        data = bytearray(weights.read_bytes())
+        if damage == "header":
+            data[:4096] = b"\xff" * 4096
+        else:
+            for position in rng.sample(range(len(data)), 2000):
+                data[position] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        assert weights.stat().st_size == 2**20 and not is_complete(folder)
+        build_once(folder, build)
+        assert is_complete(folder) and weights.read_bytes() == bytes(range(256)) * 4096
+    assert len(calls) == 3
+
+
+def test_a_folders_content_key_follows_its_content_not_its_name(tmp_path):
+    from gemma_widgets._cache import folder_digest
+
+    first, second = tmp_path / "a" / "ov_model", tmp_path / "b" / "ov_model"
+    for folder, weights in ((first, b"one"), (second, b"two")):
+        folder.mkdir(parents=True)
+        (folder / "openvino_model.bin").write_bytes(weights * 1000)
+    assert folder_digest(first) != folder_digest(second)
+    (second / "openvino_model.bin").write_bytes(b"one" * 1000)
+    assert folder_digest(first) == folder_digest(second)

@@ -65,8 +65,11 @@ def test_all_problems_come_in_one_message_and_bad_files_are_clear(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(LocalAIDefinitionError, match="not valid YAML"):
         localai.read(tmp_path / "bad.yaml")
-    with pytest.raises(LocalAIDefinitionError, match="Cannot read"):
+    with pytest.raises(LocalAIDefinitionError, match="Could not read"):
         localai.read(tmp_path / "missing.yaml")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    with pytest.raises(LocalAIDefinitionError, match="not a text file"):
+        localai.read(tmp_path / "binary.yaml")
 
 
 def test_a_folder_that_is_not_an_export_is_refused(tmp_path):

@@ -78,3 +78,19 @@ def test_context_notice_is_printed(tiny):
     out, _ = _run(tiny, "".join(f"message {i} " + "filler " * 10 + "\n" for i in range(6)),
                   reply="an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
     assert "left out of the prompt" in out
+
+
+def test_escape_sequences_from_the_model_are_shown_not_obeyed(tiny):
+    """OSC 52 (clipboard), a title change and a screen clear arrive as visible text."""
+    attack = "a\x1b]52;c;ZXZpbA==\x07b\x1b]0;owned\x07c\x1b[2Jd\u202ee 👋🏽"
+    out, _ = _run(tiny, "hi\n/quit\n", reply=attack)
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]52;c;ZXZpbA==\\x07b" in out and "👋🏽" in out
+
+
+def test_a_failed_command_prints_one_line_and_keeps_the_chat(tiny, tmp_path):
+    script = f"hello\n/save {tmp_path}/nodir/chat.json\n/load /dev/zero\n/save {tmp_path}/chat.json\n/quit\n"
+    out, session = _run(tiny, script)
+    assert "! Cannot save to" in out and "does not exist" in out and "larger than" in out
+    assert len(session.conversation.messages) == 2  # the chat went on, and was saved after all
+    assert json.loads((tmp_path / "chat.json").read_text())["messages"][0]["content"] == "hello"
