@@ -11,7 +11,7 @@ import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets import ChatPanel
-from gemma_widgets._markdown import render_markdown
+from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.chat import live_html
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.generation import SamplingSettings
@@ -147,8 +147,19 @@ def test_markdown_subset_is_rendered_safely():
                            "[ok](https://example.org) [bad](javascript:alert(1)) ![pic](https://e.org/p.png)")
     assert "<h1>T</h1>" in html and "<li>a</li>" in html
     assert "<code>x &lt; y &amp;&amp; z</code>" in html and "if a&lt;b: pass" in html
-    assert '<a href="https://example.org"' in html and "javascript" not in html
+    assert '<a href="https://example.org"' in html and 'href="javascript' not in html
     assert "<img" not in html and '<a href="https://e.org/p.png"' in html
+
+
+def test_no_user_text_sets_an_attribute_and_deep_or_odd_markdown_renders():
+    """A fence's info string would set ``class`` (or ``id`` with attribute syntax); nesting 500 deep
+    raised RecursionError in the old renderer and froze the panel."""
+    html = render_markdown("```python {#x .evil onclick=alert(1)}\nprint(1)\n```")
+    assert html == "<pre><code>print(1)\n</code></pre>\n"
+    for deep in ("- " * 1000 + "x", "> " * 5000 + "x"):  # beyond markdown-it's nesting: the whole text, plain
+        assert render_markdown(deep) == f'<p class="gw-plain">{escape_text(deep)}</p>'
+    assert render_markdown("- a\n  - b\n    - c").count("<ul>") == 3
+    assert "[" * 100 in render_markdown("[" * 20000) and "![" * 100 in render_markdown("![" * 10000)
 
 
 def test_stop_keeps_the_partial_reply_marked(tiny):
@@ -256,7 +267,7 @@ def test_export_and_load(tiny, tmp_path, monkeypatch):
     panel.send("question <b>").wait(10)
     data = json.loads(panel.export_json(tmp_path / "t.json"))
     assert data["messages"][0] == {"role": "user", "content": "question <b>"}
-    assert "## User\n\nquestion <b>" in panel.export_markdown(tmp_path / "t.md")
+    assert "## User\n\n> question &lt;b&gt;" in panel.export_markdown(tmp_path / "t.md")  # quoted, escaped
     other, _ = _panel(tiny)
     other.load(tmp_path / "t.json")
     assert other.history == panel.history and other.system_box.value == "Sys"
