@@ -152,21 +152,34 @@ class Conversation:
         ensure_chat_template(tokenizer)
         budget = context_window - max_new_tokens
         last_user = len(self.messages) - 1
-        start = min(self._first_kept, last_user)
-        start -= start % 2  # a kept prompt starts with a user turn
-        while True:
-            ids = chat_ids(tokenizer, self._prompt_messages(start), True)
-            if len(ids) <= budget:
-                self._first_kept = start
-                return PromptPlan(ids, start, start, context_window, max_new_tokens)
-            if start >= last_user:
-                raise GenerationError(
-                    f"This message needs {len(ids)} prompt tokens (with the system prompt), and "
-                    f"{max_new_tokens} more are kept for the reply: more than the model's "
-                    f"{context_window}-token context window. Shorten the message or the system "
-                    "prompt, or lower max new tokens."
-                )
-            start += 2
+        memo: dict[str, list[int]] = {}  # each message's ids, tokenized once for the whole search
+
+        def prompt(start: int) -> list[int]:
+            return chat_ids(tokenizer, self._prompt_messages(start), True, memo)
+
+        # Fewer messages never make a longer prompt, so binary-search the first user turn to keep
+        # (user turns sit at even indices): a few renders, not one per exchange left out.
+        low = min(self._first_kept, last_user)
+        low -= low % 2
+        high = last_user
+        ids = prompt(high)
+        if len(ids) > budget:
+            raise GenerationError(
+                f"This message needs {len(ids)} prompt tokens (with the system prompt), and "
+                f"{max_new_tokens} more are kept for the reply: more than the model's "
+                f"{context_window}-token context window. Shorten the message or the system "
+                "prompt, or lower max new tokens."
+            )
+        while low < high:  # prompt(high) fits; the answer is in [low, high]
+            middle = (low + high) // 2
+            middle -= middle % 2
+            candidate = prompt(middle)
+            if len(candidate) <= budget:
+                high, ids = middle, candidate
+            else:
+                low = middle + 2
+        self._first_kept = high
+        return PromptPlan(ids, high, high, context_window, max_new_tokens)
 
     # --- transcripts -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

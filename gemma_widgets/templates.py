@@ -14,6 +14,8 @@ Google's own Gemma 2 template advises.
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 #: The chat template of ``google/gemma-2-9b-it`` (tokenizer_config.json), verbatim.
@@ -72,15 +74,37 @@ def fold_system_prompt(messages: list[Message], system: str | None = None) -> li
     return messages
 
 
-def chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
-    """``messages`` through the tokenizer's chat template, as a list of token ids.
+def chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = True,
+             memo: dict[str, list[int]] | None = None) -> list[int]:
+    """``messages`` through the tokenizer's chat template, as token ids; message text stays text.
 
-    transformers 4 returns a list of ids from ``apply_chat_template(tokenize=True)`` and
-    transformers 5 a ``BatchEncoding``; with ``return_dict=True`` both return the latter.
+    Tokenizing the rendered template whole would turn ``<start_of_turn>model`` typed in a message
+    into the real control token, so a user could forge a model turn. So the template is rendered
+    with a placeholder per message, its own markers are tokenized as usual, and each message's
+    text with ``split_special_tokens=True``. For ordinary text the ids are the same as tokenizing
+    the rendered template whole (a test checks it). ``memo`` keeps each text's ids across calls.
+    (This also covers transformers 4 returning a list and 5 a ``BatchEncoding`` here.)
     """
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                            tokenize=True, return_dict=True)
-    return list(encoded["input_ids"])
+    nonce = uuid.uuid4().hex
+    marks = [f"\ue000{nonce}{i}\ue001" for i in range(len(messages))]
+    masked = [{**message, "content": mark} for message, mark in zip(messages, marks, strict=True)]
+    skeleton = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=add_generation_prompt)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    pieces = re.split(f"\ue000{nonce}(\\d+)\ue001", skeleton)
+    texts = [str(messages[int(i)]["content"]).strip() for i in pieces[1::2]]  # the template trims
+    if "".join(p for pair in zip(pieces[::2], [*texts, ""], strict=True) for p in pair) != rendered:
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])  # an unknown template
+    memo = {} if memo is None else memo
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            continue
+        text = texts[i // 2]
+        if text not in memo:
+            memo[text] = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids += memo[text]
+    return ids
 
 
 def end_of_turn_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
