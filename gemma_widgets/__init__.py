@@ -18,6 +18,7 @@ from gemma_widgets.errors import (  # noqa: E402
     OfflineModelError,
     PrecisionUnavailableError,
     UnknownModelError,
+    UnknownPrecisionError,
 )
 from gemma_widgets.models import PRESETS, LoadedModel, load_model  # noqa: E402
 
@@ -30,6 +31,7 @@ __all__ = [
     "OfflineModelError",
     "PrecisionUnavailableError",
     "UnknownModelError",
+    "UnknownPrecisionError",
     "load_model",
     "ChatPanel",
     "PrecisionDashboard",

@@ -9,9 +9,13 @@ from gemma_widgets.errors import GemmaWidgetsError
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from gemma_widgets.bench import check_variant
     from gemma_widgets.models import load_model, locate, resolve_preset
 
-    print(locate(resolve_preset(args.model)))
+    preset = resolve_preset(args.model)
+    for precision in args.precision or ():  # every name checked before anything is built
+        check_variant(precision)
+    print(locate(preset))
     for precision in args.precision or ():  # load once, so its cached export is built now
         print(f"{precision}: ready ({load_model(args.model, precision).load_seconds:.0f} s)")
     return 0

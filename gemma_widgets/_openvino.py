@@ -31,7 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gemma_widgets._cache import build_once, cache_root, folder_digest
-from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 
 ENGINES = {"genai": "openvino-genai", "openvino-genai": "openvino-genai",
            "optimum": "optimum-intel", "optimum-intel": "optimum-intel"}
@@ -63,13 +63,19 @@ class ExportSettings:
     all_layers: bool = False
 
     def __post_init__(self) -> None:
+        kinds = {"sym": ((bool,), "true or false"), "all_layers": ((bool,), "true or false"),
+                 "group_size": ((int,), "a whole number"), "ratio": ((int, float), "a number")}
+        for name, (types, wanted) in kinds.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) or (types != (bool,) and isinstance(value, bool)):
+                raise UnknownPrecisionError(f"The OpenVINO export setting {name} must be {wanted}, not {value!r}.")
         if self.weight_format not in ("fp16", "int8", "int4"):
-            raise PrecisionUnavailableError(
+            raise UnknownPrecisionError(
                 f"Unknown OpenVINO weight format {self.weight_format!r}: use fp16, int8 or int4.")
         if not 0.0 < self.ratio <= 1.0:
-            raise PrecisionUnavailableError(f"ratio must be in (0, 1], got {self.ratio}.")
+            raise UnknownPrecisionError(f"ratio must be in (0, 1], got {self.ratio}.")
         if self.group_size != -1 and self.group_size <= 0:
-            raise PrecisionUnavailableError(f"group_size must be positive or -1, got {self.group_size}.")
+            raise UnknownPrecisionError(f"group_size must be positive or -1, got {self.group_size}.")
 
     @property
     def key(self) -> str:
@@ -180,8 +186,8 @@ def engine_name(engine: str | None) -> str:
         return DEFAULT_ENGINE
     try:
         return ENGINES[engine.strip().lower()]
-    except KeyError:
-        raise PrecisionUnavailableError(
+    except (KeyError, AttributeError):
+        raise UnknownPrecisionError(
             f"Unknown OpenVINO engine {engine!r}: use 'genai' (openvino-genai LLMPipeline, fast) "
             "or 'optimum' (optimum-intel OVModelForCausalLM, the transformers API).") from None
 

@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import platform
 import queue
@@ -48,7 +49,7 @@ from typing import Any
 
 from gemma_widgets._bench_worker import parse_variant
 from gemma_widgets._files import write_atomic
-from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.errors import GemmaWidgetsError, UnknownPrecisionError
 from gemma_widgets.quality import top1_agreement
 
 DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
@@ -354,6 +355,10 @@ def _fill_timings(result: Result, prefill: list[float], decode: list[float]) -> 
     ttft = result.ttft_ms / 1000
     result.decode_runs_tps = [(result.new_tokens - 1) / (s - ttft) for s in decode if s > ttft]
     result.decode_tps, result.decode_tps_p10, result.decode_tps_p90 = _summary(result.decode_runs_tps)
+    shorter = sum(s <= ttft for s in decode)
+    if shorter:  # noise on a busy machine: say so instead of dropping the runs silently
+        result.notes.append(f"{shorter} of {len(decode)} decode runs took no longer than the median time "
+                            f"to first token ({result.ttft_ms:.1f} ms): left out of decode tok/s")
 
 
 def run(model: str | None = None, variants: Sequence[str] | None = None, *,
@@ -448,7 +453,6 @@ _MACHINE_FIELDS = dataclasses.fields(Machine)
 def save(results: Sequence[Result], path: str | os.PathLike) -> Path:
     """Write ``results`` to ``path`` atomically: ``.json`` (one document) or ``.csv`` (a row per variant)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
         return write_atomic(path, json.dumps({"results": [asdict(r) for r in results]}, indent=1))
     if path.suffix != ".csv":
@@ -505,14 +509,37 @@ def load(path: str | os.PathLike) -> list[Result]:
             return [_result_from_dict(d) for d in json.loads(path.read_text())["results"]]
         if path.suffix == ".csv":
             return _load_csv(path)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise GemmaWidgetsError(f"{path} is not a results file written by bench.save(): {exc}") from exc
     raise GemmaWidgetsError(f"Results files are .csv or .json, not {path.name!r}.")
 
 
 def _result_from_dict(data: dict[str, Any]) -> Result:
     machine = data.pop("machine", None)
-    return Result(**data, machine=Machine(**machine) if machine else None)
+    result = Result(**data, machine=Machine(**machine) if machine else None)
+    _check_types(result)
+    return result
+
+
+def _check_types(record: Any) -> None:
+    """Raise ``TypeError`` if a field of ``record`` does not hold what its type hint says."""
+    for name, hint in typing.get_type_hints(type(record)).items():
+        value = getattr(record, name)
+        options = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+        kinds = tuple(typing.get_origin(o) or o for o in options)
+        if float in kinds:
+            kinds += (int,)
+        items = [value]
+        if isinstance(value, list):  # list[float], list[str]: check the items against the item type
+            (item,) = typing.get_args(next(o for o in options if typing.get_origin(o) is list))
+            kinds, items = (item, int) if item is float else (item,), value
+        for item in items:
+            if isinstance(item, bool) and bool not in kinds or not isinstance(item, kinds):
+                raise TypeError(f"{name} holds {item!r}, not {hint}")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise TypeError(f"{name} holds {item!r}, not a finite number")
+    if getattr(record, "machine", None) is not None:
+        _check_types(record.machine)
 
 
 def _load_csv(path: Path) -> list[Result]:
@@ -527,6 +554,7 @@ def _load_csv(path: Path) -> list[Result]:
                 machine = Machine(**{f.name: _from_cell(row[f"machine.{f.name}"], machine_hints[f.name])
                                      for f in _MACHINE_FIELDS})
             results.append(Result(**data, machine=machine))
+            _check_types(results[-1])
     return results
 
 
@@ -614,11 +642,45 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--out", default=None, help="save the results to a .csv or .json file")
 
 
+def check_variant(variant: str) -> None:
+    """Raise :class:`UnknownPrecisionError` unless ``variant`` names a precision and options it takes."""
+    from gemma_widgets.precisions import PRECISIONS, check_options
+
+    base, options = parse_variant(variant)
+    options.pop("compile", None)
+    if base not in PRECISIONS and base not in ("auto", "fast"):
+        raise UnknownPrecisionError(f"Unknown precision {base!r} in {variant!r}. "
+                                    f"Known: auto, fast, {', '.join(PRECISIONS)}.")
+    if base in PRECISIONS:
+        check_options(PRECISIONS[base], options)
+
+
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
+    """``path`` if results can be saved there: a known suffix, in a folder that exists and is writable."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise GemmaWidgetsError(f"Save results as {' or '.join(suffixes)}, not {path.name!r}.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise GemmaWidgetsError(f"Cannot save to {path}: the folder {folder} does not exist (create it first).")
+    if not os.access(folder, os.W_OK):
+        raise GemmaWidgetsError(f"Cannot save to {path}: the folder {folder} is not writable.")
+    return path
+
+
 def main(args: Any) -> int:
     """Run the benchmark for parsed ``args``; Ctrl-C stops it and keeps what finished."""
     from tqdm.auto import tqdm
 
-    variants = [v.strip() for v in args.precisions.split(",") if v.strip()] if args.precisions else None
+    variants = None if args.precisions is None else [v.strip() for v in args.precisions.split(",") if v.strip()]
+    if variants is not None:
+        if not variants:
+            raise GemmaWidgetsError("--precisions is empty: name one or more, e.g. --precisions fp32,bf16 "
+                                    "(leave the option out to measure every variant this machine can run).")
+        for variant in variants:
+            check_variant(variant)
+    if args.out:
+        check_output(args.out, (".csv", ".json"))
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
 

@@ -347,6 +347,7 @@ class ChatPanel(WidgetView):
         return self._start(self.session.edit_last, text)
 
     def _start_edit(self) -> None:
+        self.session._check_idle()
         messages = self.session.conversation.messages
         users = [m for m in messages if m.role == "user"]
         if not users:

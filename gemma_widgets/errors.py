@@ -17,6 +17,10 @@ class OfflineModelError(GemmaWidgetsError, ConnectionError):
     """A hub model is not in the local cache and the hub cannot be reached."""
 
 
+class UnknownPrecisionError(GemmaWidgetsError, ValueError):
+    """The precision name (or one of its options) is not one the kit knows: a typo, not a machine limit."""
+
+
 class PrecisionUnavailableError(GemmaWidgetsError, RuntimeError):
     """The precision cannot run here (no CUDA, package missing, too little memory...)."""
 

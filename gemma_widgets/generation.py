@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -57,18 +58,26 @@ class SamplingSettings:
         return self.temperature == 0
 
     def validate(self) -> None:
-        """Raise :class:`GemmaWidgetsError` saying which setting is out of range."""
+        """Raise :class:`GemmaWidgetsError` saying which setting is out of range (or not a number)."""
         problems = []
-        if not self.temperature >= 0:
-            problems.append(f"temperature must be 0 (greedy) or more, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            problems.append(f"top_k must be a whole number >= 0 (0: no limit), not {self.top_k}")
-        if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens}")
-        if not self.repetition_penalty > 0:
-            problems.append(f"repetition_penalty must be > 0 (1: off), not {self.repetition_penalty}")
+        values = {}
+        for name in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, not {value!r}")
+            else:
+                values[name] = value
+        checks = {
+            "temperature": (lambda v: v >= 0, "0 (greedy) or more"),
+            "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "top_k": (lambda v: int(v) == v and v >= 0, "a whole number >= 0 (0: no limit)"),
+            "max_new_tokens": (lambda v: int(v) == v and v >= 1, "a whole number >= 1"),
+            "repetition_penalty": (lambda v: v > 0, "> 0 (1: off)"),
+        }
+        for name, value in values.items():
+            ok, wanted = checks[name]
+            if not ok(value):
+                problems.append(f"{name} must be {wanted}, not {value}")
         if problems:
             raise GemmaWidgetsError("Invalid sampling settings: " + "; ".join(problems) + ".")
 
@@ -384,7 +393,12 @@ class ChatSession:
     def __post_init__(self) -> None:
         self.tokenizer = hf_tokenizer(self.loaded)
         self.engine = make_engine(self.loaded, self.tokenizer)
-        self.context_window = int(self.context_window or self.loaded.context_window)
+        limit = self.loaded.context_window
+        window = limit if self.context_window is None else self.context_window
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 < window <= limit:
+            raise GemmaWidgetsError(f"context_window must be a whole number of tokens from 1 to the model's "
+                                    f"{limit}, not {window!r}.")
+        self.context_window = window
 
     @property
     def busy(self) -> bool:

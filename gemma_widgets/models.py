@@ -104,11 +104,21 @@ def resolve_preset(name: str | None = None) -> Preset:
     )
 
 
+#: Files that hold a model's weights in a local folder (transformers, or an OpenVINO IR).
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "openvino_model.bin")
+
+
 def _params_from_config(path: Path) -> int:
     import json
 
-    cfg = json.loads((path / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        cfg = cfg.get("text_config", cfg)
+        cfg.get("hidden_size")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise UnknownModelError(f"{path} has a config.json that is not a model config (JSON object): {exc}") from None
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHTS):
+        raise UnknownModelError(f"{path} has a config.json but no weights ({', '.join(_WEIGHTS)}).")
     h, n, v = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0), cfg.get("vocab_size", 0)
     inter = cfg.get("intermediate_size", 4 * h)
     return v * h + n * (4 * h * h + 3 * h * inter)

@@ -24,6 +24,11 @@ from gemma_widgets.bench import Result
 _COLOR = "#4c72b0"
 
 
+def _label(text: str) -> str:
+    """Text for a chart as it is: ``$`` would start matplotlib's mathtext (and can fail to parse)."""
+    return text.replace("$", r"\$")
+
+
 def _new_figure(width: float = 5.0, height: float = 3.2) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -58,7 +63,7 @@ def draw_speed(ax: Any, results: Sequence[Result]) -> None:
     medians = [r.decode_tps for r in done]
     low = [r.decode_tps - (r.decode_tps_p10 or r.decode_tps) for r in done]
     high = [(r.decode_tps_p90 or r.decode_tps) - r.decode_tps for r in done]
-    ax.bar([r.variant for r in done], medians, yerr=[low, high], capsize=4, color=_COLOR)
+    ax.bar([_label(r.variant) for r in done], medians, yerr=[low, high], capsize=4, color=_COLOR)
     ax.bar_label(ax.containers[-1], fmt="%.1f", padding=2)
     ax.margins(y=0.15)
     ax.set_ylabel("tokens / s (higher is better)")
@@ -70,7 +75,7 @@ def draw_ttft(ax: Any, results: Sequence[Result]) -> None:
     done = [r for r in _finished(results) if r.ttft_ms is not None]
     if not done:
         return _empty(ax, "Time to first token")
-    ax.bar([r.variant for r in done], [r.ttft_ms for r in done], color="#dd8452")
+    ax.bar([_label(r.variant) for r in done], [r.ttft_ms for r in done], color="#dd8452")
     ax.bar_label(ax.containers[-1], fmt="%.0f", padding=2)
     ax.margins(y=0.15)
     ax.set_ylabel("ms (lower is better)")
@@ -90,7 +95,7 @@ def draw_memory(ax: Any, results: Sequence[Result]) -> None:
     ax.bar([i + width / 2 for i in x], peak, width, label=label, color="#55a868")
     ax.bar_label(weights, fmt="%.0f", padding=2, fontsize=8)
     ax.bar_label(ax.containers[-1], fmt="%.0f", padding=2, fontsize=8)
-    ax.set_xticks(x, [r.variant for r in done])
+    ax.set_xticks(x, [_label(r.variant) for r in done])
     ax.margins(y=0.15)
     ax.set_ylabel("MB (lower is better)")
     ax.set_title("Memory")
@@ -109,7 +114,7 @@ def draw_tradeoff(ax: Any, results: Sequence[Result]) -> None:
         quality = "" if r.perplexity is None else f"\nppl {r.perplexity:.1f}"
         if r.top1_agreement is not None:
             quality += f", top-1 {r.top1_agreement:.0%}"
-        ax.annotate(f"{r.variant}{quality}", (r.peak_rss_mb or 0, r.decode_tps), fontsize=7,
+        ax.annotate(_label(f"{r.variant}{quality}"), (r.peak_rss_mb or 0, r.decode_tps), fontsize=7,
                     xytext=(5, 4), textcoords="offset points")
     ax.figure.colorbar(points, ax=ax, label="top-1 agreement")
     ax.set_xlabel("peak RSS, MB (left is smaller)")
@@ -158,6 +163,4 @@ def summary_png(results: Sequence[Result]) -> bytes:
 
 def save_png(results: Sequence[Result], path: str | os.PathLike) -> Path:
     """Write :func:`summary_png` to ``path`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, summary_png(results))

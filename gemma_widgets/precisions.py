@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.models import LoadedModel, Preset
 
 #: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
@@ -57,6 +57,7 @@ class Precision:
 
     def load(self, preset: Preset, path: str, **options: Any) -> LoadedModel:
         """Load ``preset`` from ``path`` (a local folder or hub id) in this precision."""
+        check_options(self, options)
         reason = self.unavailable_reason(preset)
         if reason:
             raise PrecisionUnavailableError(f"{self.name} is not available here: {reason}")
@@ -325,6 +326,30 @@ def _hub_snapshot(repo: str) -> str:
     return snapshot_download(repo)
 
 
+#: The options each loader takes (``load_model(..., **options)``); anything else is a clear error.
+_FROM_PRETRAINED = ("attn_implementation", "revision", "low_cpu_mem_usage")
+_OPTIONS: dict[Callable[..., LoadedModel], tuple[str, ...]] = {
+    _load_torch_dtype: _FROM_PRETRAINED,
+    _load_bnb: ("double_quant", *_FROM_PRETRAINED),
+    _load_ov: ("engine", "sym", "group_size", "ratio", "all_layers"),
+}
+
+def check_options(precision: Precision, options: dict[str, Any]) -> None:
+    """Raise :class:`UnknownPrecisionError` for an option ``precision``'s loader does not take, or
+    export settings out of range (``ov-int4+ratio=2``)."""
+    accepted = _OPTIONS[precision.load_fn]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UnknownPrecisionError(f"{precision.name} takes no option {', '.join(map(repr, unknown))}; "
+                                    f"it takes {', '.join(accepted)}.")
+    if precision.load_fn is _load_ov:
+        from gemma_widgets import _openvino
+
+        _openvino.engine_name(options.get("engine"))
+        settings = {k: v for k, v in options.items() if k != "engine"}
+        _openvino.ExportSettings(weight_format=precision.name.split("-")[1], **settings)
+
+
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
@@ -404,13 +429,14 @@ def resolve(name: str | None, preset: Preset) -> Precision:
 
     ``None`` or ``auto``: :func:`auto_precision`; ``fast``: the same with ``for_speed=True``.
     """
+    if name is not None and not isinstance(name, str):
+        raise UnknownPrecisionError(f"A precision is a name such as 'bf16', not {name!r}. "
+                                    f"Known: auto, fast, {', '.join(PRECISIONS)}.")
     name = (name or "auto").strip().lower()
     if name in ("auto", "fast"):
         name = auto_precision(preset, for_speed=name == "fast")
     if name not in PRECISIONS:
-        raise PrecisionUnavailableError(
-            f"Unknown precision {name!r}. Known: auto, fast, {', '.join(PRECISIONS)}."
-        )
+        raise UnknownPrecisionError(f"Unknown precision {name!r}. Known: auto, fast, {', '.join(PRECISIONS)}.")
     return PRECISIONS[name]
 
 

@@ -22,7 +22,7 @@ from gemma_widgets._openvino import (
     load_ir,
     with_ov_tokenizers,
 )
-from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.models import PRESETS, locate, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
 from tests.test_native import HEAP_PROBE
@@ -49,9 +49,9 @@ def test_every_setting_gets_its_own_folder():
 
 
 @pytest.mark.parametrize("bad", [dict(weight_format="int3"), dict(ratio=0), dict(ratio=1.5),
-                                 dict(group_size=0)])
+                                 dict(group_size=0), dict(group_size="64"), dict(sym="yes")])
 def test_bad_settings_are_refused_with_the_allowed_values(bad):
-    with pytest.raises(PrecisionUnavailableError):
+    with pytest.raises(UnknownPrecisionError):
         ExportSettings(**bad)
 
 
@@ -94,7 +94,7 @@ def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
 def test_unknown_engine_names_the_two():
     assert engine_name("genai") == engine_name(None) == "openvino-genai"
     assert engine_name("Optimum") == "optimum-intel"
-    with pytest.raises(PrecisionUnavailableError, match="'genai'.*'optimum'"):
+    with pytest.raises(UnknownPrecisionError, match="'genai'.*'optimum'"):
         engine_name("llama.cpp")
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gemma_widgets import load_model, precisions
-from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.models import PRESETS, resolve_preset
 from gemma_widgets.precisions import FP16_MAX, PRECISIONS, auto_precision, available, resolve
 
@@ -166,7 +166,7 @@ def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
 
 
 def test_unknown_precision_lists_the_known_ones():
-    with pytest.raises(PrecisionUnavailableError, match="Known: auto, fast, fp32, bf16"):
+    with pytest.raises(UnknownPrecisionError, match="Known: auto, fast, fp32, bf16"):
         resolve("int3", resolve_preset("tiny-random-gemma2"))
 
 

@@ -1,0 +1,119 @@
+"""Bad values anywhere get a clear message from gemma_widgets.errors, never a raw exception."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gemma_widgets import bench, load_model
+from gemma_widgets.bench import Result
+from gemma_widgets.errors import GemmaWidgetsError, UnknownModelError, UnknownPrecisionError
+from gemma_widgets.generation import ChatSession, SamplingSettings
+
+
+@pytest.mark.parametrize("change", [{"top_k": math.nan}, {"max_new_tokens": math.inf}, {"temperature": "0.5"},
+                                   {"temperature": math.inf}, {"top_p": None}, {"max_new_tokens": True}])
+def test_sampling_settings_that_are_not_finite_numbers_are_named(change):
+    settings = SamplingSettings(**change)
+    (name,) = change
+    with pytest.raises(GemmaWidgetsError, match=f"{name} must be a finite number"):
+        settings.validate()
+
+
+@pytest.mark.parametrize("window", [-5, 0, 10**9, 2.5, "64"])
+def test_a_context_window_outside_the_model_is_refused(tiny, window):
+    with pytest.raises(GemmaWidgetsError, match="context_window must be a whole number"):
+        ChatSession(tiny, context_window=window)
+
+
+def test_a_precision_or_option_that_does_not_exist_is_a_clear_error():
+    with pytest.raises(UnknownPrecisionError, match="not 5"):
+        load_model("tiny-random-gemma2", 5)
+    with pytest.raises(UnknownPrecisionError, match="Unknown precision 'bf17'"):
+        load_model("tiny-random-gemma2", "bf17")
+    with pytest.raises(UnknownPrecisionError, match="takes no option 'grup_size'"):
+        load_model("tiny-random-gemma2", "fp32", grup_size=32)
+
+
+def test_a_folder_with_a_broken_config_or_no_weights_is_named(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(UnknownModelError, match="not a model config"):
+        load_model(str(broken))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps({"model_type": "gemma2", "hidden_size": 8}))
+    with pytest.raises(UnknownModelError, match="no weights"):
+        load_model(str(empty))
+
+
+@pytest.mark.parametrize("content", ['{"results": "abc"}', '{"results": [{"model": "m", "variant": "v", '
+                                     '"decode_tps": "fast"}]}', '[1, 2]', '{"results": [{"variant": 3}]}',
+                                     '{"results": [{"model": "m", "variant": "v", "decode_runs_tps": ["x"]}]}'])
+def test_a_malformed_results_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(GemmaWidgetsError, match="not a results file"):
+        bench.load(path)
+
+
+def test_the_dashboard_shows_a_malformed_file_as_a_message_and_odd_names_as_text(tmp_path):
+    from gemma_widgets import PrecisionDashboard
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"results": "abc"}')
+    dash = PrecisionDashboard(variants=["bf16"])
+    dash._guard(dash.load, bad)
+    assert "not a results file" in dash.status.value
+    odd = [Result("m", "$\\frac{$x<b>", decode_tps=10.0, decode_tps_p10=9.0, decode_tps_p90=11.0,
+                  ttft_ms=5.0, peak_rss_mb=100.0, weights_mb=50.0)]
+    dash.show(odd)
+    assert "<b>" not in dash.table.value and all(image.value for image in dash.images.values())
+
+
+def test_editing_while_a_reply_streams_is_refused(tiny):
+    from chat_fakes import ScriptedModel, fake_loaded
+
+    from gemma_widgets import ChatPanel
+
+    panel = ChatPanel(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, "la ", delay=0.01, forever=True)))
+    panel.send("sing")
+    with pytest.raises(GemmaWidgetsError, match="still streaming"):
+        panel._start_edit()
+    with pytest.raises(GemmaWidgetsError, match="still streaming"):
+        panel.edit_last("other")
+    panel.stop()
+    assert panel.wait(10) and [m["content"] for m in panel.history][0] == "sing"
+
+
+def _cli(*args: str, cwd):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "gemma_widgets", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--precisions", "nonsense"], "Unknown precision 'nonsense'"),
+    (["bench", "--precisions", ""], "--precisions is empty"),
+    (["bench", "--precisions", "ov-int4+ratio=2"], "ratio must be in (0, 1]"),
+    (["bench", "--precisions", "bf16", "--out", "results.txt"], "as .csv or .json"),
+    (["bench", "--precisions", "bf16", "--out", "no/such/folder/r.csv"], "does not exist"),
+    (["prepare", "--precision", "nonsense"], "Unknown precision 'nonsense'"),
+])
+def test_the_command_line_refuses_bad_input_in_one_line_before_measuring(tmp_path, args, message):
+    done = _cli(*args, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written, no folder made
+
+
+def test_decode_runs_shorter_than_the_first_token_are_reported():
+    result = Result("m", "bf16", new_tokens=8)
+    bench._fill_timings(result, prefill=[0.10, 0.10, 0.10], decode=[0.05, 0.30, 0.40])
+    assert len(result.decode_runs_tps) == 2 and "1 of 3 decode runs" in result.notes[0]
