@@ -90,6 +90,7 @@ class Conversation:
         """Append a user message; it must not be empty and must follow a reply."""
         if not isinstance(text, str) or not text.strip():
             raise GemmaWidgetsError("The message is empty: type something to send.")
+        _text(text, "the message")
         if self.last is not None and self.last.role == "user":
             raise GemmaWidgetsError("The last user message has no reply yet: regenerate or remove it.")
         self.messages.append(Message("user", text))

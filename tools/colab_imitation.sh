@@ -15,7 +15,7 @@ VENV=${COLAB_VENV:-.venv-colab}
 OUT=artifacts/colab
 COLAB_STACK=(torch==2.13.0 transformers==5.24.0 huggingface_hub==2.4.0 tokenizers==0.23.3
              ipywidgets==7.7.1 ipykernel)
-HARNESS=(pytest==9.2.0 nbval==0.11.0)
+HARNESS=(pytest==9.2.0 nbval==0.11.0 hypothesis==6.170.15)
 mkdir -p "$OUT"
 
 # 1. Colab's own packages, and the test harness (Colab has pytest too), in a venv made once.
