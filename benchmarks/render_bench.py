@@ -58,7 +58,8 @@ def main() -> None:
         print(f"{name:>28}: {timed(text) * 1000:7.1f} ms")
     rng = random.Random(0)
     times = [timed(random_text(rng, args.size)) for _ in range(args.random)]
-    print(f"{args.random} random texts of {args.size} characters: median {statistics.median(times) * 1000:.1f} ms, "
+    median = statistics.median(times) * 1000
+    print(f"{args.random} random texts of {args.size} characters: median {median:.1f} ms, "
           f"slowest {max(times) * 1000:.1f} ms")
 
 

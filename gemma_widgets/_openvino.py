@@ -31,7 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from gemma_widgets._cache import build_once, cache_root, folder_digest
-from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
+from gemma_widgets.errors import UnknownPrecisionError
 
 ENGINES = {"genai": "openvino-genai", "openvino-genai": "openvino-genai",
            "optimum": "optimum-intel", "optimum-intel": "optimum-intel"}
@@ -68,7 +68,8 @@ class ExportSettings:
         for name, (types, wanted) in kinds.items():
             value = getattr(self, name)
             if not isinstance(value, types) or (types != (bool,) and isinstance(value, bool)):
-                raise UnknownPrecisionError(f"The OpenVINO export setting {name} must be {wanted}, not {value!r}.")
+                raise UnknownPrecisionError(
+                    f"The OpenVINO export setting {name} must be {wanted}, not {value!r}.")
         if self.weight_format not in ("fp16", "int8", "int4"):
             raise UnknownPrecisionError(
                 f"Unknown OpenVINO weight format {self.weight_format!r}: use fp16, int8 or int4.")

@@ -662,7 +662,8 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
         raise GemmaWidgetsError(f"Save results as {' or '.join(suffixes)}, not {path.name!r}.")
     folder = path.parent
     if not folder.is_dir():
-        raise GemmaWidgetsError(f"Cannot save to {path}: the folder {folder} does not exist (create it first).")
+        raise GemmaWidgetsError(f"Cannot save to {path}: the folder {folder} does not exist "
+                                "(create it first).")
     if not os.access(folder, os.W_OK):
         raise GemmaWidgetsError(f"Cannot save to {path}: the folder {folder} is not writable.")
     return path
@@ -672,7 +673,9 @@ def main(args: Any) -> int:
     """Run the benchmark for parsed ``args``; Ctrl-C stops it and keeps what finished."""
     from tqdm.auto import tqdm
 
-    variants = None if args.precisions is None else [v.strip() for v in args.precisions.split(",") if v.strip()]
+    variants = None
+    if args.precisions is not None:
+        variants = [v.strip() for v in args.precisions.split(",") if v.strip()]
     if variants is not None:
         if not variants:
             raise GemmaWidgetsError("--precisions is empty: name one or more, e.g. --precisions fp32,bf16 "

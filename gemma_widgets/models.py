@@ -116,7 +116,7 @@ def _params_from_config(path: Path) -> int:
         cfg = cfg.get("text_config", cfg)
         cfg.get("hidden_size")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-        raise UnknownModelError(f"{path} has a config.json that is not a model config (JSON object): {exc}") from None
+        raise UnknownModelError(f"{path} has a config.json that is not a model config: {exc}") from None
     if not any(next(path.glob(pattern), None) for pattern in _WEIGHTS):
         raise UnknownModelError(f"{path} has a config.json but no weights ({', '.join(_WEIGHTS)}).")
     h, n, v = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0), cfg.get("vocab_size", 0)
@@ -129,11 +129,12 @@ def _params_from_config(path: Path) -> int:
 #: ``google/gemma-2-2b-it``'s config otherwise: 26 layers alternating 4096-token sliding windows and
 #: global attention, soft-caps 50 and 30.
 RANDOM_GEMMA2 = {
-    "tiny-random-gemma2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               num_key_value_heads=1, head_dim=32, sliding_window=16, max_position_embeddings=1024),
-    "random-gemma2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-                             num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
-                             max_position_embeddings=8192),
+    "tiny-random-gemma2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                               max_position_embeddings=1024),
+    "random-gemma2-2b": dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                             num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                             query_pre_attn_scalar=256, sliding_window=4096, max_position_embeddings=8192),
 }
 
 

@@ -177,7 +177,8 @@ def _optimum_reason() -> str | None:
     return _unmet_requirement("optimum-intel")
 
 
-def _check_ov(bytes_per_param: float, exported_ok: bool, engine: str = "genai") -> Callable[[Preset], str | None]:
+def _check_ov(bytes_per_param: float, exported_ok: bool,
+              engine: str = "genai") -> Callable[[Preset], str | None]:
     """An IR runs on openvino-genai alone; exporting one, or the ``optimum`` engine, needs optimum-intel."""
 
     def check(preset: Preset) -> str | None:
@@ -436,7 +437,8 @@ def resolve(name: str | None, preset: Preset) -> Precision:
     if name in ("auto", "fast"):
         name = auto_precision(preset, for_speed=name == "fast")
     if name not in PRECISIONS:
-        raise UnknownPrecisionError(f"Unknown precision {name!r}. Known: auto, fast, {', '.join(PRECISIONS)}.")
+        raise UnknownPrecisionError(
+            f"Unknown precision {name!r}. Known: auto, fast, {', '.join(PRECISIONS)}.")
     return PRECISIONS[name]
 
 

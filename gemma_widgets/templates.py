@@ -88,8 +88,9 @@ def chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: boo
     nonce = uuid.uuid4().hex
     marks = [f"\ue000{nonce}{i}\ue001" for i in range(len(messages))]
     masked = [{**message, "content": mark} for message, mark in zip(messages, marks, strict=True)]
-    skeleton = tokenizer.apply_chat_template(masked, tokenize=False, add_generation_prompt=add_generation_prompt)
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    render = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+    skeleton = tokenizer.apply_chat_template(masked, **render)
+    rendered = tokenizer.apply_chat_template(messages, **render)
     pieces = re.split(f"\ue000{nonce}(\\d+)\ue001", skeleton)
     texts = [str(messages[int(i)]["content"]).strip() for i in pieces[1::2]]  # the template trims
     if "".join(p for pair in zip(pieces[::2], [*texts, ""], strict=True) for p in pair) != rendered:

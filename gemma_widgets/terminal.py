@@ -117,7 +117,8 @@ class TerminalChat:
             generation.wait()
         self._write("\n")
         if generation.error is not None:
-            self._write(f"! the model raised {type(generation.error).__name__}: {printable(str(generation.error))} "
+            error = printable(str(generation.error))
+            self._write(f"! the model raised {type(generation.error).__name__}: {error} "
                         "(the transcript is kept; /regen to try again)\n")
         if generation.plan.notice():
             self._write(f"! {generation.plan.notice()}\n")

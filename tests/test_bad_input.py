@@ -50,9 +50,12 @@ def test_a_folder_with_a_broken_config_or_no_weights_is_named(tmp_path):
         load_model(str(empty))
 
 
-@pytest.mark.parametrize("content", ['{"results": "abc"}', '{"results": [{"model": "m", "variant": "v", '
-                                     '"decode_tps": "fast"}]}', '[1, 2]', '{"results": [{"variant": 3}]}',
-                                     '{"results": [{"model": "m", "variant": "v", "decode_runs_tps": ["x"]}]}'])
+MALFORMED = ['{"results": "abc"}', '{"results": [{"model": "m", "variant": "v", "decode_tps": "fast"}]}',
+             '[1, 2]', '{"results": [{"variant": 3}]}',
+             '{"results": [{"model": "m", "variant": "v", "decode_runs_tps": ["x"]}]}']
+
+
+@pytest.mark.parametrize("content", MALFORMED)
 def test_a_malformed_results_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "results.json"
     path.write_text(content)

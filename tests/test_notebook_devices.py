@@ -13,7 +13,6 @@ import re
 
 import nbformat
 import pytest
-
 from test_notebooks import NOTEBOOKS
 
 MAKES_A_TENSOR = re.compile(r"return_tensors\s*=|torch\.(tensor|ones|zeros|full|arange|randn?)\(")
