@@ -35,7 +35,7 @@ from gemma_widgets._cache import build_once, cache_root
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
 
 #: Raise when :func:`_convert` changes what it writes: older caches are then rebuilt.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 #: Strings the saved tokenizer must split exactly as SentencePiece does.
 TOKENIZER_PROBES = (
@@ -133,6 +133,7 @@ def build_tokenizer(model_proto: bytes) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=spec.bos_piece, eos_token=spec.eos_piece,
         unk_token=spec.unk_piece, pad_token=spec.pad_piece, padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],  # as Gemma's own: no token_type_ids
         additional_special_tokens=[START_OF_TURN, END_OF_TURN], clean_up_tokenization_spaces=False)
 
 

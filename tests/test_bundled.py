@@ -150,3 +150,10 @@ def test_an_interrupted_first_conversion_never_blocks_the_next(tmp_path, monkeyp
     lm = load_model("bundled", "bf16")
     assert lm.path == str(tmp_path / "gemma-3-270m")
     assert not list(tmp_path.glob("*.tmp-*")), "the next build cleared what the killed ones left"
+
+
+def test_the_tokenizer_gives_what_generate_takes(bundled):
+    """Gemma's tokenizers return no ``token_type_ids``, which ``generate(**inputs)`` would refuse."""
+    inputs = bundled.tokenizer("The capital of France is", return_tensors="pt")
+    assert sorted(inputs) == ["attention_mask", "input_ids"]
+    assert bundled.model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs.input_ids.shape[1] + 2
