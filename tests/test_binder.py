@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-TEST_TOOLS = {"pytest", "nbval", "playwright"}
+TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis"}
 # What Colab ships (late 2026: a CUDA torch, transformers 5, hub 2, ipywidgets 7): the set-up cell's
 # install must keep every one of them.
 COLAB = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126", "transformers": "5.24.0",

@@ -47,6 +47,7 @@ def test_any_hub_id_is_accepted():
 def test_a_local_folder_is_accepted(tmp_path):
     config = {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1000, "intermediate_size": 128}
     (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"")
     preset = resolve_preset(str(tmp_path))
     assert (preset.source, preset.repo_id, preset.fmt) == ("local", str(tmp_path), "transformers")
     assert preset.params > 1000 * 64
