@@ -24,3 +24,13 @@ def bundled():
     from gemma_widgets import load_model
 
     return load_model("bundled", precision="bf16")
+
+
+@pytest.fixture
+def two_ir_folders(tmp_path):
+    """Two folders named ``ov_model`` in different places, holding different weights."""
+    folders = tmp_path / "a" / "ov_model", tmp_path / "b" / "ov_model"
+    for folder, weights in zip(folders, (b"one", b"two"), strict=True):
+        folder.mkdir(parents=True)
+        (folder / "openvino_model.bin").write_bytes(weights * 1000)
+    return folders

@@ -162,13 +162,10 @@ def test_damage_at_the_same_size_is_found_and_rebuilt(tmp_path):
     assert len(calls) == 3
 
 
-def test_a_folders_content_key_follows_its_content_not_its_name(tmp_path):
+def test_a_folders_content_key_follows_its_content_not_its_name(two_ir_folders):
     from gemma_widgets._cache import folder_digest
 
-    first, second = tmp_path / "a" / "ov_model", tmp_path / "b" / "ov_model"
-    for folder, weights in ((first, b"one"), (second, b"two")):
-        folder.mkdir(parents=True)
-        (folder / "openvino_model.bin").write_bytes(weights * 1000)
+    first, second = two_ir_folders
     assert folder_digest(first) != folder_digest(second)
     (second / "openvino_model.bin").write_bytes(b"one" * 1000)
     assert folder_digest(first) == folder_digest(second)

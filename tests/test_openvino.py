@@ -167,14 +167,11 @@ def test_int8_weights_compile_with_activation_groups_of_128(tiny_ir):
     assert model.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128
 
 
-def test_caches_of_a_folder_follow_its_content(tmp_path):
+def test_caches_of_a_folder_follow_its_content(two_ir_folders):
     """Two IR folders with one base name get two tokenizer twins; changed weights get a new export."""
     from gemma_widgets._openvino import ExportSettings, export_dir, tokenizer_twin_dir
 
-    first, second = tmp_path / "a" / "ov_model", tmp_path / "b" / "ov_model"
-    for folder, weights in ((first, b"one"), (second, b"two")):
-        folder.mkdir(parents=True)
-        (folder / "openvino_model.bin").write_bytes(weights * 1000)
+    first, second = two_ir_folders
     assert tokenizer_twin_dir(first) != tokenizer_twin_dir(second)
     before = export_dir(str(first), ExportSettings())
     (first / "openvino_model.bin").write_bytes(b"new" * 1000)
