@@ -170,10 +170,14 @@ def _unmet_requirement(dist: str) -> str | None:
 
 def _optimum_reason() -> str | None:
     """Why optimum-intel (the exporter, and the ``optimum`` engine) cannot run here, or None."""
+    from importlib import metadata
+
     missing = _missing("optimum.intel", "nncf")
-    if missing:
-        return (f"{missing}; no optimum-intel release accepts transformers 5 with huggingface_hub 2 "
-                "(Colab's stack), so exports are made on a machine with requirements.txt's stack")
+    if missing and metadata.version("transformers").startswith("4."):
+        return missing
+    if missing:  # Colab's stack: installing it would replace transformers
+        return ("OpenVINO exports need optimum-intel, and no optimum-intel release accepts transformers 5 "
+                "with huggingface_hub 2 (Colab's stack): export on a machine with requirements.txt's stack")
     return _unmet_requirement("optimum-intel")
 
 
