@@ -100,7 +100,7 @@ def fake_environment(folder: Path, installed: dict[str, str]) -> Path:
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     for name, version in installed.items():
-        info = Path(site) / f"{name}-{version}.dist-info"
+        info = Path(site) / f"{name.replace('-', '_')}-{version}.dist-info"  # as pip names it
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
         (info / "INSTALLER").write_text("pip\n")
