@@ -115,6 +115,14 @@ def static_cache(model: Any, max_cache_len: int, batch_size: int = 1) -> Any:
     return cache
 
 
+def cache_length(cache: Any) -> int:
+    """How many tokens a static cache holds: its global layers' length (sliding ones hold a window).
+
+    Read from the layers: transformers 5 has no ``StaticCache.max_cache_len``.
+    """
+    return max(layer.max_cache_len for layer in cache.layers)
+
+
 def round_up(n: int, multiple: int) -> int:
     """``n`` rounded up to a multiple of ``multiple``."""
     return -(-n // multiple) * multiple

@@ -156,3 +156,8 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
 # gc.first_call (a cold start, then a second start that loads every graph from the folder) is
 # asserted in notebooks/05_torch_compile.ipynb section 5, which nbval runs in this suite: ~50 s
 # of compiling, paid once.
+
+
+def test_cache_length_is_the_global_layers_length(tiny):
+    cache = gc.static_cache(tiny.model, 64)
+    assert gc.cache_length(cache) == 64 and min(layer.max_cache_len for layer in cache.layers) == 16
