@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test test-gemma2 test-colab notebooks install prepare chromium
+.PHONY: lab test unit lint test-gemma2 test-colab notebooks install prepare chromium
 
 # Jupyter refuses to run as root (a container, a cloud VM) unless asked.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -15,6 +15,15 @@ lab: prepare
 
 test: prepare
 	$(PY) -m pytest
+
+# The fast tests only: fakes and the tiny random Gemma 2, no bundled model, no notebooks, no browser.
+unit: $(STAMP)
+	$(PY) -m pytest -m "not integration and not browser" tests
+
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on the package.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The course a second time on a Gemma 2 architecture (the tiny random one), and bench on it: the
 # CPU run of benchmarks/gpu_course.sh, which on a GPU runs Gemma 2 2B's shape.
@@ -32,9 +41,16 @@ notebooks: $(STAMP)
 
 install: $(STAMP)
 
+# llama-cpp-python builds llama.cpp from source (about 8 minutes on two cores; pip caches the wheel).
+# A native build uses every instruction the CPU reports, AMX included, and a VM may report AMX yet not
+# grant it (this kind of machine: "Illegal instruction" at the first decode), so build for AVX-512 and
+# AVX2 without AMX.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -e .
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements.txt -e .
 	touch $(STAMP)
 
 # Converts the bundled Gemma 3 270M once (about a minute); later runs find it cached.

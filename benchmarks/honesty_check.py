@@ -6,7 +6,9 @@ variant in one run a different way, sharing none of the harness's code past ``lo
 
 * transformers / optimum-intel: a streamer stamps the time each new token arrives; decode
   tok/s is ``(n - 1) / (t_last - t_first)``;
-* openvino-genai: the pipeline's own performance metrics (mean time per output token).
+* openvino-genai: the pipeline's own performance metrics (mean time per output token);
+* llama.cpp: llama.cpp's own performance counters (``llama_perf_context``: decode evaluations
+  and their milliseconds).
 
 This machine's speed drifts by 10-20% over tens of seconds, so the two alternate: each round
 runs the harness and the plain loop, each in a fresh process (run in this long-lived process
@@ -19,6 +21,7 @@ Target (issue 6): the two within 5% of each other. Run it on an idle machine:
 
     .venv/bin/python benchmarks/honesty_check.py                          # bundled, bf16
     .venv/bin/python benchmarks/honesty_check.py --variant ov-int4 --new-tokens 64
+    .venv/bin/python benchmarks/honesty_check.py --variant gguf-q4_k_m --rounds 6
 """
 
 from __future__ import annotations
@@ -34,10 +37,15 @@ from gemma_widgets import bench, load_model
 
 def plain_loop(model: str, variant: str, prompt: str, new_tokens: int):
     """A function of ``repeats`` giving decode tok/s per run, timed token by token in this process."""
+    from gemma_widgets.engines.genai import GenAIEngine
+    from gemma_widgets.engines.llamacpp import LlamaCppEngine
+
     loaded = load_model(model, precision=variant)
     ids = loaded.tokenizer(prompt).input_ids
-    if loaded.engine == "openvino-genai":
+    if isinstance(loaded.engine, GenAIEngine):
         return lambda repeats: _genai_loop(loaded.model, ids, new_tokens, repeats)
+    if isinstance(loaded.engine, LlamaCppEngine):
+        return lambda repeats: _llamacpp_loop(loaded.model, ids, new_tokens, repeats)
     return lambda repeats: _streamer_loop(loaded, ids, new_tokens, repeats)
 
 
@@ -89,6 +97,25 @@ def _genai_loop(pipe, ids: list[int], new_tokens: int, repeats: int) -> list[flo
         result = pipe.generate(inputs, config)
         if run:
             speeds.append(1000.0 / result.perf_metrics.get_tpot().mean)
+    return speeds
+
+
+def _llamacpp_loop(llm, ids: list[int], new_tokens: int, repeats: int) -> list[float]:
+    """llama.cpp's own counters: each new token after the first is one decode evaluation."""
+    import llama_cpp
+
+    speeds = []
+    for run in range(repeats + 1):
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+        made = 0
+        for _ in llm.generate(list(ids), reset=True, temp=0.0, top_k=1, min_p=0.0):
+            made += 1
+            if made == new_tokens:
+                break
+        perf = llama_cpp.llama_perf_context(llm.ctx)
+        assert perf.n_eval == new_tokens - 1, (perf.n_eval, new_tokens)
+        if run:
+            speeds.append(perf.n_eval / (perf.t_eval_ms / 1000))
     return speeds
 
 

@@ -72,8 +72,9 @@ def _llamacpp_perplexity() -> float:
     import torch
     from llama_cpp import Llama
 
-    from gemma_widgets._bundled import bundled_dir, load_tokenizer
+    from gemma_widgets._bundled import bundled_dir
     from gemma_widgets.quality import passage_ids, score_logits
+    from gemma_widgets.tokenizer import load_tokenizer
 
     ids = passage_ids(load_tokenizer(bundled_dir()))
     llm = Llama(model_path=str(bundled_gguf()), n_threads=2, n_ctx=1024, logits_all=True, verbose=False)
@@ -94,11 +95,11 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="also save the kit's results (.csv/.json)")
     args = parser.parse_args()
 
-    from gemma_widgets._bench_worker import prompt_ids
-    from gemma_widgets._bundled import bundled_dir, load_tokenizer
+    from gemma_widgets._bundled import bundled_dir
+    from gemma_widgets.tokenizer import load_tokenizer
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    ids = prompt_ids(load_tokenizer(bundled_dir()), bench.DEFAULT_PROMPT, chat=False)
+    ids = list(load_tokenizer(bundled_dir())(bench.DEFAULT_PROMPT).input_ids)
     llm = llamacpp(args.threads)
     results = bench.run("bundled", variants, new_tokens=args.new_tokens, repeats=args.repeats,
                         quality=not args.no_quality, progress_bar=True)

@@ -20,7 +20,8 @@ from gemma_widgets.errors import (  # noqa: E402
     UnknownModelError,
     UnknownPrecisionError,
 )
-from gemma_widgets.models import PRESETS, LoadedModel, load_model  # noqa: E402
+from gemma_widgets.loading import load_model  # noqa: E402
+from gemma_widgets.models import PRESETS, LoadedModel  # noqa: E402
 
 __all__ = [
     "PRESETS",

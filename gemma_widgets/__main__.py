@@ -10,7 +10,8 @@ from gemma_widgets.errors import GemmaWidgetsError
 
 def _prepare(args: argparse.Namespace) -> int:
     from gemma_widgets.bench import check_variant
-    from gemma_widgets.models import load_model, locate, resolve_preset
+    from gemma_widgets.loading import load_model
+    from gemma_widgets.models import locate, resolve_preset
 
     preset = resolve_preset(args.model)
     for precision in args.precision or ():  # every name checked before anything is built

@@ -31,8 +31,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets._cache import build_once, cache_root
+from gemma_widgets.cache import build_once, cache_root
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
+from gemma_widgets.tokenizer import read_tokenizer
 
 #: Raise when :func:`_convert` changes what it writes: older caches are then rebuilt.
 FORMAT_VERSION = 5
@@ -66,19 +67,6 @@ def bundled_gguf() -> Path:
         return {"sha256": package.EXPECTED_SHA256}
 
     return build_once(cache_root() / "gguf", build) / package.MODEL_NAME
-
-
-def load_tokenizer(path: str | Path, **kwargs):
-    """Load a saved tokenizer without transformers 4.57's spurious Mistral-regex warning.
-
-    transformers 4.57.3-4.57.6 flag every local tokenizer whose config was saved by those
-    versions as a Mistral tokenizer with a bad regex. Passing ``fix_mistral_regex=False`` keeps
-    the tokenizer as saved (Gemma's has no such regex); ``tests/test_bundled.py`` checks that it
-    splits text exactly as SentencePiece does and that it loads without the warning.
-    """
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, fix_mistral_regex=False, **kwargs)
 
 
 #: SentencePiece piece types (``ModelProto.SentencePiece.Type``).
@@ -245,7 +233,7 @@ def _convert(out: Path) -> dict:
     tokenizer.save_pretrained(out)
     (out / "tokenizer.model").write_bytes(escaped)
     model.save_pretrained(out)
-    saved = load_tokenizer(out)
+    saved = read_tokenizer(out)
     for text in TOKENIZER_PROBES:
         plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
         if saved(text).input_ids != tokenizer(text).input_ids or \

@@ -3,7 +3,7 @@
 An export is an OpenVINO IR folder (``openvino_model.xml``/``.bin``) written by optimum-intel,
 with the Hugging Face tokenizer and the OpenVINO tokenizer/detokenizer (converted by
 openvino-tokenizers) beside it. It is built once per (model, :class:`ExportSettings`) under
-``cache_root()/openvino`` by :func:`gemma_widgets._cache.build_once`; later loads only read it.
+``cache_root()/openvino`` by :func:`gemma_widgets.cache.build_once`; later loads only read it.
 
 Two engines run the same IR:
 
@@ -30,12 +30,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets._cache import build_once, cache_root, folder_digest
+from gemma_widgets.cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import UnknownPrecisionError
 
-ENGINES = {"genai": "openvino-genai", "openvino-genai": "openvino-genai",
-           "optimum": "optimum-intel", "optimum-intel": "optimum-intel"}
-DEFAULT_ENGINE = "openvino-genai"
 TOKENIZER_XML = "openvino_tokenizer.xml"
 DETOKENIZER_XML = "openvino_detokenizer.xml"
 
@@ -102,7 +99,7 @@ class ExportSettings:
 def export_dir(source: str, settings: ExportSettings) -> Path:
     """Where the export of ``source`` (a folder or hub id) with ``settings`` is cached.
 
-    A local folder is keyed on its content (:func:`~gemma_widgets._cache.folder_digest`), so changed
+    A local folder is keyed on its content (:func:`~gemma_widgets.cache.folder_digest`), so changed
     weights get a new export instead of the stale one; a hub id on its name.
     """
     name = Path(source).name or "model"
@@ -130,8 +127,9 @@ def export(source: str, settings: ExportSettings) -> Path:
         import torch
         from optimum.intel import OVModelForCausalLM
 
-        from gemma_widgets._bundled import _quiet_transformers, load_tokenizer
+        from gemma_widgets._bundled import _quiet_transformers
         from gemma_widgets.templates import ensure_chat_template
+        from gemma_widgets.tokenizer import read_tokenizer
 
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
         steps.set_postfix_str("export and compress weights")
@@ -145,7 +143,7 @@ def export(source: str, settings: ExportSettings) -> Path:
         steps.update()
         steps.set_postfix_str("save IR")
         model.save_pretrained(out)
-        tokenizer = load_tokenizer(source)
+        tokenizer = read_tokenizer(source)
         ensure_chat_template(tokenizer)
         tokenizer.save_pretrained(out)
         steps.update()
@@ -165,11 +163,11 @@ def with_ov_tokenizers(folder: str) -> Path:
         return path
 
     def build(out: Path) -> dict:
-        from gemma_widgets._bundled import load_tokenizer
+        from gemma_widgets.tokenizer import read_tokenizer
 
         for item in path.iterdir():
             (out / item.name).symlink_to(item.resolve())
-        save_ov_tokenizers(load_tokenizer(path), out)
+        save_ov_tokenizers(read_tokenizer(path), out)
         return {"source": str(path)}
 
     return build_once(tokenizer_twin_dir(path), build)
@@ -179,18 +177,6 @@ def tokenizer_twin_dir(folder: Path) -> Path:
     """Where :func:`with_ov_tokenizers` caches ``folder``'s twin: keyed on the IR's content, since two
     folders with one base name (``ov_model``) are two models."""
     return cache_root() / "openvino" / f"{folder.name}-{folder_digest(folder)}-tokenizers"
-
-
-def engine_name(engine: str | None) -> str:
-    """The canonical engine name for ``engine`` (``genai``/``optimum`` or the full names)."""
-    if engine is None:
-        return DEFAULT_ENGINE
-    try:
-        return ENGINES[engine.strip().lower()]
-    except (KeyError, AttributeError):
-        raise UnknownPrecisionError(
-            f"Unknown OpenVINO engine {engine!r}: use 'genai' (openvino-genai LLMPipeline, fast) "
-            "or 'optimum' (optimum-intel OVModelForCausalLM, the transformers API).") from None
 
 
 #: OpenVINO's CPU plugin keeps the kernels it prepares for each input shape (up to 5000). A
@@ -225,14 +211,17 @@ def cpu_properties(folder: str) -> dict[str, str]:
     return {**CPU_PROPERTIES, **(INT8_WEIGHTS_PROPERTIES if mode.startswith("int8") else {})}
 
 
-def load_ir(folder: str, engine: str, device: str = "CPU") -> Any:
-    """The model object for ``engine`` on the IR in ``folder`` (see the module docstring)."""
-    properties = cpu_properties(folder) if device.upper() == "CPU" else {}
-    if engine == "optimum-intel":
-        from optimum.intel import OVModelForCausalLM
+def optimum_model(folder: str, device: str = "CPU") -> Any:
+    """optimum-intel's ``OVModelForCausalLM`` on the IR in ``folder``."""
+    from optimum.intel import OVModelForCausalLM
 
-        return OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=dict(properties))
+    properties = cpu_properties(folder) if device.upper() == "CPU" else {}
+    return OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=dict(properties))
+
+
+def genai_pipeline(folder: str, device: str = "CPU") -> Any:
+    """openvino-genai's ``LLMPipeline`` on the IR in ``folder`` (OpenVINO tokenizers added if missing)."""
     import openvino_genai
 
+    properties = cpu_properties(folder) if device.upper() == "CPU" else {}
     return openvino_genai.LLMPipeline(str(with_ov_tokenizers(folder)), device, **properties)
-

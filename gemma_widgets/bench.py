@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import platform
 import queue
 import signal
 import statistics
@@ -43,13 +42,27 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._bench_worker import parse_variant
 from gemma_widgets._files import write_atomic
+from gemma_widgets.bench_protocol import (
+    Done,
+    Event,
+    Failed,
+    Loaded,
+    Memory,
+    Prepared,
+    PromptSize,
+    Quality,
+    Scenario,
+    Step,
+    Text,
+    decode,
+    parse_variant,
+)
 from gemma_widgets.errors import GemmaWidgetsError, UnknownPrecisionError
+from gemma_widgets.machine import Machine
 from gemma_widgets.quality import top1_agreement
 
 DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
@@ -57,58 +70,7 @@ DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find t
 MAX_PERPLEXITY_RATIO = 1.10
 #: ...and at least this share of top-1 predictions equal to the reference's.
 MIN_AGREEMENT = 0.85
-_LIBRARIES = ("torch", "transformers", "optimum-intel", "openvino", "openvino-genai", "nncf",
-              "bitsandbytes", "gemma_widgets")
 _MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Machine:
-    """Where a run happened: results from different machines are not comparable."""
-
-    cpu: str
-    cores: int  # logical cores this process may use
-    physical_cores: int
-    memory_gb: float
-    gpu: str  # "" when there is none
-    platform: str
-    python: str
-    libraries: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def here(cls) -> Machine:
-        """Describe this machine (without importing torch: the GPU comes from ``nvidia-smi``)."""
-        import psutil
-
-        versions = {}
-        for name in _LIBRARIES:
-            try:
-                versions[name] = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return cls(_cpu_name(), int(cores or 1), int(psutil.cpu_count(logical=False) or 1),
-                   round(psutil.virtual_memory().total / 1024**3, 1), _gpu_name(),
-                   platform.platform(), platform.python_version(), versions)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpu_name() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return "; ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
 @dataclass
@@ -201,8 +163,8 @@ def default_reference(variants: Sequence[str]) -> str:
 class _Worker:
     """One worker process and the events it sends, for one variant."""
 
-    def __init__(self, spec: dict[str, Any]):
-        self.events: queue.Queue[dict | None] = queue.Queue()
+    def __init__(self, scenario: Scenario):
+        self.events: queue.Queue[Event | None] = queue.Queue()
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
@@ -212,15 +174,15 @@ class _Worker:
                                      stderr=self.stderr, text=True, env=env, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec))
+        self.proc.stdin.write(scenario.to_json())
         self.proc.stdin.close()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                self.events.put(json.loads(line))
-            except json.JSONDecodeError:
+                self.events.put(decode(line))
+            except (ValueError, TypeError):  # not an event: a library wrote to stdout
                 continue
         self.events.put(None)
 
@@ -252,32 +214,31 @@ def _worker_command() -> list[str]:
     return [sys.executable, "-m", "gemma_widgets._bench_worker"]
 
 
-def _events(spec: dict[str, Any], cancel: threading.Event, timeout_s: float | None,
-            started: float) -> Iterator[dict[str, Any]]:
-    """A worker's events for ``spec``, always ending with ``done`` or ``error``.
+def _events(scenario: Scenario, cancel: threading.Event, timeout_s: float | None,
+            started: float) -> Iterator[Event]:
+    """A worker's events for ``scenario``, always ending with ``Done`` or ``Failed``.
 
     Cancel, the deadline (``timeout_s`` after ``started``) and a worker that dies without a
-    word (killed, crashed) all end the stream with an ``error`` that says which.
+    word (killed, crashed) all end the stream with a ``Failed`` that says which.
     """
-    worker = _Worker(spec)
+    worker = _Worker(scenario)
     try:
         while True:
             if cancel.is_set():
-                yield {"event": "error", "status": "cancelled", "message": "cancelled by the user"}
+                yield Failed("cancelled", "cancelled by the user")
                 return
             if timeout_s and time.monotonic() - started > timeout_s:
-                yield {"event": "error", "status": "failed", "message": f"timed out after {timeout_s:.0f} s"}
+                yield Failed("failed", f"timed out after {timeout_s:.0f} s")
                 return
             try:
                 event = worker.events.get(timeout=0.1)
             except queue.Empty:
                 continue
             if event is None:
-                yield {"event": "error", "status": "failed", "message": worker.exit_reason()}
+                yield Failed("failed", worker.exit_reason())
                 return
-            last = event["event"] in ("done", "error")
             yield event
-            if last:
+            if isinstance(event, (Done, Failed)):
                 return
     finally:
         worker.stop()
@@ -288,77 +249,87 @@ def _needs_prepare(variant: str) -> bool:
     return parse_variant(variant)[0].startswith("ov-")
 
 
-def _measure(spec: dict[str, Any], index: int, total: int, cancel: threading.Event,
+def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event,
              timeout_s: float | None, progress: Callable[[Progress], None]) -> tuple[Result, list[int]]:
     """Measure one variant in its own process; returns its result and its top-1 predictions."""
-    result = Result(spec["model"], spec["variant"], new_tokens=spec["new_tokens"], repeats=spec["repeats"])
-    prepare = _needs_prepare(spec["variant"])
-    steps = prepare + 1 + spec["warmup"] + 2 * spec["repeats"] + 1
+    result = Result(scenario.model, scenario.variant, new_tokens=scenario.new_tokens, repeats=scenario.repeats)
+    prepare = _needs_prepare(scenario.variant)
+    steps = prepare + 1 + scenario.warmup + 2 * scenario.repeats + 1
     done = 0
     top1: list[int] = []
     prefill: list[float] = []
-    decode: list[float] = []
+    decode_steps: list[Step] = []
     started = time.monotonic()
 
     def tick(stage: str) -> None:
         nonlocal done
         done += 1
-        progress(Progress(spec["variant"], index, total, stage, done / steps))
+        progress(Progress(scenario.variant, index, total, stage, done / steps))
 
     if prepare:
-        progress(Progress(spec["variant"], index, total, "prepare", 0.0))
-        for event in _events({**spec, "prepare_only": True}, cancel, timeout_s, started):
-            if event["event"] == "error":
-                result.status, result.error = event["status"], event["message"]
+        progress(Progress(scenario.variant, index, total, "prepare", 0.0))
+        for event in _events(dataclasses.replace(scenario, prepare_only=True), cancel, timeout_s, started):
+            if isinstance(event, Failed):
+                result.status, result.error = event.status, event.message
                 return result, top1
-            if event["event"] == "prepared":
-                result.notes.append(f"loaded once first in a separate process ({event['seconds']:.0f} s), "
+            if isinstance(event, Prepared):
+                result.notes.append(f"loaded once first in a separate process ({event.seconds:.0f} s), "
                                     "so a one-time export counts in neither load time nor memory")
         tick("prepare")
-    progress(Progress(spec["variant"], index, total, "load", done / steps))
-    for event in _events(spec, cancel, timeout_s, started):
-        kind = event["event"]
-        if kind == "error":
-            result.status, result.error = event["status"], event["message"]
-        elif kind == "loaded":
-            result.engine, result.load_s = event["engine"], event["load_s"]
-            result.notes += event["notes"]
-            result.weights_mb = event["weights_bytes"] / _MB
-            tick("load")
-        elif kind == "prompt":
-            result.prompt_tokens = event["prompt_tokens"]
-        elif kind == "memory":
-            result.peak_rss_mb = event["peak_rss_bytes"] / _MB
-            result.rss_mb = event["rss_bytes"] / _MB
-            cuda = event["peak_cuda_bytes"]
-            result.peak_cuda_mb = cuda / _MB if cuda is not None else None
-        elif kind == "text":
-            result.text = event["text"]
-        elif kind == "quality":
-            result.perplexity, top1 = event["perplexity"], event["top1"]
-        elif kind == "step":
-            if event["stage"] == "prefill":
-                prefill.append(event["seconds"])
-            elif event["stage"] == "decode":
-                decode.append(event["seconds"])
-            tick(event["stage"])
-    _fill_timings(result, prefill, decode)
+    progress(Progress(scenario.variant, index, total, "load", done / steps))
+    for event in _events(scenario, cancel, timeout_s, started):
+        match event:
+            case Failed():
+                result.status, result.error = event.status, event.message
+            case Loaded():
+                result.engine, result.load_s = event.engine, event.load_s
+                result.notes += event.notes
+                result.weights_mb = event.weights_bytes / _MB
+                tick("load")
+            case PromptSize():
+                result.prompt_tokens = event.prompt_tokens
+            case Memory():
+                result.peak_rss_mb = event.peak_rss_bytes / _MB
+                result.rss_mb = event.rss_bytes / _MB
+                cuda = event.peak_cuda_bytes
+                result.peak_cuda_mb = cuda / _MB if cuda is not None else None
+            case Text():
+                result.text = event.text
+            case Quality():
+                result.perplexity, top1 = event.perplexity, event.top1
+            case Step():
+                if event.stage == "prefill" and event.seconds is not None:
+                    prefill.append(event.seconds)
+                elif event.stage == "decode":
+                    decode_steps.append(event)
+                tick(event.stage)
+    _fill_timings(result, prefill, decode_steps)
     return result, top1
 
 
-def _fill_timings(result: Result, prefill: list[float], decode: list[float]) -> None:
-    """TTFT from the prefills; decode tok/s per run as ``(n - 1) / (t_run - median ttft)``."""
+def _fill_timings(result: Result, prefill: list[float], decode: list[Step]) -> None:
+    """TTFT from the prefills; decode tok/s per run as ``(n - 1) / (t_run - ttft)``, with the run's own
+    ttft when it was read from a stream, else the median prefill."""
     result.ttft_runs_ms = [s * 1000 for s in prefill]
     result.ttft_ms, result.ttft_ms_p10, result.ttft_ms_p90 = _summary(result.ttft_runs_ms)
     if result.ttft_ms is None or result.new_tokens < 2:
         return
-    ttft = result.ttft_ms / 1000
-    result.decode_runs_tps = [(result.new_tokens - 1) / (s - ttft) for s in decode if s > ttft]
-    result.decode_tps, result.decode_tps_p10, result.decode_tps_p90 = _summary(result.decode_runs_tps)
-    shorter = sum(s <= ttft for s in decode)
+    median_ttft = result.ttft_ms / 1000
+    rates, shorter = [], 0
+    for step in decode:
+        seconds = step.seconds or 0.0
+        ttft = median_ttft if step.ttft is None else step.ttft
+        tokens = result.new_tokens if step.tokens is None else step.tokens
+        if seconds > ttft and tokens > 1:
+            rates.append((tokens - 1) / (seconds - ttft))
+        else:
+            shorter += 1
+    result.decode_runs_tps = rates
+    result.decode_tps, result.decode_tps_p10, result.decode_tps_p90 = _summary(rates)
     if shorter:  # noise on a busy machine: say so instead of dropping the runs silently
-        result.notes.append(f"{shorter} of {len(decode)} decode runs took no longer than the median time "
-                            f"to first token ({result.ttft_ms:.1f} ms): left out of decode tok/s")
+        result.notes.append(f"{shorter} of {len(decode)} decode runs took no longer than their time to "
+                            f"first token (median {result.ttft_ms:.1f} ms) or made one token: left out of "
+                            "decode tok/s")
 
 
 def run(model: str | None = None, variants: Sequence[str] | None = None, *,
@@ -404,8 +375,7 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     order = [reference] + [v for v in variants if v != reference] if reference in variants else variants
     cancel = cancel or threading.Event()
     machine = Machine.here()
-    spec = {"model": preset.name, "prompt": prompt, "new_tokens": new_tokens, "repeats": repeats,
-            "warmup": warmup, "quality": quality, "passage_tokens": passage_tokens}
+    base = Scenario(preset.name, "", prompt, new_tokens, repeats, warmup, quality, passage_tokens)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
@@ -425,7 +395,7 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         for index, variant in enumerate(order):
             if cancel.is_set():
                 break
-            result, top1 = _measure({**spec, "variant": variant}, index, len(order), cancel,
+            result, top1 = _measure(dataclasses.replace(base, variant=variant), index, len(order), cancel,
                                     timeout_s, report)
             result.machine, result.reference = machine, reference if quality else ""
             if variant == reference and top1:
@@ -564,30 +534,60 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the results table: its header and how a finished result's cell reads."""
+
+    header: str
+    cell: Callable[[Result], str]
+
+
+def _agreement(r: Result) -> str:
+    return "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}"
+
+
+def _spread(r: Result) -> str:
+    spread = r.decode_spread
+    return "-" if spread is None else f"{spread:.1%}"
+
+
+#: The results table, as both the text table and the dashboard's HTML table show it.
+COLUMNS = (
+    Column("variant", lambda r: r.variant),
+    Column("engine", lambda r: r.engine or "-"),
+    Column("load s", lambda r: _fmt(r.load_s, ".1f")),
+    Column("weights MB", lambda r: _fmt(r.weights_mb, ".0f")),
+    Column("peak RSS MB", lambda r: _fmt(r.peak_rss_mb, ".0f")),
+    Column("peak CUDA MB", lambda r: _fmt(r.peak_cuda_mb, ".0f")),
+    Column("TTFT ms", lambda r: _fmt(r.ttft_ms, ".1f")),
+    Column("decode tok/s", lambda r: _fmt(r.decode_tps, ".1f")),
+    Column("p10-p90", lambda r: f"{_fmt(r.decode_tps_p10, '.1f')}-{_fmt(r.decode_tps_p90, '.1f')}"),
+    Column("spread", _spread),
+    Column("perplexity", lambda r: _fmt(r.perplexity, ".2f")),
+    Column("top-1 agree", _agreement),
+)
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    """Each result's cells under :data:`COLUMNS`; a result that did not finish has three cells:
+    variant, engine and why."""
+    return [[c.cell(r) for c in COLUMNS] if r.ok else [r.variant, r.engine or "-", f"{r.status}: {r.error}"]
+            for r in results]
+
+
 def format_table(results: Sequence[Result]) -> str:
     """A plain-text table of ``results`` (failed variants show their reason)."""
-    head = ["variant", "engine", "load s", "weights MB", "peak RSS MB", "TTFT ms", "decode tok/s",
-            "p10-p90", "spread", "perplexity", "top-1 agree"]
-    rows = []
-    for r in results:
-        if not r.ok:
-            rows.append([r.variant, r.engine or "-", f"{r.status}: {r.error}"])
-            continue
-        spread = r.decode_spread
-        rows.append([
-            r.variant, r.engine, _fmt(r.load_s, ".1f"), _fmt(r.weights_mb, ".0f"), _fmt(r.peak_rss_mb, ".0f"),
-            _fmt(r.ttft_ms, ".1f"), _fmt(r.decode_tps, ".1f"),
-            f"{_fmt(r.decode_tps_p10, '.1f')}-{_fmt(r.decode_tps_p90, '.1f')}",
-            "-" if spread is None else f"{spread:.1%}", _fmt(r.perplexity, ".2f"),
-            "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}",
-        ])
-    widths = [max([len(head[i])] + [len(row[i]) for row in rows if len(row) == len(head)])
-              for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines.append("  ".join("-" * w for w in widths))
+    head = [c.header for c in COLUMNS]
+    rows = table_rows(results)
+    full = [row for row in rows if len(row) == len(head)]
+    widths = [max([len(h)] + [len(row[i]) for row in full]) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) if len(row) == len(head)
-                     else "  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
+        if len(row) == len(head):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        else:
+            lines.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.generation import ChatSession, Generation, SamplingSettings
-from gemma_widgets.models import LoadedModel, load_model
+from gemma_widgets.loading import load_model
+from gemma_widgets.models import LoadedModel
 
 #: Seconds between repaints of a streaming reply (the first token is painted at once).
 LIVE_INTERVAL = 0.05
@@ -92,7 +93,7 @@ class ChatPanel(WidgetView):
         elif model is not None or precision is not None or load_options:
             raise GemmaWidgetsError("Give either a loaded model or model=/precision=, not both.")
         self.session = ChatSession(loaded, settings=settings or SamplingSettings(),
-                                   context_window=context_window)
+                                   context_window=context_window or 0)
         self.session.conversation.system = system
         self.session.on_text.append(self._on_text)
         self.session.on_finish.append(self._on_finish)
@@ -114,7 +115,7 @@ class ChatPanel(WidgetView):
         full = {"style": {"description_width": "initial"}}
         self.title = _with_class(widgets.HTML(
             f"<b>{escape_text(lm.preset.name)}</b> · {escape_text(lm.precision)} · "
-            f"{escape_text(lm.engine)}"), "gw-title")
+            f"{escape_text(lm.engine.name)}"), "gw-title")
         self.meter_label = _with_class(widgets.HTML(), "gw-meter")
         self.meter = _with_class(widgets.IntProgress(value=0, min=0, max=self.session.context_window,
                                                      layout=widgets.Layout(width="160px")),

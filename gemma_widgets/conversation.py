@@ -52,6 +52,7 @@ class PromptPlan:
     dropped: int  # messages left out because the context window is full
     context_window: int
     max_new_tokens: int
+    messages: list[dict[str, str]] = field(default_factory=list)  # the same prompt as chat messages
 
     @property
     def prompt_tokens(self) -> int:
@@ -146,10 +147,13 @@ class Conversation:
         """The prompt for a reply to the last user message, fitted into ``context_window``.
 
         The oldest user/model pairs are left out until prompt plus ``max_new_tokens`` fits.
-        Raises :class:`GenerationError` when even the last message alone does not fit.
+        Raises :class:`GenerationError` when even the last message alone does not fit. Without a
+        ``tokenizer`` (a server that counts for itself) every message is sent as is.
         """
         if self.last is None or self.last.role != "user":
             raise GemmaWidgetsError("There is no user message to reply to.")
+        if tokenizer is None:
+            return PromptPlan([], 0, 0, context_window, max_new_tokens, self._prompt_messages(0))
         ensure_chat_template(tokenizer)
         budget = context_window - max_new_tokens
         last_user = len(self.messages) - 1
@@ -180,7 +184,7 @@ class Conversation:
             else:
                 low = middle + 2
         self._first_kept = high
-        return PromptPlan(ids, high, high, context_window, max_new_tokens)
+        return PromptPlan(ids, high, high, context_window, max_new_tokens, self._prompt_messages(high))
 
     # --- transcripts -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

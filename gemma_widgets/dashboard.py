@@ -34,7 +34,7 @@ import ipywidgets as w
 
 from gemma_widgets import bench, plots
 from gemma_widgets._display import WidgetView
-from gemma_widgets.bench import DEFAULT_PROMPT, Progress, Result
+from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import PRESETS
 
@@ -94,7 +94,7 @@ class PrecisionDashboard(WidgetView):
 
         self.run_button.on_click(lambda _: self._guard(self.run))
         self.cancel_button.on_click(lambda _: self.cancel())
-        for button, suffix in zip(self.export_buttons, (".csv", ".json", ".png")):
+        for button, suffix in zip(self.export_buttons, (".csv", ".json", ".png"), strict=True):
             button.on_click(lambda _, s=suffix: self._guard(self.export, self._path_with(s)))
         self.load_button.on_click(lambda _: self._guard(self.load, self.path.value))
         self.model.observe(lambda _: self._guard(self._refresh_variants), names="value")
@@ -248,31 +248,18 @@ class PrecisionDashboard(WidgetView):
             self.run_button.disabled, self.cancel_button.disabled = False, True
 
 
-def _cell(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def results_table_html(results: Sequence[Result]) -> str:
-    """The results as an HTML table (every model-derived string escaped)."""
+    """The results as an HTML table, with the text table's columns (every string escaped)."""
     if not results:
         return ""
-    head = ["variant", "engine", "load s", "weights MB", "peak RSS MB", "peak CUDA MB", "TTFT ms",
-            "decode tok/s", "p10-p90", "perplexity", "top-1 agreement"]
+    header = "".join(f"<th>{html.escape(c.header)}</th>" for c in COLUMNS)
     rows = []
-    for r in results:
-        if not r.ok:
-            rows.append(f"<tr><td>{html.escape(r.variant)}</td><td>{html.escape(r.engine or '-')}</td>"
-                        f"<td colspan='{len(head) - 2}' style='color:#b00'>"
-                        f"{html.escape(f'{r.status}: {r.error}')}</td></tr>")
-            continue
-        cells = [r.variant, r.engine, _cell(r.load_s, ".1f"), _cell(r.weights_mb, ".0f"),
-                 _cell(r.peak_rss_mb, ".0f"), _cell(r.peak_cuda_mb, ".0f"), _cell(r.ttft_ms, ".1f"),
-                 _cell(r.decode_tps, ".1f"),
-                 f"{_cell(r.decode_tps_p10, '.1f')}-{_cell(r.decode_tps_p90, '.1f')}",
-                 _cell(r.perplexity, ".2f"),
-                 "-" if r.top1_agreement is None else f"{r.top1_agreement:.1%}"]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    for row in table_rows(results):
+        if len(row) == len(COLUMNS):
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        else:
+            rows.append(f"<tr><td>{html.escape(row[0])}</td><td>{html.escape(row[1])}</td>"
+                        f"<td colspan='{len(COLUMNS) - 2}' style='color:#b00'>{html.escape(row[2])}</td></tr>")
     return (f"<table class='gw-table'><thead><tr>{header}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 

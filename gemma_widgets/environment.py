@@ -23,9 +23,8 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-import psutil
+from gemma_widgets.machine import memory_limit_bytes, usable_cores
 
 # Hub models the course suggests on a GPU, largest first.
 GPU_CANDIDATES = ("google/gemma-2-9b-it", "google/gemma-2-2b-it")
@@ -46,9 +45,6 @@ EXTRAS = {
     "bnb": ("bitsandbytes",),
 }
 
-_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
-
-
 @dataclass(frozen=True)
 class Environment:
     """What :func:`setup` found, and the model and precision it suggests for this machine."""
@@ -66,8 +62,8 @@ class Environment:
 
     def __str__(self) -> str:
         if self.gpu:
-            gpu = (f"{self.gpu} ({self.gpu_memory_gb:.0f} GB, compute capability "
-                   f"{self.compute_capability[0]}.{self.compute_capability[1]})")
+            major, minor = self.compute_capability or (0, 0)
+            gpu = f"{self.gpu} ({self.gpu_memory_gb or 0:.0f} GB, compute capability {major}.{minor})"
         else:
             gpu = "no GPU"
         return (f"{self.place}: {self.cpu_count} CPU cores, {self.memory_gb:.1f} GB RAM, {gpu}, "
@@ -95,13 +91,13 @@ def where() -> str:
 
 def _colab_setup() -> None:
     """Enable third-party widgets and take ``HF_TOKEN`` from Colab's secrets (never shown)."""
-    from google.colab import output  # type: ignore[import-not-found]
+    from google.colab import output
 
     output.enable_custom_widget_manager()
     if os.environ.get("HF_TOKEN"):
         return
     try:
-        from google.colab import userdata  # type: ignore[import-not-found]
+        from google.colab import userdata
 
         token = userdata.get("HF_TOKEN")
     except Exception:  # no such secret, or this notebook was not granted access to it
@@ -121,24 +117,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # an OpenVINO export traces
-
-
-def memory_limit_bytes(limit_files: tuple[str, ...] = _CGROUP_LIMITS) -> int:
-    """RAM this process may use: the machine's total, or a container's lower limit.
-
-    Binder (Kubernetes) and Docker cap a kernel with a cgroup; ``psutil`` reports the host.
-    """
-    limit = psutil.virtual_memory().total
-    candidates = [os.environ.get("MEM_LIMIT", "")]  # set by JupyterHub spawners, Binder's too
-    for name in limit_files:
-        try:
-            candidates.append(Path(name).read_text().strip())
-        except OSError:
-            continue
-    for value in candidates:
-        if value.isdigit() and 0 < int(value) < limit:
-            limit = int(value)
-    return limit
 
 
 def _hub_model_reachable(repo: str) -> bool:
@@ -185,11 +163,11 @@ def describe() -> Environment:
     gpu = cc = gpu_gb = None
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
-        cc = tuple(torch.cuda.get_device_capability(0))
+        cc = torch.cuda.get_device_capability(0)
         gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
     has_token = bool(get_token())
     model, precision, reason = suggest(gpu_gb, cc, has_token)
-    return Environment(where(), psutil.cpu_count() or 1, memory_limit_bytes() / 1e9, gpu, cc, gpu_gb,
+    return Environment(where(), usable_cores(), memory_limit_bytes() / 1e9, gpu, cc, gpu_gb,
                        has_token, model, precision, reason)
 
 

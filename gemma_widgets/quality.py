@@ -8,9 +8,9 @@ public domain). A variant's quality is two numbers over it:
 * **top-1 agreement**: the share of passage positions where the variant's most likely next
   token equals the reference precision's (1.0 = it always picks the same token).
 
-Both need logits, so they run on the ``transformers`` and ``optimum-intel`` engines. An
-``openvino-genai`` pipeline exposes no logits: :func:`score_passage` scores it with the
-optimum-intel model read from the same OpenVINO IR folder, i.e. the same weights.
+Both need logits, which each engine gives as it can (``Engine.can_score``): an openvino-genai
+pipeline exposes none, so it is scored by optimum-intel's model read from the same OpenVINO IR
+folder (the same weights); llama.cpp gives them from its own evaluation of the passage.
 
 >>> from gemma_widgets import load_model                              # doctest: +SKIP
 >>> ref = score_passage(load_model("bundled", "fp32"))                # doctest: +SKIP
@@ -28,11 +28,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from gemma_widgets.engines.base import SCORE_CHUNK
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import LoadedModel
-
-#: Positions scored per chunk when turning logits into log-probabilities (bounds peak memory).
-_CHUNK = 64
 
 
 @cache
@@ -67,12 +65,12 @@ def top1_agreement(predicted: Sequence[int], reference: Sequence[int]) -> float:
             f"Top-1 agreement needs two predictions over the same passage; got {len(predicted)} "
             f"and {len(reference)} positions. Score both variants with the same tokenizer."
         )
-    return sum(a == b for a, b in zip(predicted, reference)) / len(reference)
+    return sum(a == b for a, b in zip(predicted, reference, strict=True)) / len(reference)
 
 
 def score_logits(logits: Any, ids: Sequence[int]) -> PassageScores:
     """Perplexity and top-1 predictions from ``logits`` (``[len(ids), vocab]``) for ``ids``."""
-    return score_chunks((logits[i:i + _CHUNK] for i in range(0, len(ids) - 1, _CHUNK)), ids)
+    return score_chunks((logits[i:i + SCORE_CHUNK] for i in range(0, len(ids) - 1, SCORE_CHUNK)), ids)
 
 
 def score_chunks(chunks: Iterable[Any], ids: Sequence[int]) -> PassageScores:
@@ -95,53 +93,18 @@ def score_chunks(chunks: Iterable[Any], ids: Sequence[int]) -> PassageScores:
 def passage_logits(loaded: LoadedModel, ids: Sequence[int]) -> Iterator[Any]:
     """Next-token logits of ``loaded`` over ``ids``, in CPU chunks of rows (``[<=64, vocab]``).
 
-    Scoring never holds all ``len(ids) x 262k`` logits (390 MB in fp32 for the passage): a
-    transformers model runs its decoder once and applies the output layer (with Gemma's final
-    logit soft-capping) a chunk at a time; an OpenVINO model, whose output layer is inside its
-    graph, reads the passage a chunk at a time through its KV cache, as generation does. So its
-    score includes that cache's precision: OpenVINO's CPU plugin keeps it in u8 by default (for the
-    bundled model's ov-int4 export here: perplexity 46.8 read in chunks, 46.2 in one pass).
+    The engine computes them (:meth:`~gemma_widgets.engines.base.Engine.score`) without holding
+    all ``len(ids) x 262k`` logits at once; an engine that gives none raises
+    :class:`~gemma_widgets.engines.base.CapabilityError` saying why.
     """
-    import torch
-
-    if loaded.engine == "openvino-genai":
-        model = _optimum_twin(loaded)
-    elif loaded.engine in ("transformers", "optimum-intel"):
-        model = loaded.model
-    else:
-        raise GemmaWidgetsError(f"Cannot score engine {loaded.engine!r}: it gives no logits.")
-    device = getattr(model, "device", torch.device("cpu"))
-    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "use_cache": False}
-    head = model.get_output_embeddings() if loaded.engine == "transformers" else None
-    decoder = getattr(model, "model", None)
-    with torch.inference_mode():
-        if head is None or decoder is None:
-            past = None  # None starts a fresh sequence (a stateful OpenVINO model resets its cache)
-            for start in range(0, len(ids), _CHUNK):
-                end = min(start + _CHUNK, len(ids))
-                out = model(input_ids=input_ids[:, start:end], past_key_values=past,
-                            attention_mask=inputs["attention_mask"][:, :end])
-                past = out.past_key_values
-                yield out.logits[0].to("cpu", copy=True)  # the next call reuses the output buffer
-            return
-        hidden = decoder(**inputs).last_hidden_state[0]
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        for start in range(0, len(ids), _CHUNK):
-            logits = head(hidden[start:start + _CHUNK])
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            yield logits.to("cpu")
+    return loaded.engine.score(ids)
 
 
-def _optimum_twin(loaded: LoadedModel) -> Any:
-    """The optimum-intel model on the IR folder an openvino-genai pipeline runs."""
-    from optimum.intel import OVModelForCausalLM
+def score_passage(loaded: LoadedModel, max_tokens: int | None = None, keep_generator: bool = True) -> PassageScores:
+    """Score ``loaded`` on the package's passage (see the module docstring).
 
-    return OVModelForCausalLM.from_pretrained(loaded.path)
-
-
-def score_passage(loaded: LoadedModel, max_tokens: int | None = None) -> PassageScores:
-    """Score ``loaded`` on the package's passage (see the module docstring)."""
+    ``keep_generator=False`` lets the engine free its generating copy of the weights first (an
+    openvino-genai pipeline scores through optimum-intel's model on the same IR).
+    """
     ids = passage_ids(loaded.tokenizer, max_tokens)
-    return score_chunks(passage_logits(loaded, ids), ids)
+    return score_chunks(loaded.engine.score(ids, keep_generator=keep_generator), ids)

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace, loaded: LoadedModel | None = None,
         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the terminal chat with the parsed ``chat`` options."""
     from gemma_widgets.generation import ChatSession, SamplingSettings
-    from gemma_widgets.models import load_model
+    from gemma_widgets.loading import load_model
 
     chosen = {f.name: getattr(args, f.name) for f in fields(SamplingSettings)}
     settings = SamplingSettings(**{k: v for k, v in chosen.items() if v is not None})

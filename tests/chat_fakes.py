@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gemma_widgets.engines.hf import TransformersEngine
 from gemma_widgets.models import LoadedModel
 
 
@@ -60,4 +61,4 @@ class ScriptedModel:
 
 def fake_loaded(tiny: LoadedModel, model: Any) -> LoadedModel:
     """A LoadedModel around a fake model, with the tiny model's tokenizer."""
-    return LoadedModel(model, tiny.tokenizer, tiny.preset, "fp32", "transformers", tiny.path)
+    return LoadedModel(TransformersEngine(model, tiny.tokenizer, tiny.path), tiny.preset, "fp32")

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from gemma_widgets import bench
-from gemma_widgets._bench_worker import parse_variant
 from gemma_widgets.bench import Machine, Result
+from gemma_widgets.bench_protocol import parse_variant
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import PRESETS
 from gemma_widgets.precisions import PRECISIONS

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _lab import chromium_browser, chromium_missing_reason, copy_notebooks, lab_server, new_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -13,12 +13,12 @@ from gemma_widgets._bundled import (
     FORMAT_VERSION,
     TOKENIZER_PROBES,
     bundled_dir,
-    load_tokenizer,
     sentencepiece_ids,
 )
-from gemma_widgets._cache import is_complete, read_manifest
+from gemma_widgets.cache import is_complete, read_manifest
 from gemma_widgets.models import PRESETS
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN
+from gemma_widgets.tokenizer import read_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_loading_the_saved_tokenizer_is_quiet(bundled):
     transformers.logging.set_verbosity_warning()
     logger.addHandler(records)
     try:
-        load_tokenizer(bundled_dir())
+        read_tokenizer(bundled_dir())
         quiet = list(records.messages)
         AutoTokenizer.from_pretrained(bundled_dir())  # without the kit's argument: the spurious warning
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_widgets._cache import MANIFEST, build_once, cache_root, file_digest, is_complete, read_manifest
+from gemma_widgets.cache import MANIFEST, build_once, cache_root, file_digest, is_complete, read_manifest
 
 
 def _writer(calls: list[Path], content: str = "weights"):
@@ -104,7 +104,7 @@ def test_leftovers_of_a_killed_build_are_cleaned(tmp_path):
 _BUILDER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from gemma_widgets._cache import build_once
+    from gemma_widgets.cache import build_once
 
     def build(out):
         with open(sys.argv[2], "a") as log:
@@ -163,7 +163,7 @@ def test_damage_at_the_same_size_is_found_and_rebuilt(tmp_path):
 
 
 def test_a_folders_content_key_follows_its_content_not_its_name(two_ir_folders):
-    from gemma_widgets._cache import folder_digest
+    from gemma_widgets.cache import folder_digest
 
     first, second = two_ir_folders
     assert folder_digest(first) != folder_digest(second)

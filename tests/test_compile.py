@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma_widgets import compile as gc
+from gemma_widgets import bench_compile, compilation
 from gemma_widgets.errors import GemmaWidgetsError
 
 PROMPTS = ("Hello there", "Hello there, how are you today, my friend?")
@@ -13,20 +13,20 @@ PROMPTS = ("Hello there", "Hello there, how are you today, my friend?")
 
 @pytest.fixture(scope="module", autouse=True)
 def _inductor_cache():
-    gc.use_inductor_cache()  # the kit's persistent folder: CI's second run compiles from disk
+    compilation.use_inductor_cache()  # the kit's persistent folder: CI's second run compiles from disk
 
 
 @pytest.fixture
 def eager(tiny):
     yield tiny
-    gc.uncompile(tiny.model)
+    compilation.uncompile(tiny.model)
 
 
 def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
     import transformers
     from transformers import StaticCache
 
-    cache = gc.static_cache(tiny.model, 64)
+    cache = compilation.static_cache(tiny.model, 64)
     window = tiny.model.config.sliding_window
     kinds = tiny.model.config.layer_types
     assert [layer.is_sliding for layer in cache.layers] == [k == "sliding_attention" for k in kinds]
@@ -37,46 +37,46 @@ def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
 
 
 def test_encode_left_pads_to_a_multiple(tiny):
-    plain = gc.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device)
-    padded = gc.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device, pad_to_multiple_of=32)
+    plain = compilation.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device)
+    padded = compilation.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device, pad_to_multiple_of=32)
     n = plain["input_ids"].shape[1]
-    assert padded["input_ids"].shape[1] == gc.round_up(n, 32) == 32
+    assert padded["input_ids"].shape[1] == compilation.round_up(n, 32) == 32
     assert padded["input_ids"][0, -n:].tolist() == plain["input_ids"][0].tolist()
     assert padded["attention_mask"][0].tolist() == [0] * (32 - n) + [1] * n
 
 
 def test_round_up():
-    assert [gc.round_up(n, 64) for n in (1, 64, 65)] == [64, 64, 128]
+    assert [compilation.round_up(n, 64) for n in (1, 64, 65)] == [64, 64, 128]
 
 
 def test_unknown_mode_and_variant_are_clear_errors(tiny):
     with pytest.raises(GemmaWidgetsError, match="max-autotune-no-cudagraphs"):
-        gc.check_mode("fastest")
+        compilation.check_mode("fastest")
     with pytest.raises(ValueError, match="eager-static"):
-        gc.measure(tiny, variants=("turbo",))
+        bench_compile.measure(tiny, variants=("turbo",))
 
 
 def test_default_mode_per_device():
-    assert gc.default_mode("cuda") == "reduce-overhead"
-    assert gc.default_mode("cpu") == "default"
+    assert compilation.default_mode("cuda") == "reduce-overhead"
+    assert compilation.default_mode("cpu") == "default"
 
 
 def test_use_inductor_cache_sets_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    assert gc.use_inductor_cache(tmp_path / "ind") == tmp_path / "ind"
+    assert compilation.use_inductor_cache(tmp_path / "ind") == tmp_path / "ind"
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ind")
 
 
 def test_measure_eager_variants_gives_records(eager):
-    records = gc.measure(eager, new_tokens=3, variants=("eager-dynamic", "eager-static"), repeats=2)
+    records = bench_compile.measure(eager, new_tokens=3, variants=("eager-dynamic", "eager-static"), repeats=2)
     assert [r.variant for r in records] == ["eager-dynamic", "eager-static"]
     for r in records:
         assert r.graphs == 0 and r.mode == "" and len(r.seconds) == 2 and len(r.warmup_seconds) == 2
         assert r.tokens_per_second > 0 and r.spread[0] <= r.tokens_per_second <= r.spread[1]
         assert r.as_dict()["tokens_per_second"] == r.tokens_per_second
-    assert "eager-static" in gc.format_records(records)
+    assert "eager-static" in bench_compile.format_records(records)
     assert eager.model.generation_config.cache_implementation is None  # left eager
 
 
@@ -86,18 +86,19 @@ def test_padding_prompts_avoids_recompiles(eager):
     torch._dynamo.reset()
 
     def run(inputs, new_tokens=3):
-        cache = gc.static_cache(model, 64)
-        with gc.count_graphs() as count:
-            _, ids = gc.time_generate(model, inputs, new_tokens, past_key_values=cache, disable_compile=True)
+        cache = compilation.static_cache(model, 64)
+        with compilation.count_graphs() as count:
+            _, ids = bench_compile.time_generate(model, inputs, new_tokens, past_key_values=cache, disable_compile=True)
         return count, ids
 
-    expected = [run(gc.encode(tok, p, model.device, pad_to_multiple_of=32))[1] for p in PROMPTS]  # eager reference
-    gc.compile_forward(model, "default")
-    first, ids0 = run(gc.encode(tok, PROMPTS[0], model.device, pad_to_multiple_of=32))
-    second, ids1 = run(gc.encode(tok, PROMPTS[1], model.device, pad_to_multiple_of=32))
+    # the eager reference
+    expected = [run(compilation.encode(tok, p, model.device, pad_to_multiple_of=32))[1] for p in PROMPTS]
+    compilation.compile_forward(model, "default")
+    first, ids0 = run(compilation.encode(tok, PROMPTS[0], model.device, pad_to_multiple_of=32))
+    second, ids1 = run(compilation.encode(tok, PROMPTS[1], model.device, pad_to_multiple_of=32))
     assert first.graphs >= 1 and second.graphs == 0
     assert [ids0, ids1] == expected  # compiling does not change greedy output
-    unpadded, _ = run(gc.encode(tok, PROMPTS[0], model.device))
+    unpadded, _ = run(compilation.encode(tok, PROMPTS[0], model.device))
     assert unpadded.graphs >= 1
     assert any("size mismatch" in reason for reason in unpadded.reasons)
 
@@ -109,11 +110,11 @@ def test_load_model_compile_serves_new_lengths_without_recompiling():
     assert lm.compiled == "default", lm.notes
     assert any("compiled decode step" in note for note in lm.notes)
     window = lm.model.config.sliding_window
-    with gc.count_graphs() as count:
+    with compilation.count_graphs() as count:
         for prompt, new_tokens in (("Hi", 3), ("Hello there, how are", 6)):
-            inputs = gc.encode(lm.tokenizer, prompt, lm.model.device)
+            inputs = compilation.encode(lm.tokenizer, prompt, lm.model.device)
             assert inputs["input_ids"].shape[1] + new_tokens < window  # filling the window adds a graph
-            gc.time_generate(lm.model, inputs, new_tokens)
+            bench_compile.time_generate(lm.model, inputs, new_tokens)
     assert count.graphs == 0, count.reasons
 
 
@@ -124,20 +125,21 @@ def test_compile_failure_falls_back_to_eager(eager, monkeypatch):
         calls.append(1)
         raise RuntimeError("inductor: C++ compile failed\nlong log")
 
-    monkeypatch.setattr(gc, "time_generate", broken)
-    lm = gc.enable_compile(eager, "default")
+    monkeypatch.setattr(compilation, "greedy_exact", broken)
+    lm = compilation.enable_compile(eager, "default")
     assert calls and lm.compiled is None
     assert "failed, running eager: RuntimeError: inductor: C++ compile failed" in lm.notes[-1]
     assert lm.model.generation_config.compile_config is None and not hasattr(lm.model, "_cache")
     monkeypatch.undo()
-    assert len(gc.time_generate(lm.model, gc.encode(lm.tokenizer, "Hi", lm.model.device), 2)[1]) == 2
+    inputs = compilation.encode(lm.tokenizer, "Hi", lm.model.device)
+    assert len(bench_compile.time_generate(lm.model, inputs, 2)[1]) == 2
 
 
 def test_missing_compiler_is_a_reason_not_a_crash(eager, monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(gc.shutil, "which", lambda name: None)
-    assert "C++ compiler" in gc.compile_unavailable_reason("cpu")
-    lm = gc.enable_compile(eager, True)
+    monkeypatch.setattr(compilation.shutil, "which", lambda name: None)
+    assert "C++ compiler" in compilation.compile_unavailable_reason("cpu")
+    lm = compilation.enable_compile(eager, True)
     assert lm.compiled is None and "skipped, running eager" in lm.notes[-1]
 
 
@@ -147,17 +149,17 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
     prompt = "The capital of France is"
     results = []
     for multiple in (None, 64):
-        inputs = gc.encode(tok, prompt, model.device, pad_to_multiple_of=multiple)
-        cache = gc.static_cache(model, 128)
-        results.append(gc.time_generate(model, inputs, 8, past_key_values=cache, disable_compile=True)[1])
+        inputs = compilation.encode(tok, prompt, model.device, pad_to_multiple_of=multiple)
+        cache = compilation.static_cache(model, 128)
+        results.append(bench_compile.time_generate(model, inputs, 8, past_key_values=cache, disable_compile=True)[1])
     assert results[0] == results[1]
 
 
-# gc.first_call (a cold start, then a second start that loads every graph from the folder) is
+# bench_compile.first_call (a cold start, then a second start that loads every graph from the folder) is
 # asserted in notebooks/05_torch_compile.ipynb section 5, which nbval runs in this suite: ~50 s
 # of compiling, paid once.
 
 
 def test_cache_length_is_the_global_layers_length(tiny):
-    cache = gc.static_cache(tiny.model, 64)
-    assert gc.cache_length(cache) == 64 and min(layer.max_cache_len for layer in cache.layers) == 16
+    cache = compilation.static_cache(tiny.model, 64)
+    assert compilation.cache_length(cache) == 64 and min(layer.max_cache_len for layer in cache.layers) == 16

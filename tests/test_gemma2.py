@@ -95,13 +95,11 @@ def _gemma2_numbered_tokenizer():
 def test_stop_ids_are_read_per_family_not_hard_coded(tiny, bundled):
     from types import SimpleNamespace
 
-    from gemma_widgets.generation import TransformersEngine
-
     gemma2_numbers = end_of_turn_ids(_gemma2_numbered_tokenizer(), SimpleNamespace(eos_token_id=[1, 107]))
     assert gemma2_numbers == [107, 1]  # Gemma 2's generation_config.eos_token_id is [1, 107]
     for lm in (tiny, bundled):  # Gemma 2 architecture and Gemma 3, both with Gemma 3's vocabulary
         stop = end_of_turn_ids(lm.tokenizer, lm.model.generation_config)
         assert stop[0] == lm.tokenizer.convert_tokens_to_ids(END_OF_TURN) == 106
         assert set(lm.model.generation_config.eos_token_id) <= set(stop)
-        assert TransformersEngine(lm, lm.tokenizer).stop_ids == stop  # what the chat stops on
+        assert list(lm.engine.stop_ids) == stop  # what the chat stops on
 

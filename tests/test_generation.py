@@ -10,25 +10,19 @@ import pytest
 import torch
 from chat_fakes import ScriptedModel, fake_loaded
 
+from gemma_widgets.engines.base import IncrementalDecoder
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.generation import ChatSession, SamplingSettings, TokenTextStreamer, make_engine
+from gemma_widgets.generation import ChatSession, SamplingSettings
 
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=12)
 
 
-def test_streamer_hands_text_over_token_by_token(tiny):
+def test_decoder_hands_text_over_token_by_token(tiny):
     tok = tiny.tokenizer
     ids = tok("Hello wonderful world, café 👋\nnext line", add_special_tokens=False).input_ids
-    streamer = TokenTextStreamer(tok)
-    streamer.put(torch.tensor([[5, 6, 7]]))  # the prompt is skipped
-    chunks = []
-    for token in ids:
-        streamer.put(torch.tensor([token]))
-        while not streamer.text_queue.empty():
-            chunks.append(streamer.text_queue.get())
-    streamer.end()
-    assert "".join(c for c in chunks if c) == tok.decode(ids)
-    assert streamer.new_tokens == len(ids)
+    decoder = IncrementalDecoder(tok)
+    chunks = [decoder.feed([token]) for token in ids]
+    assert "".join(chunks) == tok.decode(ids)
     assert chunks[0] == "Hello"  # no waiting for the end of a word
     assert all("\ufffd" not in c for c in chunks)  # emoji bytes are held until complete
 
@@ -56,7 +50,7 @@ def test_reply_equals_a_bare_greedy_generate(tiny):
     assert generation.wait(60)
     ids = torch.tensor([generation.plan.input_ids])
     bare = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                               eos_token_id=make_engine(tiny).stop_ids, pad_token_id=0)
+                               eos_token_id=list(tiny.engine.stop_ids), pad_token_id=0)
     expected = tiny.tokenizer.decode(bare[0, ids.shape[1]:], skip_special_tokens=True)
     assert generation.text == expected
     assert len(seen) > 1 and seen[-1] == expected  # it streamed, growing to the final text
@@ -199,13 +193,6 @@ def test_save_and_load(tiny, tmp_path):
     assert len(other.history) == 5
 
 
-def test_unknown_engine_is_a_clear_error(tiny):
-    loaded = fake_loaded(tiny, ScriptedModel(tiny.tokenizer))
-    loaded.engine = "llama.cpp"
-    with pytest.raises(GemmaWidgetsError, match="engine"):
-        ChatSession(loaded)
-
-
 def _export_tiny_for_genai(tiny, out) -> dict:
     import openvino as ov
     from openvino_tokenizers import convert_tokenizer
@@ -223,16 +210,15 @@ def _export_tiny_for_genai(tiny, out) -> dict:
 
 @pytest.mark.integration
 def test_openvino_genai_engine_matches_transformers_and_stops(tiny):
-    genai = pytest.importorskip("openvino_genai")
+    pytest.importorskip("openvino_genai")
     pytest.importorskip("optimum.intel", exc_type=ImportError)
-    from gemma_widgets._cache import build_once, cache_root
+    from gemma_widgets.cache import build_once, cache_root
+    from gemma_widgets.engines.genai import GenAIEngine
     from gemma_widgets.models import LoadedModel
 
     folder = build_once(cache_root() / "tiny-random-gemma2-genai",
                         lambda out: _export_tiny_for_genai(tiny, out))
-    pipe = genai.LLMPipeline(str(folder), "CPU")
-    # the pipeline's own tokenizer: the session loads the Hugging Face one saved beside the IR
-    loaded = LoadedModel(pipe, pipe.get_tokenizer(), tiny.preset, "ov-fp32", "openvino-genai", str(folder))
+    loaded = LoadedModel(GenAIEngine.from_ir(str(folder)), tiny.preset, "ov-fp32")
     ov_session = ChatSession(loaded, settings=GREEDY)
     pt_session = ChatSession(tiny, settings=GREEDY)
     ov_reply, pt_reply = ov_session.send("Hello there"), pt_session.send("Hello there")

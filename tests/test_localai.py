@@ -82,6 +82,6 @@ def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
 
 def test_loading_a_definition_loads_its_model_like_localai(tiny_ir):
     lm = localai.load(LocalAIModel.for_export("tiny-ov", tiny_ir))
-    assert lm.engine == "optimum-intel" and lm.path == str(tiny_ir)
+    assert lm.engine.name == "optimum-intel" and lm.path == str(tiny_ir)
     out = lm.model.generate(**lm.tokenizer("Hi", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] > 1

@@ -64,7 +64,7 @@ def test_load_model_from_a_local_folder(tiny):
 
 
 def test_loaded_model_records_how_it_was_loaded(tiny):
-    assert (tiny.preset.name, tiny.precision, tiny.engine) == ("tiny-random-gemma2", "fp32", "transformers")
+    assert (tiny.preset.name, tiny.precision, tiny.engine.name) == ("tiny-random-gemma2", "fp32", "transformers")
     assert tiny.context_window == 1024
     assert "tiny-random-gemma2" in repr(tiny) and tiny.load_seconds > 0
 

@@ -9,19 +9,21 @@ import sys
 import pytest
 
 from gemma_widgets import load_model
-from gemma_widgets._cache import MANIFEST, read_manifest
 from gemma_widgets._openvino import (
     DETOKENIZER_XML,
     TOKENIZER_XML,
     ExportSettings,
     compression_mode,
     cpu_properties,
-    engine_name,
     export,
     export_dir,
-    load_ir,
+    optimum_model,
     with_ov_tokenizers,
 )
+from gemma_widgets.cache import MANIFEST, read_manifest
+from gemma_widgets.engines import ir_engine
+from gemma_widgets.engines.genai import GenAIEngine
+from gemma_widgets.engines.hf import OptimumEngine
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.models import PRESETS, locate, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
@@ -80,7 +82,7 @@ def test_an_export_is_complete_and_built_once(tiny_ir, monkeypatch):
 def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
     genai = load_model("tiny-random-gemma2", "ov-int4")
     optimum = load_model("tiny-random-gemma2", "ov-int4", engine="optimum")
-    assert (genai.engine, optimum.engine) == ("openvino-genai", "optimum-intel")
+    assert (genai.engine.name, optimum.engine.name) == ("openvino-genai", "optimum-intel")
     assert genai.path == optimum.path == str(tiny_ir)
     assert type(genai.model).__name__ == "LLMPipeline"
     assert type(optimum.model).__name__ == "OVModelForCausalLM"
@@ -88,14 +90,14 @@ def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
     assert genai.context_window == optimum.context_window == 1024  # genai: from the IR's config.json
     ids = genai.tokenizer("Hello there, how are").input_ids
     assert greedy(genai, ids, 8) == greedy(optimum, ids, 8)
-    assert load_model("tiny-random-gemma2", "ov-int4-optimum").engine == "optimum-intel"
+    assert load_model("tiny-random-gemma2", "ov-int4-optimum").engine.name == "optimum-intel"
 
 
 def test_unknown_engine_names_the_two():
-    assert engine_name("genai") == engine_name(None) == "openvino-genai"
-    assert engine_name("Optimum") == "optimum-intel"
+    assert ir_engine("genai") is ir_engine(None) is GenAIEngine
+    assert ir_engine("Optimum") is ir_engine("optimum-intel") is OptimumEngine
     with pytest.raises(UnknownPrecisionError, match="'genai'.*'optimum'"):
-        engine_name("llama.cpp")
+        ir_engine("llama.cpp")
 
 
 def test_an_export_folder_loads_as_exported_and_refuses_other_settings(tiny_ir):
@@ -126,7 +128,7 @@ def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_p
 NEW_LENGTHS_SCRIPT = HEAP_PROBE + """
 import sys
 import numpy as np, openvino as ov, openvino_genai
-from gemma_widgets._openvino import load_ir, with_ov_tokenizers
+from gemma_widgets._openvino import genai_pipeline, with_ov_tokenizers
 
 config = openvino_genai.GenerationConfig()
 config.max_new_tokens = config.min_new_tokens = 2
@@ -143,7 +145,7 @@ def heap_left_by_new_lengths(pipe):
         generate(length)
     return heap_in_use() - before
 
-kit = load_ir(sys.argv[1], "openvino-genai")
+kit = genai_pipeline(sys.argv[1])
 default = openvino_genai.LLMPipeline(str(with_ov_tokenizers(sys.argv[1])), "CPU")  # both alive
 print(heap_left_by_new_lengths(kit), heap_left_by_new_lengths(default))
 """
@@ -162,7 +164,7 @@ def test_int8_weights_compile_with_activation_groups_of_128(tiny_ir):
     int8_ir = export(locate(PRESETS["tiny-random-gemma2"]), ExportSettings("int8"))
     assert (compression_mode(tiny_ir), compression_mode(int8_ir)) == ("int4_asym", "int8_asym")
     assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in cpu_properties(tiny_ir)
-    model = load_ir(str(int8_ir), "optimum-intel")
+    model = optimum_model(str(int8_ir))
     model.compile()
     assert model.request.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128
 

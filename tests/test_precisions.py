@@ -18,34 +18,13 @@ OV_HUB = PRESETS["fakezeta/gemma-2-9b-it-ov-int4"]
 
 
 def next_logits(lm, ids: list[int]) -> torch.Tensor:
-    """Logits of ``lm`` over ``ids``; an openvino-genai pipeline is scored on its IR by optimum."""
-    model = lm.model
-    if lm.engine == "openvino-genai":
-        from optimum.intel import OVModelForCausalLM
-
-        model = OVModelForCausalLM.from_pretrained(lm.path)
-    input_ids = torch.tensor([ids], device=getattr(model, "device", "cpu"))
-    with torch.inference_mode():
-        return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits[0].float()
+    """Logits of ``lm`` over ``ids``, from its engine (an openvino-genai pipeline's are read from its IR)."""
+    return torch.cat(list(lm.engine.score(ids))).float()
 
 
 def greedy(lm, ids: list[int], n: int = NEW_TOKENS) -> list[int]:
-    """``n`` greedy tokens after ``ids`` from either engine."""
-    if lm.engine == "openvino-genai":
-        import numpy as np
-        import openvino as ov
-        import openvino_genai
-
-        config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = config.min_new_tokens = n
-        array = np.array([ids], dtype=np.int64)
-        inputs = openvino_genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))
-        return list(lm.model.generate(inputs, config).tokens[0])[:n]
-    input_ids = torch.tensor([ids], device=lm.model.device)
-    with torch.inference_mode():
-        out = lm.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
-                                min_new_tokens=n, do_sample=False)
-    return out[0, len(ids):].tolist()
+    """``n`` greedy tokens after ``ids``, on any engine."""
+    return lm.engine.generate_exact(ids, n)
 
 
 def assert_sane(lm, strict: bool) -> None:
@@ -119,7 +98,7 @@ def test_bnb_without_dtype_is_float16_which_is_why_the_registry_gives_one():
 def test_too_little_memory_is_a_reason_before_any_load(monkeypatch):
     monkeypatch.setattr(precisions, "_memory_available", lambda: 5 * 10**9)
     monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
-    monkeypatch.setattr(precisions, "_optimum_reason", lambda: None)
+    monkeypatch.setattr(precisions, "optimum_reason", lambda: None)
     reason = PRECISIONS["bf16"].unavailable_reason(NINE_B)
     assert reason and "18.5 GB" in reason and "5.0 GB" in reason
     assert PRECISIONS["ov-int4"].unavailable_reason(NINE_B) is None  # 4.6 GB fits
@@ -133,6 +112,22 @@ def test_a_missing_package_is_a_reason(monkeypatch):
                         lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     assert "pip install bitsandbytes" in PRECISIONS["bnb-nf4"].unavailable_reason(TINY)
     assert available(TINY)["bf16"] is None
+
+
+def test_llamacpp_missing_is_a_reason_naming_the_extra(monkeypatch):
+    real = precisions.importlib.util.find_spec
+    monkeypatch.setattr(precisions.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    reason = PRECISIONS["gguf-q4_k_m"].unavailable_reason(PRESETS["bundled"])
+    assert "llama-cpp-python is not installed" in reason and "gemma_widgets[llamacpp]" in reason
+
+
+def test_a_server_runs_as_served_only():
+    served = resolve_preset("http://127.0.0.1:9/v1")
+    assert served.fmt == "server" and auto_precision(served) == "served"
+    assert "precision 'served'" in PRECISIONS["bf16"].unavailable_reason(served)
+    assert "precision 'served'" in PRECISIONS["ov-int4"].unavailable_reason(served)
+    assert "server's URL" in PRECISIONS["served"].unavailable_reason(TINY)
 
 
 def test_openvino_exports_only_load_as_exported():
@@ -158,10 +153,10 @@ def test_auto_on_a_t4_without_bitsandbytes_is_fp32(monkeypatch):
 def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
     monkeypatch.setattr(precisions, "_cuda_capability", lambda: None)
     monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
-    monkeypatch.setattr(precisions, "_optimum_reason", lambda: None)
+    monkeypatch.setattr(precisions, "optimum_reason", lambda: None)
     assert resolve("auto", TINY).name == resolve(None, TINY).name == "bf16"
     assert resolve("fast", TINY).name == "ov-int4"
-    monkeypatch.setattr(precisions, "_optimum_reason", lambda: "no exporter (Colab)")
+    monkeypatch.setattr(precisions, "optimum_reason", lambda: "no exporter (Colab)")
     assert resolve("fast", TINY).name == "bf16"
 
 
@@ -197,7 +192,7 @@ def test_optimum_intel_beside_a_transformers_it_does_not_accept_is_named(monkeyp
 
 def test_an_exported_ir_needs_no_optimum_but_an_export_does(monkeypatch):
 
-    monkeypatch.setattr(precisions, "_optimum_reason", lambda: "no optimum-intel here")
+    monkeypatch.setattr(precisions, "optimum_reason", lambda: "no optimum-intel here")
     monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
     exported = PRESETS["fakezeta/gemma-2-9b-it-ov-int4"]
     monkeypatch.setattr(precisions, "_too_big", lambda preset, bpp: None)

@@ -55,8 +55,10 @@ def test_score_passage_on_the_tiny_model_is_deterministic(tiny):
 def test_an_engine_without_logits_is_refused(tiny):
     from dataclasses import replace
 
-    with pytest.raises(GemmaWidgetsError, match="no logits"):
-        list(quality.passage_logits(replace(tiny, engine="llama.cpp"), [1, 2, 3]))
+    from gemma_widgets.engines import CapabilityError, Engine
+
+    with pytest.raises(CapabilityError, match="cannot score text: it gives no logits"):
+        list(quality.passage_logits(replace(tiny, engine=Engine()), [1, 2, 3]))
 
 
 def test_chunked_scoring_equals_the_full_forward_pass_with_soft_capping(tiny):

@@ -1,0 +1,187 @@
+"""The engine protocol: what every runtime that runs a model offers the kit.
+
+An :class:`Engine` is one runtime behind one small interface (the shape of optimum-benchmark's
+``backends/base.py``): the chat streams from it, the harness times and scores it, and neither
+asks which runtime it is. Capabilities an engine may lack are flags the callers read
+(``can_generate_exact``, ``can_score``), never an engine name compared as a string.
+
+* :meth:`Engine.stream` yields :class:`Delta` pieces of the reply to a prompt, checking a
+  ``threading.Event`` for Stop between decoding steps; the last piece says why it ended.
+* :meth:`Engine.generate_exact` makes exactly ``n`` greedy tokens (the harness's decode).
+* :meth:`Engine.score` yields next-token logits over token ids, in row chunks (perplexity).
+* :meth:`Engine.weights_bytes`, :attr:`Engine.context_window`, :attr:`Engine.tokenizer`.
+
+Local engines run token ids (:class:`LocalEngine`): they implement :meth:`LocalEngine.token_stream`
+(new token ids as they are made) and inherit the text decoding, stop reasons and threading.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gemma_widgets.errors import GemmaWidgetsError
+
+#: Positions per chunk of logits from :meth:`Engine.score` (bounds the memory of scoring).
+SCORE_CHUNK = 64
+
+#: How often (seconds) a reader wakes to check that a generating thread is still alive.
+POLL_SECONDS = 0.25
+
+
+class CapabilityError(GemmaWidgetsError, NotImplementedError):
+    """The engine cannot do this (e.g. give logits); the message says which engine and why."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a reply is generated from: token ids for a local engine, messages for a server."""
+
+    input_ids: Sequence[int]
+    messages: Sequence[dict[str, str]] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed reply: new ``text``, the ``tokens`` it took, and at the end ``finish``.
+
+    ``finish`` is ``end_of_turn``, ``max_new_tokens`` or ``stopped`` on the last piece only;
+    ``prompt_tokens`` is set when the engine counted the prompt itself (a server's usage figures).
+    """
+
+    text: str = ""
+    tokens: int = 0
+    finish: str | None = None
+    prompt_tokens: int | None = None
+
+
+class Engine:
+    """One runtime. Subclasses set ``name`` and implement what they can (see the module docstring)."""
+
+    name: ClassVar[str] = "engine"
+    can_generate_exact: ClassVar[bool] = True
+    can_score: ClassVar[bool] = False
+    why_no_scores: ClassVar[str] = "it gives no logits"
+
+    tokenizer: Any = None  # the Hugging Face tokenizer (chat template, counting), if there is one
+    model: Any = None  # the runtime's own object, for lessons that show its API
+    context_window: int = 8192
+    stop_ids: Sequence[int] = ()
+
+    #: The ``torch.nn.Module`` that generates, for ``torch.compile``; None when the runtime is not torch.
+    torch_model: Any = None
+
+    def stream(self, prompt: Prompt, settings: Any, stop: threading.Event) -> Iterator[Delta]:
+        """The reply to ``prompt`` under ``settings`` (:class:`~gemma_widgets.generation.SamplingSettings`)."""
+        raise NotImplementedError
+
+    def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:
+        """Exactly ``n`` greedy new token ids after ``ids`` (end of turn does not stop it)."""
+        raise CapabilityError(f"{self.name} cannot make an exact number of tokens.")
+
+    def score(self, ids: Sequence[int], keep_generator: bool = True) -> Iterator[Any]:
+        """Next-token logits over ``ids`` as CPU tensors of ``[<= 64, vocab]`` rows.
+
+        ``keep_generator=False`` lets an engine free its generating copy of the weights first
+        (the harness scores last).
+        """
+        raise CapabilityError(f"{self.name} cannot score text: {self.why_no_scores}.")
+
+    def weights_bytes(self) -> int:
+        """Bytes the weights take in memory (or on disk for a mapped file); 0 if unknown."""
+        return 0
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class IncrementalDecoder:
+    """Token ids in, text out as soon as it decodes; holds back only an incomplete UTF-8 character.
+
+    transformers' ``TextIteratorStreamer`` holds text back until a word ends, which delays the
+    first visible token by a step; this keeps its cache trick (restart after a new line) only.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.cache: list[int] = []
+        self.printed = 0
+
+    def feed(self, ids: Sequence[int]) -> str:
+        """The text that ``ids`` complete (possibly empty)."""
+        self.cache.extend(int(i) for i in ids)
+        text = self.tokenizer.decode(self.cache, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return ""
+        new = text[self.printed:]
+        if text.endswith("\n"):  # a new line: start a fresh cache so decoding stays cheap
+            self.cache, self.printed = [], 0
+        else:
+            self.printed = len(text)
+        return new
+
+
+_END = object()
+
+
+class LocalEngine(Engine):
+    """An engine that runs token ids in this process; subclasses implement :meth:`token_stream`."""
+
+    def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
+        """New token ids as they are made; checks ``stop`` after every decoding step."""
+        raise NotImplementedError
+
+    def stream(self, prompt: Prompt, settings: Any, stop: threading.Event) -> Iterator[Delta]:
+        decoder = IncrementalDecoder(self.tokenizer)
+        stops = set(self.stop_ids)
+        last = None
+        for ids in self.token_stream(prompt.input_ids, settings, stop):
+            if not ids:
+                continue
+            last = ids[-1]
+            yield Delta(decoder.feed(ids), len(ids))
+        if last in stops:
+            finish = "end_of_turn"
+        elif stop.is_set():
+            finish = "stopped"
+        else:
+            finish = "max_new_tokens"
+        yield Delta(finish=finish)
+
+
+def threaded(run: Callable[[Callable[[list[int]], None]], None]) -> Iterator[list[int]]:
+    """Token ids from ``run(put)``, a blocking generate that calls ``put(ids)`` per step, run in a
+    thread of its own: the caller reads the ids as they come, and an exception in ``run`` is
+    raised here (never a reader waiting forever)."""
+    items: queue.Queue[Any] = queue.Queue()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run(items.put)
+        except BaseException as exc:  # re-raised in the reader
+            failure.append(exc)
+        finally:
+            items.put(_END)
+
+    thread = threading.Thread(target=target, daemon=True, name="gemma-widgets-generate")
+    thread.start()
+    while True:
+        try:
+            item = items.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if not thread.is_alive() and items.empty():
+                break
+            continue
+        if item is _END:
+            break
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]

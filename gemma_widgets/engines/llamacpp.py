@@ -1,0 +1,91 @@
+"""llama.cpp (through llama-cpp-python) on a GGUF file: the engine most CPU users already run.
+
+The kit feeds it the same token ids as every other engine (its Hugging Face tokenizer and
+Gemma's chat template; ``tests/test_llamacpp.py`` checks that llama.cpp's own tokenizer gives the
+same ids), so a row of the dashboard compares runtimes, not prompts. ``Llama.generate`` yields
+one token id per step and never stops on its own: the engine ends at an end-of-turn id, at
+``max_new_tokens`` or when Stop is set.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine
+from gemma_widgets.templates import end_of_turn_ids
+
+#: Tokens of context the engine allocates by default: the KV cache grows with it (Gemma 3 270M:
+#: ~18 KB a token in f16), and a chat in a notebook rarely needs Gemma 3's whole 32k.
+DEFAULT_CONTEXT = 4096
+
+
+def default_threads() -> int:
+    """The cores this process may use (llama-cpp-python's own default is half the CPU count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class LlamaCppEngine(LocalEngine):
+    """A ``llama_cpp.Llama`` on one GGUF file."""
+
+    name = "llama.cpp"
+    can_score = True
+
+    def __init__(self, llm: Any, tokenizer: Any, path: str):
+        self.model = llm
+        self.tokenizer = tokenizer
+        self.path = path
+        self.stop_ids = end_of_turn_ids(tokenizer)
+        self.context_window = int(llm.n_ctx())
+
+    @classmethod
+    def from_gguf(cls, path: str, tokenizer: Any, n_threads: int | None = None,
+                  n_ctx: int | None = None) -> LlamaCppEngine:
+        """llama.cpp on the GGUF file at ``path``, with ``tokenizer`` (the same vocabulary) for the chat."""
+        from llama_cpp import Llama
+
+        threads = n_threads or default_threads()
+        llm = Llama(model_path=path, n_ctx=n_ctx or DEFAULT_CONTEXT, n_threads=threads,
+                    n_threads_batch=threads, verbose=False)
+        return cls(llm, tokenizer, path)
+
+    def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
+        greedy = settings.greedy
+        tokens = self.model.generate(
+            list(ids), reset=True, temp=0.0 if greedy else float(settings.temperature),
+            top_k=1 if greedy else int(settings.top_k), top_p=1.0 if greedy else float(settings.top_p),
+            min_p=0.0, repeat_penalty=float(settings.repetition_penalty))
+        stops = set(self.stop_ids)
+        for count, token in enumerate(tokens, start=1):
+            yield [int(token)]
+            if token in stops or count >= int(settings.max_new_tokens) or stop.is_set():
+                break
+
+    def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:
+        made: list[int] = []
+        for token in self.model.generate(list(ids), reset=True, temp=0.0, top_k=1, min_p=0.0):
+            made.append(int(token))
+            if len(made) == n:
+                break
+        return made
+
+    def score(self, ids: Sequence[int], keep_generator: bool = True) -> Iterator[Any]:
+        """llama.cpp's own logits over ``ids``: a second context on the same (memory-mapped) file
+        that keeps every position's logits (``logits_all``), read in chunks of rows."""
+        import torch
+        from llama_cpp import Llama
+
+        if not keep_generator:
+            self.model = None
+        threads = default_threads()
+        scorer = Llama(model_path=self.path, n_ctx=len(ids), n_batch=min(512, len(ids)), logits_all=True,
+                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        scorer.eval(list(ids))
+        for start in range(0, len(ids), SCORE_CHUNK):
+            yield torch.from_numpy(scorer.scores[start:min(start + SCORE_CHUNK, len(ids))].copy())
+
+    def weights_bytes(self) -> int:
+        return Path(self.path).stat().st_size

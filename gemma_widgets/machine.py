@@ -1,0 +1,96 @@
+"""The machine at hand, described once: cores, memory (a container's limit included), CPU, GPU, libraries.
+
+:class:`Machine` travels with every benchmark result (results from different machines are not
+comparable); :func:`usable_cores` and :func:`memory_limit_bytes` are what the set-up cell, the
+engines' thread counts and the benchmarks read.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+#: The libraries whose versions a result records.
+LIBRARIES = ("torch", "transformers", "optimum-intel", "openvino", "openvino-genai", "nncf",
+             "bitsandbytes", "llama-cpp-python", "gemma_widgets")
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def usable_cores() -> int:
+    """Logical cores this process may run on (its CPU affinity; a container may allow fewer)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def memory_limit_bytes(limit_files: tuple[str, ...] = _CGROUP_LIMITS) -> int:
+    """RAM this process may use: the machine's total, or a container's lower limit.
+
+    Binder (Kubernetes) and Docker cap a kernel with a cgroup; ``psutil`` reports the host.
+    """
+    limit = psutil.virtual_memory().total
+    candidates = [os.environ.get("MEM_LIMIT", "")]  # set by JupyterHub spawners, Binder's too
+    for name in limit_files:
+        try:
+            candidates.append(Path(name).read_text().strip())
+        except OSError:
+            continue
+    for value in candidates:
+        if value.isdigit() and 0 < int(value) < limit:
+            limit = int(value)
+    return limit
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str:
+    """The GPUs ``nvidia-smi`` lists (name and memory), without importing torch; "" when none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a run happened: results from different machines are not comparable."""
+
+    cpu: str
+    cores: int  # logical cores this process may use
+    physical_cores: int
+    memory_gb: float
+    gpu: str  # "" when there is none
+    platform: str
+    python: str
+    libraries: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def here(cls) -> Machine:
+        """Describe this machine (without importing torch: the GPU comes from ``nvidia-smi``)."""
+        versions = {}
+        for name in LIBRARIES:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return cls(cpu_name(), usable_cores(), int(psutil.cpu_count(logical=False) or 1),
+                   round(memory_limit_bytes() / 1024**3, 1), gpu_name(),
+                   platform.platform(), platform.python_version(), versions)
+

@@ -1,0 +1,80 @@
+"""llama.cpp as an engine: the bundled GGUF through llama-cpp-python, in the chat and the harness."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from gemma_widgets import ChatPanel, bench, load_model
+from gemma_widgets._bundled import TOKENIZER_PROBES
+from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.models import PRESETS
+from gemma_widgets.precisions import PRECISIONS
+
+pytestmark = pytest.mark.integration
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return load_model("bundled", "gguf-q4_k_m")
+
+
+def test_llamacpp_tokenizes_as_the_kit_does(gguf):
+    """The kit feeds llama.cpp ids from its Hugging Face tokenizer: they must be llama.cpp's own."""
+    for text in TOKENIZER_PROBES:
+        ours = gguf.tokenizer(text).input_ids
+        theirs = gguf.model.tokenize(text.encode(), add_bos=True, special=True)
+        assert ours == theirs, text
+
+
+def test_scores_agree_with_what_generation_picks(gguf):
+    """The logits scoring reads (a second context with every position's logits) pick the token that
+    greedy generation picks after each prefix."""
+    ids = gguf.prompt("Name three colours.").input_ids
+    logits = list(gguf.engine.score(ids))[0]
+    assert logits.shape == (len(ids), len(gguf.tokenizer))
+    for end in (len(ids) - 8, len(ids)):
+        assert int(logits[end - 1].argmax()) == gguf.engine.generate_exact(ids[:end], 1)[0]
+
+
+def test_panel_streams_counts_and_stops_on_llamacpp(gguf):
+    panel = ChatPanel(gguf, settings=SamplingSettings(temperature=0, max_new_tokens=24))
+    assert panel.send("Name three colours.").wait(120)
+    reply = panel.history[-1]
+    stats = panel.session.generation.stats
+    expected = gguf.tokenizer.decode(gguf.engine.generate_exact(gguf.prompt(panel.history[:1]).input_ids,
+                                                                stats.new_tokens), skip_special_tokens=True)
+    assert reply["content"] == expected.strip() != ""  # greedy: the same tokens as a bare generate
+    assert 0 < stats.new_tokens <= 24 and stats.stop_reason in ("end_of_turn", "max_new_tokens")
+
+    panel.settings.max_new_tokens = 2000
+    first = threading.Event()
+    panel.session.on_text.append(lambda text: first.set())
+    generation = panel.send("Tell me a very long story.")
+    assert first.wait(60)
+    panel.stop()
+    assert generation.wait(30) and generation.stats.stop_reason == "stopped"
+    assert 0 < generation.stats.new_tokens < 2000 and panel.history[-1]["content"] == generation.text.strip()
+
+
+def test_sampling_reaches_llamacpp(gguf):
+    greedy = gguf.generate("Once upon a time", chat=False, temperature=0, max_new_tokens=16)
+    sampled = {gguf.generate("Once upon a time", chat=False, temperature=1.5, top_k=0, top_p=1.0,
+                             max_new_tokens=16) for _ in range(3)}
+    assert greedy == gguf.generate("Once upon a time", chat=False, temperature=0, max_new_tokens=16)
+    assert len(sampled | {greedy}) > 1  # sampling at temperature 1.5 over the whole vocabulary varies
+
+
+def test_bench_row_for_llamacpp():
+    (result,) = bench.run("bundled", ["gguf-q4_k_m"], new_tokens=8, repeats=1, warmup=1, passage_tokens=128)
+    assert result.ok, result.error
+    assert result.engine == "llama.cpp" and result.decode_tps > 0 and result.ttft_ms > 0
+    assert result.weights_mb == pytest.approx(253_000_000 / 2**20, rel=0.05)  # the GGUF file
+    assert 5 < result.perplexity < 200 and result.text
+
+
+def test_llamacpp_is_for_the_bundled_gguf_only():
+    reason = PRECISIONS["gguf-q4_k_m"].unavailable_reason(PRESETS["tiny-random-gemma2"])
+    assert reason and "GGUF" in reason
