@@ -106,6 +106,7 @@ def _llamacpp_loop(llm, ids: list[int], new_tokens: int, repeats: int) -> list[f
 
     speeds = []
     for run in range(repeats + 1):
+        llm.reset()  # no cached prefix: every run prefills, as the harness's do
         llama_cpp.llama_perf_context_reset(llm.ctx)
         made = 0
         for _ in llm.generate(list(ids), reset=True, temp=0.0, top_k=1, min_p=0.0):

@@ -26,24 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_widgets.bench_protocol import (
-    Done,
-    Event,
-    Failed,
-    Loaded,
-    Memory,
-    Prepared,
-    PromptSize,
-    Quality,
-    Scenario,
-    Step,
-    Text,
-    encode,
-    parse_variant,
-)
+from gemma_widgets import bench_protocol as protocol
 from gemma_widgets.engines.base import Engine, Prompt
 
-Emit = Callable[[Event], None]
+Emit = Callable[[protocol.Event], None]
 
 
 def peak_rss_bytes() -> int:
@@ -114,7 +100,7 @@ def _stream_run(engine: Engine, prompt: Prompt, n: int) -> Run:
     return Run(end - start, tokens, text, (first or end) - start)
 
 
-def measure(scenario: Scenario, emit: Emit) -> None:
+def measure(scenario: protocol.Scenario, emit: Emit) -> None:
     """Run ``scenario`` (see :mod:`gemma_widgets.bench`), emitting events.
 
     An engine that makes an exact number of tokens (``can_generate_exact``) is timed on whole
@@ -124,20 +110,20 @@ def measure(scenario: Scenario, emit: Emit) -> None:
     from gemma_widgets.loading import load_model
     from gemma_widgets.quality import score_passage
 
-    precision, flags = parse_variant(scenario.variant)
+    precision, flags = protocol.parse_variant(scenario.variant)
     start = time.perf_counter()
     loaded = load_model(scenario.model, precision=precision, **flags)
     load_s = time.perf_counter() - start
     if scenario.prepare_only:  # caches are built now; the measuring process only reads them
-        emit(Prepared(load_s))
+        emit(protocol.Prepared(load_s))
         return
     engine = loaded.engine
     notes = list(loaded.notes)
     if scenario.quality and not engine.can_score:
         notes.append(f"perplexity unavailable: {engine.name} cannot score text ({engine.why_no_scores})")
-    emit(Loaded(engine.name, load_s, engine.weights_bytes(), notes))
+    emit(protocol.Loaded(engine.name, load_s, engine.weights_bytes(), notes))
     prompt = loaded.prompt(scenario.prompt, chat=loaded.preset.instruction_tuned)
-    emit(PromptSize(len(prompt.input_ids)))
+    emit(protocol.PromptSize(len(prompt.input_ids)))
 
     def run(n: int) -> Run:
         if engine.can_generate_exact:
@@ -146,50 +132,50 @@ def measure(scenario: Scenario, emit: Emit) -> None:
 
     for i in range(scenario.warmup):
         run(scenario.new_tokens)
-        emit(Step("warmup", i + 1))
+        emit(protocol.Step("warmup", i + 1))
     for i in range(scenario.repeats):
         first = run(1)
-        emit(Step("prefill", i + 1, seconds=first.seconds if first.ttft is None else first.ttft))
+        emit(protocol.Step("prefill", i + 1, seconds=first.seconds if first.ttft is None else first.ttft))
     last = None
     for i in range(scenario.repeats):
         last = run(scenario.new_tokens)
         streamed = last.ttft is not None
-        emit(Step("decode", i + 1, seconds=last.seconds, tokens=last.tokens if streamed else None,
+        emit(protocol.Step("decode", i + 1, seconds=last.seconds, tokens=last.tokens if streamed else None,
                   ttft=last.ttft))
     rss = _rss_bytes()  # the kernel updates its high-water mark lazily: never report less than now
-    emit(Memory(max(peak_rss_bytes(), rss), rss, _peak_cuda_bytes()))
-    emit(Text(last.text if last else ""))
+    emit(protocol.Memory(max(peak_rss_bytes(), rss), rss, _peak_cuda_bytes()))
+    emit(protocol.Text(last.text if last else ""))
     if scenario.quality and engine.can_score:
         scores = score_passage(loaded, scenario.passage_tokens, keep_generator=False)
-        emit(Quality(scores.perplexity, scores.top1))
-    emit(Step("quality", 1))
+        emit(protocol.Quality(scores.perplexity, scores.top1))
+    emit(protocol.Step("quality", 1))
 
 
 def main() -> int:
     """Read the spec from stdin, measure, and report events on (the original) stdout."""
-    scenario = Scenario.from_json(sys.stdin.read())
+    scenario = protocol.Scenario.from_json(sys.stdin.read())
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    def emit(event: Event) -> None:
-        events.write(encode(event) + "\n")
+    def emit(event: protocol.Event) -> None:
+        events.write(protocol.encode(event) + "\n")
 
     from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
 
     try:
         measure(scenario, emit)
     except PrecisionUnavailableError as exc:
-        emit(Failed("unavailable", str(exc)))
+        emit(protocol.Failed("unavailable", str(exc)))
         return 3
     except GemmaWidgetsError as exc:
-        emit(Failed("failed", str(exc)))
+        emit(protocol.Failed("failed", str(exc)))
         return 2
     except Exception as exc:  # any failure is this variant's result, reported to the parent
         traceback.print_exc()
-        emit(Failed("failed", f"{type(exc).__name__}: {exc}"))
+        emit(protocol.Failed("failed", f"{type(exc).__name__}: {exc}"))
         return 1
-    emit(Done())
+    emit(protocol.Done())
     return 0
 
 

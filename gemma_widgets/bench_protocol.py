@@ -61,11 +61,15 @@ class Scenario:
 # --- events, in the order a worker sends them -----------------------------------------------
 @dataclass(frozen=True)
 class Prepared:
+    """``prepare_only``: the variant loaded (caches built) in ``seconds``."""
+
     seconds: float
 
 
 @dataclass(frozen=True)
 class Loaded:
+    """The variant is loaded: its engine, load time, weights footprint and loading notes."""
+
     engine: str
     load_s: float
     weights_bytes: int
@@ -74,6 +78,8 @@ class Loaded:
 
 @dataclass(frozen=True)
 class PromptSize:
+    """The prompt, through the chat template where the model is instruction-tuned, in tokens."""
+
     prompt_tokens: int
 
 
@@ -91,6 +97,8 @@ class Step:
 
 @dataclass(frozen=True)
 class Memory:
+    """This process's memory after the timed runs (scoring comes later and is not counted)."""
+
     peak_rss_bytes: int
     rss_bytes: int
     peak_cuda_bytes: int | None
@@ -98,22 +106,30 @@ class Memory:
 
 @dataclass(frozen=True)
 class Text:
+    """The text of the last timed generation."""
+
     text: str
 
 
 @dataclass(frozen=True)
 class Quality:
+    """Passage perplexity and the top-1 prediction at every position (agreement is computed by the parent)."""
+
     perplexity: float
     top1: list[int]
 
 
 @dataclass(frozen=True)
 class Done:
+    """The scenario finished."""
+
     pass
 
 
 @dataclass(frozen=True)
 class Failed:
+    """The variant could not be measured, and why."""
+
     status: str  # "failed", "unavailable" or "cancelled"
     message: str
 

@@ -93,7 +93,7 @@ class ChatPanel(WidgetView):
         elif model is not None or precision is not None or load_options:
             raise GemmaWidgetsError("Give either a loaded model or model=/precision=, not both.")
         self.session = ChatSession(loaded, settings=settings or SamplingSettings(),
-                                   context_window=context_window or 0)
+                                   context_window=context_window)
         self.session.conversation.system = system
         self.session.on_text.append(self._on_text)
         self.session.on_finish.append(self._on_finish)
@@ -117,7 +117,7 @@ class ChatPanel(WidgetView):
             f"<b>{escape_text(lm.preset.name)}</b> · {escape_text(lm.precision)} · "
             f"{escape_text(lm.engine.name)}"), "gw-title")
         self.meter_label = _with_class(widgets.HTML(), "gw-meter")
-        self.meter = _with_class(widgets.IntProgress(value=0, min=0, max=self.session.context_window,
+        self.meter = _with_class(widgets.IntProgress(value=0, min=0, max=self.session.window,
                                                      layout=widgets.Layout(width="160px")),
                                  "gw-meter-bar")
         self.notice = _with_class(widgets.HTML(""), "gw-notice")
@@ -163,7 +163,7 @@ class ChatPanel(WidgetView):
         self.top_k = _with_class(widgets.IntSlider(value=s.top_k, min=0, max=200, step=1,
                                                    description="top-k (0 = off)", **full), "gw-top-k")
         self.max_new_tokens = _with_class(widgets.IntSlider(
-            value=s.max_new_tokens, min=1, max=max(s.max_new_tokens, min(4096, self.session.context_window)),
+            value=s.max_new_tokens, min=1, max=max(s.max_new_tokens, min(4096, self.session.window)),
             description="max new tokens", **full), "gw-max-new-tokens")
         self.repetition_penalty = _with_class(widgets.FloatSlider(
             value=s.repetition_penalty, min=0.8, max=2.0, step=0.05, description="repetition penalty",
@@ -209,7 +209,7 @@ class ChatPanel(WidgetView):
         self.notice.value = f"<span>{escape_text(text)}</span>" if text else ""
 
     def _update_meter(self, used: int) -> None:
-        window = self.session.context_window
+        window = self.session.window
         self.meter.value = min(used, window)
         self.meter_label.value = f"{used:,} / {window:,} tokens"
 

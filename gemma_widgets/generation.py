@@ -211,7 +211,7 @@ class ChatSession:
     loaded: LoadedModel
     conversation: Conversation = field(default_factory=Conversation)
     settings: SamplingSettings = field(default_factory=SamplingSettings)
-    context_window: int = 0  # 0: the model's
+    context_window: int | None = None  # default: the model's
     on_text: list[Callable[[str], None]] = field(default_factory=list)
     on_finish: list[Callable[[Generation], None]] = field(default_factory=list)
     generation: Generation | None = field(default=None, init=False)
@@ -221,11 +221,16 @@ class ChatSession:
         self.tokenizer = self.loaded.tokenizer  # None for a server without a local tokenizer
         self.engine = self.loaded.engine
         limit = self.loaded.context_window
-        window = self.context_window or limit
+        window = limit if self.context_window is None else self.context_window
         if isinstance(window, bool) or not isinstance(window, int) or not 0 < window <= limit:
             raise GemmaWidgetsError(f"context_window must be a whole number of tokens from 1 to the model's "
                                     f"{limit}, not {window!r}.")
         self.context_window = window
+
+    @property
+    def window(self) -> int:
+        """The context window the prompt is fitted into (checked when the session was made)."""
+        return int(self.context_window or 0)
 
     @property
     def busy(self) -> bool:
@@ -279,7 +284,7 @@ class ChatSession:
 
     def _reply(self, started: float, on_fail: Callable[[], Any]) -> Generation:
         try:
-            self.plan = self.conversation.plan(self.tokenizer, self.context_window,
+            self.plan = self.conversation.plan(self.tokenizer, self.window,
                                                int(self.settings.max_new_tokens))
         except Exception:  # nothing was sent: the transcript goes back to how it was
             on_fail()

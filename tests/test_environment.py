@@ -7,9 +7,10 @@ import sys
 import types
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
-from gemma_widgets import environment
+from gemma_widgets import environment, machine
 from gemma_widgets.models import resolve_preset
 from gemma_widgets.precisions import auto_precision
 
@@ -153,21 +154,21 @@ def test_gemma_model_variable_overrides_the_suggestion(clean_env):
 
 
 def test_memory_limit_takes_a_container_limit_below_the_machine(clean_env, tmp_path):
-    total = environment.psutil.virtual_memory().total
+    total = psutil.virtual_memory().total
     limit = tmp_path / "memory.max"
     limit.write_text("2147483648\n")
-    assert environment.memory_limit_bytes((str(limit),)) == 2147483648
+    assert machine.memory_limit_bytes((str(limit),)) == 2147483648
     limit.write_text("max\n")  # cgroup v2: no limit
-    assert environment.memory_limit_bytes((str(limit),)) == total
+    assert machine.memory_limit_bytes((str(limit),)) == total
     clean_env.setenv("MEM_LIMIT", "1073741824")  # what Binder's spawner sets
-    assert environment.memory_limit_bytes(()) == 1073741824
+    assert machine.memory_limit_bytes(()) == 1073741824
 
 
 def test_a_binder_sized_limit_makes_notebooks_take_their_light_path(clean_env):
     clean_env.setenv("MEM_LIMIT", str(2 * 1024**3))
     assert environment.describe().small_memory
     clean_env.delenv("MEM_LIMIT")
-    assert environment.describe().small_memory == (environment.memory_limit_bytes() / 1e9 < 4)
+    assert environment.describe().small_memory == (machine.memory_limit_bytes() / 1e9 < 4)
 
 
 def _fake_pip(monkeypatch, returncode: int, stderr: str = "") -> list:

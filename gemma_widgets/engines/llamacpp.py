@@ -52,9 +52,16 @@ class LlamaCppEngine(LocalEngine):
                     n_threads_batch=threads, verbose=False)
         return cls(llm, tokenizer, path)
 
+    def _fresh(self) -> Any:
+        """The model with no evaluated tokens. ``Llama.generate`` otherwise reuses the longest cached
+        prefix, and on this model (Gemma 3's sliding-window cache) a greedy reply after another reply
+        then differed from the same request made first (``tests/test_llamacpp.py``)."""
+        self.model.reset()
+        return self.model
+
     def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
         greedy = settings.greedy
-        tokens = self.model.generate(
+        tokens = self._fresh().generate(
             list(ids), reset=True, temp=0.0 if greedy else float(settings.temperature),
             top_k=1 if greedy else int(settings.top_k), top_p=1.0 if greedy else float(settings.top_p),
             min_p=0.0, repeat_penalty=float(settings.repetition_penalty))
@@ -66,7 +73,7 @@ class LlamaCppEngine(LocalEngine):
 
     def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:
         made: list[int] = []
-        for token in self.model.generate(list(ids), reset=True, temp=0.0, top_k=1, min_p=0.0):
+        for token in self._fresh().generate(list(ids), reset=True, temp=0.0, top_k=1, min_p=0.0):
             made.append(int(token))
             if len(made) == n:
                 break
