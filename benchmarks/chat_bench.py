@@ -9,12 +9,21 @@ one are noise):
 * stop latency: from ``stop()`` to the reply ended (target <= one decoding step + 100 ms);
 * memory: RSS over many consecutive turns against the KV cache of the context kept.
 
-The side-by-side figures need ``model.generate`` (transformers, optimum-intel); on the
-openvino-genai engine (``ov-int4``, the chat's default on a CPU) stop and memory are measured.
+The bare baseline is the engine's own fixed-length greedy generate (``generate_exact``: a
+``model.generate`` with ``min_new_tokens``, an ``LLMPipeline.generate``...), with no streaming.
+
+``--server`` measures the server engine instead (issue 16), against a llama.cpp server started
+here on the bundled GGUF (or ``--url`` with ``--served-model`` for a running one):
+
+* stop latency over the server: from ``stop()`` to the reply ended (target <= one decoding step
+  + 150 ms), and whether the server stopped generating (the next request's first token);
+* decode speed: the panel's tok/s over a bare loop of the same ``openai`` client streaming the
+  same request (target >= 0.95x), medians of interleaved rounds.
 
     .venv/bin/python benchmarks/chat_bench.py                     # bundled model, bf16
     .venv/bin/python benchmarks/chat_bench.py --precision ov-int4
     .venv/bin/python benchmarks/chat_bench.py --precision fp32 --json chat_bench.json
+    .venv/bin/python benchmarks/chat_bench.py --server            # a local llama.cpp server
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ import torch
 from gemma_widgets import load_model
 from gemma_widgets.chat import ChatPanel
 from gemma_widgets.conversation import Conversation
-from gemma_widgets.generation import SamplingSettings, hf_tokenizer
-from gemma_widgets.templates import end_of_turn_ids
+from gemma_widgets.engines import Prompt
+from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.models import locate
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -49,7 +59,7 @@ class Figures:
     precision: str
     new_tokens: int
     repeats: int
-    bare_tok_s: float | None  # None: the engine has no model.generate (openvino-genai)
+    bare_tok_s: float | None  # None: the engine cannot make an exact number of tokens
     bare_in_thread_tok_s: float | None  # the same generate from a worker thread, as the panel runs it
     panel_tok_s: float
     speed_ratio: float | None  # panel over bare (main thread); target >= 0.97
@@ -94,12 +104,12 @@ def kv_bytes_per_token(config) -> tuple[int, torch.dtype]:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize, dtype
 
 
-def bare_generate(model, ids: torch.Tensor, n: int, stop_ids: list[int], pad: int) -> float:
+def bare_generate(engine, ids: list[int], n: int) -> float:
+    """Seconds for the engine's own ``n`` greedy tokens, no streaming."""
     start = time.perf_counter()
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                         do_sample=False, eos_token_id=stop_ids, pad_token_id=pad)
+    out = engine.generate_exact(ids, n)
     elapsed = time.perf_counter() - start
-    assert out.shape[1] - ids.shape[1] == n
+    assert len(out) == n
     return elapsed
 
 
@@ -110,6 +120,126 @@ def in_thread(fn, *args):
     thread.start()
     thread.join()
     return result[0]
+
+
+@dataclass
+class ServerFigures:
+    """The server engine's figures (medians) and the issue's targets."""
+
+    url: str
+    model: str
+    new_tokens: int
+    rounds: int
+    bare_decode_tok_s: float  # the same request read by a bare loop of the same openai client
+    panel_decode_tok_s: float
+    speed_ratio: float  # median of each round's panel over bare; target >= 0.95
+    bare_first_token_ms: float
+    panel_first_text_ms: float
+    decode_step_ms: float  # from the bare loop
+    stop_latency_ms: float  # median; target <= decode_step_ms + 150
+    stop_latency_max_ms: float
+    first_token_after_stop_ms: float  # the next request's: the server stopped generating, or not
+    idle_first_token_ms: float
+
+
+def bare_stream(client, request: dict) -> tuple[int, float, float]:
+    """Pieces with text, seconds to the first, and decode tok/s of one streamed request read by a
+    plain loop (decode as the panel counts it: pieces after the first over the time after it)."""
+    start = time.perf_counter()
+    first, pieces = None, 0
+    with client.chat.completions.create(**request) as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces += 1
+                if first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    assert first is not None, "the server sent no text"
+    return pieces, first - start, (pieces - 1) / (end - first) if end > first else 0.0
+
+
+def server_main(args: argparse.Namespace) -> int:
+    """Stop latency and decode speed of the panel over an OpenAI-compatible server."""
+    from contextlib import nullcontext
+
+    from gemma_widgets.llamacpp_server import start_llamacpp_server
+
+    n = args.tokens
+    context = nullcontext() if args.url else start_llamacpp_server()
+    with context as server:
+        url, name = (args.url, args.served_model) if args.url else (server.url, server.model)
+        loaded = load_model(url, model=name)
+        client = loaded.model  # the panel's own openai client
+        greedy = SamplingSettings(temperature=0, max_new_tokens=n)
+        request = loaded.engine.request(Prompt((), [{"role": "user", "content": PROMPT}]), greedy)
+        panel = ChatPanel(loaded, settings=greedy)
+        print(f"{loaded!r}: {n} greedy tokens, {args.rounds} interleaved rounds beside a bare "
+              f"openai loop, {args.repeats} stops", flush=True)
+        bare_stream(client, request)  # warm-up (the server's first request loads its caches)
+        bare_tps, bare_first, panel_tps, panel_first = [], [], [], []
+        for i in range(args.rounds):
+            for who in (("bare", "panel") if i % 2 == 0 else ("panel", "bare")):
+                if who == "bare":
+                    pieces, first, tps = bare_stream(client, request)
+                    bare_tps.append(tps)
+                    bare_first.append(first)
+                    continue
+                generation = panel.send(PROMPT)
+                panel.wait()
+                assert generation.error is None, generation.error
+                panel_tps.append(generation.stats.tokens_per_second)
+                panel_first.append(generation.stats.ttft_s)
+                panel.clear()
+            if generation.stats.new_tokens != pieces:
+                print(f"note: round {i + 1}: the panel counted {generation.stats.new_tokens} tokens, the "
+                      f"bare loop {pieces} pieces", file=sys.stderr)
+        step = 1 / statistics.median(bare_tps)
+
+        stops, after_stop, idle = [], [], []
+        panel.session.settings.max_new_tokens = 4 * n
+        one = {**request, "max_tokens": 1}
+        for _ in range(args.repeats):
+            idle.append(bare_stream(client, one)[1])
+            generation = panel.send(PROMPT)
+            while generation.new_tokens < 8 and not generation.done:
+                time.sleep(0.001)
+            start = time.perf_counter()
+            panel.stop()
+            panel.wait()
+            stops.append(time.perf_counter() - start)
+            assert generation.stats.stop_reason == "stopped", generation.stats
+            after_stop.append(bare_stream(client, one)[1])  # queued behind the old reply if it went on
+            panel.clear()
+
+    median = statistics.median
+    figures = ServerFigures(
+        url, loaded.engine.model_name, n, args.rounds,
+        bare_decode_tok_s=median(bare_tps), panel_decode_tok_s=median(panel_tps),
+        speed_ratio=median(p / b for p, b in zip(panel_tps, bare_tps, strict=True)),
+        bare_first_token_ms=1000 * median(bare_first), panel_first_text_ms=1000 * median(panel_first),
+        decode_step_ms=1000 * step, stop_latency_ms=1000 * median(stops),
+        stop_latency_max_ms=1000 * max(stops),
+        first_token_after_stop_ms=1000 * median(after_stop), idle_first_token_ms=1000 * median(idle))
+    checks = [
+        ("stop over the server <= one decode step + 150 ms",
+         figures.stop_latency_max_ms <= figures.decode_step_ms + 150,
+         f"median {figures.stop_latency_ms:.0f} ms, max {figures.stop_latency_max_ms:.0f} ms; "
+         f"step {figures.decode_step_ms:.0f} ms; the next request's first token "
+         f"{figures.first_token_after_stop_ms:.0f} ms after a stop, "
+         f"{figures.idle_first_token_ms:.0f} ms idle"),
+        ("panel decode tok/s >= 0.95x a bare openai loop", figures.speed_ratio >= 0.95,
+         f"{figures.speed_ratio:.3f}x, the median of {args.rounds} interleaved rounds' ratios "
+         f"({', '.join(f'{p / b:.2f}' for p, b in zip(panel_tps, bare_tps, strict=True))}); medians "
+         f"{figures.panel_decode_tok_s:.2f} vs {figures.bare_decode_tok_s:.2f} tok/s; first text "
+         f"{figures.panel_first_text_ms:.0f} ms vs first piece {figures.bare_first_token_ms:.0f} ms"),
+    ]
+    print()
+    for check, ok, detail in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {check}: {detail}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({**asdict(figures), "checks": {c[0]: c[1] for c in checks}}, fh, indent=2)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,38 +253,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turn-window", type=int, default=1024,
                         help="context window for the memory check (small, so old turns get dropped)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--server", action="store_true",
+                        help="measure the server engine against a local llama.cpp server instead")
+    parser.add_argument("--url", default=None, help="with --server: a running server's URL (ending in /v1)")
+    parser.add_argument("--served-model", default=None, help="with --url: the model name it serves")
+    parser.add_argument("--rounds", type=int, default=7, help="with --server: interleaved speed rounds")
     args = parser.parse_args(argv)
+    if args.server:
+        return server_main(args)
 
     loaded = load_model(args.model, args.precision)
-    bare = loaded.engine in ("transformers", "optimum-intel")  # else openvino-genai: no model.generate
-    model, tok, n = loaded.model, hf_tokenizer(loaded), args.tokens
-    stop_ids, pad = end_of_turn_ids(tok), tok.pad_token_id
+    engine, tok, n = loaded.engine, loaded.tokenizer, args.tokens
+    bare = engine.can_generate_exact
     conv = Conversation()
     conv.add_user(PROMPT)
-    ids = torch.tensor([conv.plan(tok, loaded.context_window, n).input_ids],
-                       device=getattr(model, "device", "cpu"))
+    ids = conv.plan(tok, loaded.context_window, n).input_ids
     greedy = SamplingSettings(temperature=0, max_new_tokens=n)
     panel = ChatPanel(loaded, settings=greedy)
-    panel.session.options["min_new_tokens"] = n  # the same n tokens as the bare run
 
     print(f"{loaded!r}: {n} greedy tokens, {args.repeats} repeats"
           + (", side by side with a bare generate" if bare else ""), flush=True)
     if bare:
-        bare_generate(model, ids, 8, stop_ids, pad)  # warm-up
+        bare_generate(engine, ids, 8)  # warm-up
     panel.send(PROMPT).wait()
     panel.clear()
     prefill, prefill_thread, bare_s, bare_thread, panel_s, first_text = [], [], [], [], [], []
     for _ in range(args.repeats):
         if bare:
-            prefill.append(bare_generate(model, ids, 1, stop_ids, pad))
-            prefill_thread.append(in_thread(bare_generate, model, ids, 1, stop_ids, pad))
-            bare_s.append(bare_generate(model, ids, n, stop_ids, pad))
-            bare_thread.append(in_thread(bare_generate, model, ids, n, stop_ids, pad))
+            prefill.append(bare_generate(engine, ids, 1))
+            prefill_thread.append(in_thread(bare_generate, engine, ids, 1))
+            bare_s.append(bare_generate(engine, ids, n))
+            bare_thread.append(in_thread(bare_generate, engine, ids, n))
         start = time.perf_counter()
         generation = panel.send(PROMPT)
         panel.wait()
         panel_s.append(time.perf_counter() - start)
-        assert generation.stats.new_tokens == n and generation.plan.input_ids == ids[0].tolist()
+        assert generation.plan.input_ids == ids
+        if generation.stats.new_tokens != n:  # the panel ends at end of turn; the bare run does not
+            print(f"note: the panel's reply ended after {generation.stats.new_tokens} of {n} tokens "
+                  f"({generation.stats.stop_reason}): its tok/s counts those", file=sys.stderr)
+        panel_s[-1] *= n / max(generation.stats.new_tokens, 1)
         first_text.append(generation.stats.ttft_s)
         panel.clear()
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
@@ -162,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     step = ((bare_med - median(prefill)) if bare else (pan_s - median(first_text))) / (n - 1)
 
     stops = []
-    panel.session.settings.max_new_tokens = panel.session.options["min_new_tokens"] = 4 * n
+    panel.session.settings.max_new_tokens = 4 * n
     for _ in range(args.repeats):
         generation = panel.send(PROMPT)
-        while generation._streamer.new_tokens < 8 and not generation.done:
+        while generation.new_tokens < 8 and not generation.done:
             time.sleep(0.001)
         start = time.perf_counter()
         panel.stop()
@@ -176,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
 
     turns = ChatPanel(loaded, settings=SamplingSettings(temperature=0, max_new_tokens=args.turn_tokens),
                       context_window=args.turn_window)
-    turns.session.options["min_new_tokens"] = args.turn_tokens
     rss = []
     for i in range(args.turns):
         turns.send(f"Turn {i}: tell me one more thing about the lighthouse keeper.").wait()
@@ -184,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turn {i + 1}/{args.turns}: RSS {rss[-1]:.0f} MB", file=sys.stderr, flush=True)
     plan = turns.session.plan
     kept_tokens = plan.prompt_tokens + args.turn_tokens
-    kv_bytes, kv_dtype = kv_bytes_per_token(loaded.config)
+    config = getattr(engine.torch_model, "config", None)
+    if config is None:  # OpenVINO, llama.cpp: the config of the folder the model was made from
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(locate(loaded.preset))
+    kv_bytes, kv_dtype = kv_bytes_per_token(config)
     warm = min(5, len(rss)) - 1
 
     figures = Figures(
@@ -216,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{figures.bare_prefill_in_thread_ms:.0f} ms)"),
         ]
     else:
-        print(f"\n{loaded.engine} has no model.generate to compare with: the panel decoded "
+        print(f"\n{loaded.engine} cannot make an exact number of tokens to compare with: the panel decoded "
               f"{figures.panel_tok_s:.2f} tok/s, first text after {figures.panel_first_text_ms:.0f} ms")
     checks += [
         ("stop <= one decode step + 100 ms", figures.stop_latency_max_ms <= figures.decode_step_ms + 100,

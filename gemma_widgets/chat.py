@@ -263,9 +263,9 @@ class ChatPanel(WidgetView):
                 self.status.value = escape_text(f"{stats.summary()} · prompt {stats.prompt_tokens} tokens")
                 self._update_meter(stats.prompt_tokens + stats.new_tokens)
             if generation.error is not None:
-                self._show_notice(f"The model raised {type(generation.error).__name__}: "
-                                  f"{generation.error}. The transcript is kept: try again, regenerate, "
-                                  "or change the settings.")
+                reason = str(generation.error).rstrip(". ")
+                self._show_notice(f"The model raised {type(generation.error).__name__}: {reason}. The transcript "
+                                  "is kept: try again, regenerate, or change the settings.")
             self._set_busy(False)
 
     # --- actions ----------------------------------------------------------------------------

@@ -94,7 +94,10 @@ def resolve_preset(name: str | None = None) -> Preset:
     if name in PRESETS:
         return PRESETS[name]
     if name.startswith(("http://", "https://")):
-        return Preset(name, "server", f"OpenAI-compatible server at {name}", 0, repo_id=name, fmt="server",
+        from gemma_widgets.engines.server import display_url
+
+        shown = display_url(name)  # a user:password@ part is used to connect, never shown
+        return Preset(shown, "server", f"OpenAI-compatible server at {shown}", 0, repo_id=name, fmt="server",
                       instruction_tuned=True)
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():

@@ -128,6 +128,8 @@ def test_a_server_runs_as_served_only():
     assert "precision 'served'" in PRECISIONS["bf16"].unavailable_reason(served)
     assert "precision 'served'" in PRECISIONS["ov-int4"].unavailable_reason(served)
     assert "server's URL" in PRECISIONS["served"].unavailable_reason(TINY)
+    secret = resolve_preset("http://learner:s3cret@127.0.0.1:9/v1")
+    assert "s3cret" not in secret.name + secret.description and "s3cret" in secret.repo_id  # used, not shown
 
 
 def test_openvino_exports_only_load_as_exported():
