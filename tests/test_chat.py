@@ -62,7 +62,7 @@ def test_build_from_a_preset_name():
 
 
 def test_a_model_name_without_a_precision_gets_the_fast_one(monkeypatch, tiny):
-    """Chat is speed-sensitive: ``fast`` (OpenVINO int4 on openvino-genai on a CPU) by default."""
+    """Chat is speed-sensitive: ``fast`` (an OpenVINO export on openvino-genai on a CPU) by default."""
     import gemma_widgets.chat as chat
 
     asked = []

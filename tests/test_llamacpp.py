@@ -78,3 +78,20 @@ def test_bench_row_for_llamacpp():
 def test_llamacpp_is_for_the_bundled_gguf_only():
     reason = PRECISIONS["gguf-q4_k_m"].unavailable_reason(PRESETS["tiny-random-gemma2"])
     assert reason and "GGUF" in reason
+
+
+def test_fast_keeps_llamacpp_quality(gguf):
+    """The chat default on a CPU (issue 18's bound): passage perplexity within 2% of llama.cpp's on the
+    package's own Q4_K_M file, and the same top-1 token as fp32 at 90% of positions or more."""
+    from gemma_widgets.precisions import PRECISIONS, resolve
+    from gemma_widgets.quality import score_passage
+
+    preset = PRESETS["bundled"]
+    if PRECISIONS["ov-int8"].unavailable_reason(preset):
+        pytest.skip(PRECISIONS["ov-int8"].unavailable_reason(preset))
+    assert resolve("fast", preset).name == "ov-int8"
+    fast = score_passage(load_model("bundled", "fast"), keep_generator=False)
+    llama = score_passage(gguf)
+    reference = score_passage(load_model("bundled", "fp32"))
+    assert fast.perplexity <= 1.02 * llama.perplexity
+    assert fast.agreement(reference) >= 0.90

@@ -157,7 +157,11 @@ def test_auto_on_a_cpu_keeps_transformers_and_fast_takes_openvino(monkeypatch):
     monkeypatch.setattr(precisions, "_missing", lambda *modules: None)
     monkeypatch.setattr(precisions, "optimum_reason", lambda: None)
     assert resolve("auto", TINY).name == resolve(None, TINY).name == "bf16"
-    assert resolve("fast", TINY).name == "ov-int4"
+    assert resolve("fast", TINY).name == "ov-int8"
+    monkeypatch.setattr(precisions, "_memory_available", lambda: 20e9)
+    assert resolve("fast", NINE_B).name == "ov-int8"
+    monkeypatch.setattr(precisions, "_memory_available", lambda: 6e9)  # int8 9B does not fit, int4 does
+    assert resolve("fast", NINE_B).name == "ov-int4"
     monkeypatch.setattr(precisions, "optimum_reason", lambda: "no exporter (Colab)")
     assert resolve("fast", TINY).name == "bf16"
 
