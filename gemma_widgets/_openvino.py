@@ -51,6 +51,9 @@ class ExportSettings:
         all_layers: also put the embedding and the last layer in int4 (by default nncf keeps
             them in int8). Gemma ties its output layer to its 262k-row embedding, the largest
             tensor of a small model, so this changes the bytes read per token a lot.
+        awq: data-aware int4 (nncf's AWQ and scale estimation), calibrated on the package's
+            ``calibration.txt``, never on the scored passage. On the bundled model: passage
+            perplexity 34.2 against data-free int4's 46.6 (fp32: 29.04).
     """
 
     weight_format: str = "int4"
@@ -58,9 +61,11 @@ class ExportSettings:
     group_size: int = 64
     ratio: float = 1.0
     all_layers: bool = False
+    awq: bool = False
 
     def __post_init__(self) -> None:
         kinds = {"sym": ((bool,), "true or false"), "all_layers": ((bool,), "true or false"),
+                 "awq": ((bool,), "true or false"),
                  "group_size": ((int,), "a whole number"), "ratio": ((int, float), "a number")}
         for name, (types, wanted) in kinds.items():
             value = getattr(self, name)
@@ -74,6 +79,8 @@ class ExportSettings:
             raise UnknownPrecisionError(f"ratio must be in (0, 1], got {self.ratio}.")
         if self.group_size != -1 and self.group_size <= 0:
             raise UnknownPrecisionError(f"group_size must be positive or -1, got {self.group_size}.")
+        if self.awq and self.weight_format != "int4":
+            raise UnknownPrecisionError("awq is a setting of int4 exports only.")
 
     @property
     def key(self) -> str:
@@ -81,19 +88,33 @@ class ExportSettings:
         if self.weight_format != "int4":
             return self.weight_format
         mode = "sym" if self.sym else "asym"
-        tail = "-all" if self.all_layers else ""
+        tail = ("-all" if self.all_layers else "") + ("-awq" if self.awq else "")
         return f"int4-{mode}-g{self.group_size}-r{self.ratio:g}{tail}"
 
-    def quantization_config(self) -> Any:
-        """The ``OVWeightQuantizationConfig`` for these settings (None for fp16)."""
+    def quantization_config(self, source: str = "") -> Any:
+        """The ``OVWeightQuantizationConfig`` for these settings (None for fp16); ``source`` (the model's
+        folder or hub id) gives ``awq`` its tokenizer."""
         from optimum.intel import OVWeightQuantizationConfig
 
         if self.weight_format == "fp16":
             return None
         if self.weight_format == "int8":
             return OVWeightQuantizationConfig(bits=8, sym=self.sym)
+        data_aware: dict[str, Any] = {}
+        if self.awq:
+            texts = calibration_texts()
+            data_aware = dict(dataset=texts, tokenizer=source, num_samples=len(texts), quant_method="awq",
+                              scale_estimation=True)
         return OVWeightQuantizationConfig(bits=4, sym=self.sym, group_size=self.group_size,
-                                          ratio=self.ratio, all_layers=self.all_layers)
+                                          ratio=self.ratio, all_layers=self.all_layers, **data_aware)
+
+
+def calibration_texts() -> list[str]:
+    """The paragraphs of the package's calibration text (``data/calibration.txt``)."""
+    from importlib import resources
+
+    text = resources.files("gemma_widgets").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def export_dir(source: str, settings: ExportSettings) -> Path:
@@ -133,7 +154,7 @@ def export(source: str, settings: ExportSettings) -> Path:
 
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
         steps.set_postfix_str("export and compress weights")
-        config = settings.quantization_config()
+        config = settings.quantization_config(source)
         # The exporter's own tokenizer load warns spuriously, and tracing the model warns about
         # every Python-side check in transformers' code (TracerWarning): nothing a learner can act on.
         with _quiet_transformers(), warnings.catch_warnings():

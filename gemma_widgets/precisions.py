@@ -349,7 +349,7 @@ _FROM_PRETRAINED = ("attn_implementation", "revision", "low_cpu_mem_usage")
 _OPTIONS: dict[Callable[..., LoadedModel], tuple[str, ...]] = {
     _load_torch_dtype: _FROM_PRETRAINED,
     _load_bnb: ("double_quant", *_FROM_PRETRAINED),
-    _load_ov: ("engine", "sym", "group_size", "ratio", "all_layers"),
+    _load_ov: ("engine", "sym", "group_size", "ratio", "all_layers", "awq"),
     _load_llamacpp: ("n_threads", "n_ctx"),
     _load_served: ("model", "api_key", "timeout", "tokenizer"),
 }

@@ -13,6 +13,7 @@ from gemma_widgets._openvino import (
     DETOKENIZER_XML,
     TOKENIZER_XML,
     ExportSettings,
+    calibration_texts,
     compression_mode,
     cpu_properties,
     export,
@@ -43,7 +44,8 @@ def tiny_ir():
 def test_every_setting_gets_its_own_folder():
     base = ExportSettings()
     variants = [base, ExportSettings(sym=True), ExportSettings(group_size=128), ExportSettings(ratio=0.8),
-                ExportSettings(all_layers=True), ExportSettings("int8"), ExportSettings("fp16")]
+                ExportSettings(all_layers=True), ExportSettings(awq=True), ExportSettings("int8"),
+                ExportSettings("fp16")]
     assert len({s.key for s in variants}) == len(variants)
     assert base.key == "int4-asym-g64-r1"
     assert len({export_dir("/some/model", s) for s in variants}) == len(variants)
@@ -51,7 +53,8 @@ def test_every_setting_gets_its_own_folder():
 
 
 @pytest.mark.parametrize("bad", [dict(weight_format="int3"), dict(ratio=0), dict(ratio=1.5),
-                                 dict(group_size=0), dict(group_size="64"), dict(sym="yes")])
+                                 dict(group_size=0), dict(group_size="64"), dict(sym="yes"),
+                                 dict(weight_format="int8", awq=True)])
 def test_bad_settings_are_refused_with_the_allowed_values(bad):
     with pytest.raises(UnknownPrecisionError):
         ExportSettings(**bad)
@@ -63,6 +66,9 @@ def test_quantization_config_carries_the_settings():
     assert settings == (4, True, 32, 0.5, True)
     assert ExportSettings("int8").quantization_config().bits == 8
     assert ExportSettings("fp16").quantization_config() is None
+    awq = ExportSettings(awq=True).quantization_config("/models/gemma")
+    assert (awq.quant_method.value, awq.scale_estimation, awq.tokenizer) == ("awq", True, "/models/gemma")
+    assert awq.dataset == calibration_texts() and "lighthouse" not in " ".join(awq.dataset)  # not the passage
 
 
 def test_an_export_is_complete_and_built_once(tiny_ir, monkeypatch):
