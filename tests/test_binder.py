@@ -20,7 +20,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis"}
+TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis", "mypy", "ruff"}
+#: Not on Binder: llama.cpp builds from source (minutes, with build flags repo2docker cannot pass) and its
+#: server beside a kernel is near Binder's 2 GB; notebook 06's server section and 07's llama.cpp row say
+#: "Skipped here" / unavailable there.
+NOT_ON_BINDER = {"llama-cpp-python"}
 # What Colab ships (late 2026: a CUDA torch, transformers 5, hub 2, ipywidgets 7): the set-up cell's
 # install must keep every one of them.
 COLAB = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126", "transformers": "5.24.0",
@@ -47,7 +51,7 @@ def test_binder_uses_python_3_11():
 
 def test_binder_pins_the_tested_stack_with_a_cpu_torch():
     local, binder = pins(REPO / "requirements.txt"), pins(BINDER / "requirements.txt")
-    runtime = {name: version for name, version in local.items() if name not in TEST_TOOLS}
+    runtime = {name: version for name, version in local.items() if name not in TEST_TOOLS | NOT_ON_BINDER}
     assert binder.pop("torch") == runtime.pop("torch") + "+cpu"
     assert binder == runtime
     lines = (BINDER / "requirements.txt").read_text().splitlines()
