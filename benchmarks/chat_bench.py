@@ -233,11 +233,16 @@ def server_main(args: argparse.Namespace) -> int:
          f"{figures.panel_decode_tok_s:.2f} vs {figures.bare_decode_tok_s:.2f} tok/s; first text "
          f"{figures.panel_first_text_ms:.0f} ms vs first piece {figures.bare_first_token_ms:.0f} ms"),
     ]
+    return report(checks, figures, args.json)
+
+
+def report(checks: list, figures: object, path: str | None) -> int:
+    """Print each check as PASS or MISS, and write the figures (and checks) to ``path`` if given."""
     print()
-    for check, ok, detail in checks:
-        print(f"{'PASS' if ok else 'MISS'}  {check}: {detail}")
-    if args.json:
-        with open(args.json, "w") as fh:
+    for name, ok, detail in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
+    if path:
+        with open(path, "w") as fh:
             json.dump({**asdict(figures), "checks": {c[0]: c[1] for c in checks}}, fh, indent=2)
     return 0
 
@@ -370,13 +375,7 @@ def main(argv: list[str] | None = None) -> int:
          f"in {kv_dtype}: {figures.kv_cache_kept_mb:.1f} MB; {plan.dropped} old messages left out; "
          f"+{figures.rss_growth_second_half_mb:.1f} MB over the second half of the turns)"),
     ]
-    print()
-    for name, ok, detail in checks:
-        print(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({**asdict(figures), "checks": {c[0]: c[1] for c in checks}}, fh, indent=2)
-    return 0
+    return report(checks, figures, args.json)
 
 
 if __name__ == "__main__":
