@@ -23,6 +23,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from gemma_widgets._display import WidgetView
+from gemma_widgets._display import with_class as _with_class
 from gemma_widgets._files import write_atomic
 from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
@@ -66,12 +67,6 @@ def live_html(text: str) -> str:
     """A reply that is still streaming: escaped plain text, no markdown yet."""
     return ('<div class="gw-msg gw-assistant"><div class="gw-who">Gemma</div>'
             f'<div class="gw-body gw-plain">{escape_text(text) or "…"}</div></div>')
-
-
-def _with_class(widget: Any, *names: str) -> Any:
-    for name in names:
-        widget.add_class(name)
-    return widget
 
 
 class ChatPanel(WidgetView):

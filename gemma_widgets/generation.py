@@ -111,7 +111,32 @@ class GenerationStats:
         return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 3)}
 
 
-class Generation:
+class Background:
+    """Work in a thread of its own: :meth:`stop` asks it to end after its current step, :meth:`wait`
+    blocks until ``done``, which the work sets at its very end (after its callbacks), failed or not."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the work to end after its current step (a reply keeps the text so far)."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the work is finished (and its callbacks have run); False on timeout."""
+        return self._done.wait(timeout)
+
+
+class Generation(Background):
     """One reply being generated in the background; ``text`` grows as pieces arrive.
 
     A reader thread iterates the engine's :meth:`~gemma_widgets.engines.base.Engine.stream` and
@@ -130,39 +155,24 @@ class Generation:
         self.error: BaseException | None = None
         self.stats: GenerationStats | None = None
         self.new_tokens = 0
+        self.token_ids: list[int] = []  # the reply's ids, when the engine streams them (see Delta.ids)
         self._finish_reason = "max_new_tokens"
         self._prompt_tokens = plan.prompt_tokens
         self._started = started if started is not None else time.perf_counter()
         self._first_text: float | None = None
-        self._stop = threading.Event()
-        self._done = threading.Event()
+        super().__init__()
         self._on_text, self._on_finish = on_text, on_finish
         self._thread = threading.Thread(target=self._read, args=(engine,), daemon=True,
                                         name="gemma-widgets-stream")
         release_openmp_threads()
         self._thread.start()
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def stop(self) -> None:
-        """Ask the engine to end after the current decoding step; the text so far is kept."""
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the reply is finished (and the view updated); False on timeout."""
-        return self._done.wait(timeout)
-
     def _read(self, engine: Engine) -> None:
         try:
             for delta in engine.stream(Prompt(self.plan.input_ids, self.plan.messages), self.settings,
                                        self._stop):
                 self.new_tokens += delta.tokens
+                self.token_ids += delta.ids
                 if delta.prompt_tokens is not None:
                     self._prompt_tokens = delta.prompt_tokens
                 if delta.finish:

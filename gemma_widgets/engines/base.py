@@ -49,13 +49,15 @@ class Delta:
     """A piece of a streamed reply: new ``text``, the ``tokens`` it took, and at the end ``finish``.
 
     ``finish`` is ``end_of_turn``, ``max_new_tokens`` or ``stopped`` on the last piece only;
-    ``prompt_tokens`` is set when the engine counted the prompt itself (a server's usage figures).
+    ``prompt_tokens`` is set when the engine counted the prompt itself (a server's usage figures);
+    ``ids`` are the new token ids when the engine knows them (a local engine; a server sends text).
     """
 
     text: str = ""
     tokens: int = 0
     finish: str | None = None
     prompt_tokens: int | None = None
+    ids: tuple[int, ...] = ()
 
 
 class Engine:
@@ -145,7 +147,7 @@ class LocalEngine(Engine):
             if not ids:
                 continue
             last = ids[-1]
-            yield Delta(decoder.feed(ids), len(ids))
+            yield Delta(decoder.feed(ids), len(ids), ids=tuple(int(i) for i in ids))
         if last in stops:
             finish = "end_of_turn"
         elif stop.is_set():
