@@ -5,6 +5,7 @@ The table of contents:
 * :func:`load_model`: a preset, hub id or folder, in a precision, ready to generate.
 * :class:`ChatPanel`: a streaming chat widget.
 * :class:`PrecisionDashboard`: measure one prompt across precisions and compare.
+* :class:`PrecisionArena`: one prompt, two precisions side by side, and where their replies part.
 """
 
 from gemma_widgets._native import bound_native_memory
@@ -36,6 +37,7 @@ __all__ = [
     "load_model",
     "ChatPanel",
     "PrecisionDashboard",
+    "PrecisionArena",
 ]
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ChatPanel": "gemma_widgets.chat",
     "PrecisionDashboard": "gemma_widgets.dashboard",
+    "PrecisionArena": "gemma_widgets.arena_panel",
 }
 
 

@@ -16,10 +16,13 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemma_widgets._files import write_atomic
 from gemma_widgets.bench import Result
+
+if TYPE_CHECKING:
+    from gemma_widgets.arena import ArenaResult
 
 _COLOR = "#4c72b0"
 
@@ -164,3 +167,44 @@ def summary_png(results: Sequence[Result]) -> bytes:
 def save_png(results: Sequence[Result], path: str | os.PathLike) -> Path:
     """Write :func:`summary_png` to ``path`` (atomically)."""
     return write_atomic(path, summary_png(results))
+
+
+def arena_png(result: ArenaResult, width: float = 8.0, height: float = 3.0) -> bytes:
+    """Where the challenger parts from the reference (an :class:`~gemma_widgets.arena.ArenaResult`):
+    the reference's probability of each challenger token, the KL per position, the divergence marked."""
+    fig = _new_figure(width, height)
+    ax = fig.add_subplot()
+    ax.set_title(_label(f"{result.challenger} against {result.reference}"), fontsize=10)
+    if result.reference_probs is None and result.kl is None:
+        reasons = "; ".join(sorted(set(result.unavailable.values()))) or "no logits"
+        ax.text(0.5, 0.5, _label(f"no figures: {reasons}"), ha="center", va="center", transform=ax.transAxes,
+                wrap=True)
+        ax.set_axis_off()
+        return _small_png(fig)
+    if result.reference_probs is not None:
+        ax.bar(range(1, len(result.reference_probs) + 1), result.reference_probs, color=_COLOR, alpha=0.8,
+               label="reference's probability of the challenger's token")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("probability")
+    if result.kl is not None:
+        kl_ax = ax.twinx() if result.reference_probs is not None else ax
+        kl_ax.plot(range(1, len(result.kl) + 1), result.kl, color="#dd8452", marker=".",
+                   label="KL(reference || challenger), nats")
+        kl_ax.set_ylabel("KL (nats)")
+        kl_ax.set_ylim(bottom=0)
+    if result.divergence is not None:
+        ax.axvline(result.divergence + 1, color="#c5221f", linestyle="--", label="they part")
+    ax.set_xlabel("token of the reply")
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=3, frameon=False)
+    return _small_png(fig)
+
+
+def _small_png(fig: Any) -> bytes:
+    """The figure as a PNG of at most 64 colours (a third of the bytes: notebooks store it)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(to_png(fig))).convert("RGB").quantize(colors=64).save(buffer, format="png",
+                                                                               optimize=True)
+    return buffer.getvalue()

@@ -287,7 +287,7 @@ def test_export_and_load(tiny, tmp_path, monkeypatch):
 
 def test_runtime_does_not_import_ipywidgets():
     code = ("import sys, gemma_widgets, gemma_widgets.generation, gemma_widgets.conversation, "
-            "gemma_widgets.terminal; print('ipywidgets' in sys.modules)")
+            "gemma_widgets.terminal, gemma_widgets.arena; print('ipywidgets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -128,3 +128,23 @@ def test_send_export_and_load_give_the_transcript_back(echo_panel, tmp_path_fact
     again.load(folder / "chat.json")
     assert again.history == panel.history
     assert json.loads((folder / "chat.json").read_text(encoding="utf-8"))["messages"][0]["content"] == user
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXT, where=st.integers(0, 400))
+def test_the_arena_shows_any_reply_as_token_spans_and_nothing_else(tiny, text, where):
+    """Any model text in the arena's columns: escaped token spans (the same escaping as the chat), and
+    the only tags and attributes are the view's own."""
+    from gemma_widgets.arena_panel import column_html, tokens_html
+
+    if not _valid(text):
+        return
+    ids = tiny.tokenizer(text, add_special_tokens=False).input_ids[:300]
+    probs = [(i % 10) / 10 for i in range(len(ids))]
+    html = column_html(f"challenger: {text[:40]}", tokens_html(tiny.tokenizer, ids, where, probs, probs))
+    parser = _Tags()
+    parser.feed(html)
+    for tag, attrs in parser.found:
+        assert tag in ("div", "span"), (tag, text)
+        assert {name for name, _ in attrs} <= {"class", "style", "title"}, (attrs, text)
+    assert html.count("gw-diverge") == 1  # the token there, or an "ended" mark past the reply

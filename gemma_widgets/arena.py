@@ -1,0 +1,325 @@
+"""The precision arena: one prompt, two precisions of one model, and where their replies part.
+
+:func:`compare` generates a reply from each model with its engine's own stream (greedy by
+default, so a difference is the precision's, not the dice's), one after the other so neither
+shares the CPU with the other and each tok/s is its own. Then it scores with the engines' own
+logits, never a second generation: the *reference's* reply is teacher-forced through both
+models (prompt ids + reference reply ids, :meth:`~gemma_widgets.engines.base.Engine.score`), and
+on the reply's positions only it computes
+
+* ``kl``: KL(reference || challenger) of the two next-token distributions, in nats;
+* ``agreement``: the share of positions where the challenger's most likely next token is the
+  reference's (:func:`gemma_widgets.quality.top1_agreement`);
+* ``challenger_probs``: the challenger's probability of each reference token.
+
+The challenger's own reply is teacher-forced through the reference for ``reference_probs``: how
+likely the reference found each token the challenger wrote (what the arena's view colours).
+An engine that gives no logits leaves the figures that need it ``None``; ``unavailable`` says
+which and why. :class:`ArenaRun` is the same in a background thread, for a view.
+
+>>> from gemma_widgets import load_model                                      # doctest: +SKIP
+>>> ref, q4 = load_model("bundled", "bf16"), load_model("bundled", "ov-int4", engine="optimum")  # doctest: +SKIP
+>>> result = compare(ref, q4, "Name three colours.")                         # doctest: +SKIP
+>>> result.divergence, result.agreement, result.mean_kl                        # doctest: +SKIP
+(5, 0.94, 0.031)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from gemma_widgets.conversation import Conversation, PromptPlan
+from gemma_widgets.engines.base import CapabilityError, Engine
+from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+from gemma_widgets.generation import Background, Generation, SamplingSettings
+from gemma_widgets.models import LoadedModel
+from gemma_widgets.quality import top1_agreement
+
+SIDES = ("reference", "challenger")
+
+#: The arena's default: greedy, and short enough to read side by side.
+DEFAULT_SETTINGS = SamplingSettings(temperature=0.0, max_new_tokens=32)
+
+
+def label(loaded: LoadedModel) -> str:
+    """How the arena names a side: ``bf16 · transformers``."""
+    return f"{loaded.precision} · {loaded.engine.name}"
+
+
+@dataclass(frozen=True)
+class ArenaResult:
+    """Two replies to one prompt and how they differ. Token positions count from the reply's first token.
+
+    ``divergence`` is the first position where the token ids differ (a reply that ended, or was
+    stopped, while the other went on differs there too); None when the replies are identical.
+    Figures that need logits are None when an engine gives none, and ``unavailable`` maps each
+    such figure's name to the reason.
+    """
+
+    prompt: str
+    reference: str  # label() of each side
+    challenger: str
+    reference_text: str
+    challenger_text: str
+    reference_ids: tuple[int, ...]
+    challenger_ids: tuple[int, ...]
+    divergence: int | None
+    reference_tps: float
+    challenger_tps: float
+    #: Share of reference-reply positions where argmax(challenger) == argmax(reference), teacher-forced.
+    agreement: float | None = None
+    #: KL(reference || challenger) in nats at each position of the reference's reply.
+    kl: tuple[float, ...] | None = None
+    #: P_challenger(reference token j | prompt + reference tokens before j).
+    challenger_probs: tuple[float, ...] | None = None
+    #: P_reference(challenger token j | prompt + challenger tokens before j): how likely the reference
+    #: found each token the challenger wrote.
+    reference_probs: tuple[float, ...] | None = None
+    #: At the divergence, each side's probability of the token it chose there (same context on both sides).
+    reference_sure: float | None = None
+    challenger_sure: float | None = None
+    unavailable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def identical_tokens(self) -> int:
+        """Tokens the replies share before they part (all of them when identical)."""
+        return len(self.reference_ids) if self.divergence is None else self.divergence
+
+    @property
+    def mean_kl(self) -> float | None:
+        """Mean of :attr:`kl` over the reference's reply (nats); None when unavailable."""
+        return sum(self.kl) / len(self.kl) if self.kl else None
+
+    def summary(self) -> str:
+        """One line: where they part, agreement, mean KL, each side's speed."""
+        if self.divergence is None:
+            parts = [f"identical: all {len(self.reference_ids)} tokens"]
+        else:
+            sure = ""
+            if self.reference_sure is not None and self.challenger_sure is not None:
+                sure = f" (reference {self.reference_sure:.0%} sure there, challenger {self.challenger_sure:.0%})"
+            parts = [f"{self.divergence} identical tokens, then they part at token {self.divergence + 1}{sure}"]
+        if self.agreement is not None:
+            parts.append(f"top-1 agreement {self.agreement:.1%} over the reference's {len(self.reference_ids)} tokens")
+        if self.mean_kl is not None:
+            parts.append(f"mean KL {self.mean_kl:.4f} nats")
+        parts.append(f"{self.reference} {self.reference_tps:.1f} tok/s")
+        parts.append(f"{self.challenger} {self.challenger_tps:.1f} tok/s")
+        line = " · ".join(parts)
+        if self.unavailable:
+            reasons = sorted(set(self.unavailable.values()))
+            line += f" · unavailable: {', '.join(self.unavailable)} ({'; '.join(reasons)})"
+        return line
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where ``a`` and ``b`` differ (the shorter one's length if one is a prefix); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def reply_log_probs(engine: Engine, ids: Sequence[int], start: int) -> Any:
+    """Log-softmax of ``engine``'s next-token logits over ``ids``, rows ``start`` onward (float32).
+
+    Only the reply's rows are kept: the engine's chunks (:meth:`Engine.score`) of the prompt are
+    dropped as they come.
+    """
+    import torch
+
+    rows, seen = [], 0
+    for chunk in engine.score(ids):
+        if seen + len(chunk) > start:
+            rows.append(torch.log_softmax(chunk[max(0, start - seen):].float(), dim=-1))
+        seen += len(chunk)
+    if seen != len(ids):
+        raise GemmaWidgetsError(f"{engine.name} gave logits for {seen} positions, expected {len(ids)}.")
+    return torch.cat(rows)
+
+
+def _probs(log_probs: Any, tokens: Sequence[int]) -> tuple[float, ...]:
+    import torch
+
+    index = torch.as_tensor(list(tokens), dtype=torch.long)
+    return tuple(log_probs[torch.arange(len(index)), index].exp().tolist())
+
+
+def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids: Sequence[int]) -> ArenaResult:
+    """``result`` with the figures from both engines' logits (see the module docstring)."""
+    import torch
+
+    ref_ids, chal_ids = list(result.reference_ids), list(result.challenger_ids)
+    start = len(prompt_ids) - 1  # the row that predicts the reply's first token
+    forced = [*prompt_ids, *ref_ids]
+    unavailable: dict[str, str] = {}
+    lp = lq = None
+    try:
+        lp = reply_log_probs(reference, forced, start)  # len(ref_ids) + 1 rows
+    except CapabilityError as exc:
+        for name in ("agreement", "kl", "reference_probs", "reference_sure"):
+            unavailable[name] = str(exc)
+    try:
+        lq = reply_log_probs(challenger, forced, start)
+    except CapabilityError as exc:
+        for name in ("agreement", "kl", "challenger_probs", "challenger_sure"):
+            unavailable[name] = str(exc)
+    figures: dict[str, Any] = {}
+    n, d = len(ref_ids), result.divergence
+    if not ref_ids:
+        unavailable.update(agreement="the reference's reply is empty", kl="the reference's reply is empty")
+    elif lp is not None and lq is not None:
+        figures["agreement"] = top1_agreement(lq[:n].argmax(-1).tolist(), lp[:n].argmax(-1).tolist())
+        kl = torch.nn.functional.kl_div(lq[:n], lp[:n], log_target=True, reduction="none").sum(-1)
+        figures["kl"] = tuple(kl.tolist())
+    if lq is not None:
+        figures["challenger_probs"] = _probs(lq[:n], ref_ids)
+        if d is not None and d < len(chal_ids):  # row d: the same context on both sides
+            figures["challenger_sure"] = _probs(lq[d:d + 1], chal_ids[d:d + 1])[0]
+    if lp is not None:
+        if d is None:
+            figures["reference_probs"] = _probs(lp[:n], ref_ids)
+        elif chal_ids:
+            own = reply_log_probs(reference, [*prompt_ids, *chal_ids], start)
+            figures["reference_probs"] = _probs(own[:len(chal_ids)], chal_ids)
+        if d is not None and d < n:
+            figures["reference_sure"] = _probs(lp[d:d + 1], ref_ids[d:d + 1])[0]
+    return replace(result, **figures, unavailable=MappingProxyType(unavailable))
+
+
+def _plans(reference: LoadedModel, challenger: LoadedModel, prompt: str,
+           settings: SamplingSettings) -> tuple[PromptPlan, PromptPlan]:
+    """Both sides' prompts, checked: not empty, inside the smaller context window, the same token ids."""
+    settings.validate()
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise GemmaWidgetsError("The prompt is empty: type something for both models to answer.")
+    window = min(reference.context_window, challenger.context_window)
+    plans = []
+    for loaded in (reference, challenger):
+        conversation = Conversation()
+        conversation.add_user(prompt)  # an empty prompt is refused here, with the reason
+        plans.append(conversation.plan(loaded.tokenizer, window, int(settings.max_new_tokens)))
+    ref_plan, chal_plan = plans
+    if reference.tokenizer is None:
+        raise GemmaWidgetsError(f"The reference ({label(reference)}) has no local tokenizer: the arena needs "
+                                "one to count and score tokens. Make a local model the reference.")
+    if challenger.tokenizer is not None and list(ref_plan.input_ids) != list(chal_plan.input_ids):
+        raise GemmaWidgetsError(
+            f"The two models tokenize the prompt differently ({ref_plan.prompt_tokens} and "
+            f"{chal_plan.prompt_tokens} tokens): the arena compares precisions of one model, which share a "
+            "tokenizer. Load the same model in two precisions.")
+    return ref_plan, chal_plan
+
+
+class ArenaRun(Background):
+    """One comparison in a background thread: the reference streams, then the challenger, then scoring.
+
+    Making a run checks the prompt (and raises, starting nothing); :meth:`start` starts it.
+
+    ``on_text(side, text_so_far)`` is called as each reply grows and ``on_finish(run)`` once at the
+    end (from the thread). Then ``result`` holds the :class:`ArenaResult`, or ``error`` the
+    exception (a model raised), or ``stopped`` is True (:meth:`stop`: nothing is scored).
+    ``done`` is set in every case, so :meth:`wait` never hangs.
+    """
+
+    def __init__(self, reference: LoadedModel, challenger: LoadedModel, prompt: str,
+                 settings: SamplingSettings | None = None, *,
+                 on_text: Callable[[str, str], None] | None = None,
+                 on_finish: Callable[[ArenaRun], None] | None = None):
+        self.settings = SamplingSettings(**vars(settings or DEFAULT_SETTINGS))
+        self.plans = _plans(reference, challenger, prompt, self.settings)
+        self.models = {"reference": reference, "challenger": challenger}
+        self.prompt = prompt
+        self.texts = dict.fromkeys(SIDES, "")
+        self.result: ArenaResult | None = None
+        self.error: BaseException | None = None
+        self.generation: Generation | None = None
+        super().__init__()
+        self._on_text, self._on_finish = on_text, on_finish
+        self._thread = threading.Thread(target=self._run, daemon=True, name="gemma-widgets-arena")
+
+    def start(self) -> ArenaRun:
+        """Start the comparison in its thread (the prompt was checked when the run was made)."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the reply that is streaming after its current step; the other side does not start."""
+        super().stop()
+        if self.generation is not None:
+            self.generation.stop()
+
+    def _generate(self, side: str, plan: PromptPlan) -> Generation:
+        def on_text(text: str) -> None:
+            self.texts[side] = text
+            if self._on_text is not None:
+                self._on_text(side, text)
+
+        self.generation = Generation(self.models[side].engine, plan, self.settings, on_text=on_text)
+        if self._stop.is_set():
+            self.generation.stop()
+        self.generation.wait()
+        if self.generation.error is not None:
+            error = self.generation.error
+            raise GenerationError(f"The {side} ({label(self.models[side])}) raised {type(error).__name__}: "
+                                  f"{error}") from error
+        return self.generation
+
+    def _ids(self, side: str, generation: Generation) -> tuple[int, ...]:
+        if generation.token_ids or not generation.text:
+            return tuple(generation.token_ids)
+        # a server streams text only: count its tokens with the reference's tokenizer
+        tokenizer = self.models["reference"].tokenizer
+        return tuple(tokenizer(generation.text, add_special_tokens=False).input_ids)
+
+    def _run(self) -> None:
+        try:
+            done: dict[str, Generation] = {}
+            for side, plan in zip(SIDES, self.plans, strict=True):
+                if self._stop.is_set():
+                    return
+                done[side] = self._generate(side, plan)
+            if self._stop.is_set():
+                return
+            ref, chal = done["reference"], done["challenger"]
+            ref_ids, chal_ids = self._ids("reference", ref), self._ids("challenger", chal)
+            retokenized = {f"{side}_ids": "re-tokenized from its text (the engine streams text, not token ids)"
+                           for side, g in done.items() if g.text and not g.token_ids}
+            assert ref.stats is not None and chal.stats is not None  # set before a Generation is done
+            unscored = ArenaResult(
+                self.prompt, label(self.models["reference"]), label(self.models["challenger"]),
+                ref.text, chal.text, ref_ids, chal_ids, first_difference(ref_ids, chal_ids),
+                ref.stats.tokens_per_second, chal.stats.tokens_per_second)
+            result = score(unscored, self.models["reference"].engine, self.models["challenger"].engine,
+                           self.plans[0].input_ids)
+            if retokenized:
+                result = replace(result, unavailable=MappingProxyType({**result.unavailable, **retokenized}))
+            self.result = result
+        except BaseException as exc:  # shown by the view; compare() raises it
+            self.error = exc
+        finally:
+            try:
+                if self._on_finish is not None:
+                    self._on_finish(self)
+            finally:
+                self._done.set()
+
+
+def compare(reference: LoadedModel, challenger: LoadedModel, prompt: str,
+            settings: SamplingSettings | None = None) -> ArenaResult:
+    """Both replies to ``prompt`` and how they differ (see the module docstring); blocks until done.
+
+    ``settings`` are shared by both sides (default :data:`DEFAULT_SETTINGS`: greedy, 32 new tokens).
+    Raises :class:`GemmaWidgetsError` for an empty or too long prompt, or two tokenizers that
+    disagree, and :class:`GenerationError` when a model raises.
+    """
+    run = ArenaRun(reference, challenger, prompt, settings).start()
+    run.wait()
+    if run.error is not None:
+        raise run.error
+    assert run.result is not None
+    return run.result

@@ -1,0 +1,223 @@
+"""The precision arena: two replies, where they part, and figures from the engines' own logits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from html.parser import HTMLParser
+
+import pytest
+from chat_fakes import ScriptedModel, fake_loaded
+
+from gemma_widgets import arena
+from gemma_widgets.engines.base import Engine
+from gemma_widgets.engines.hf import TransformersEngine
+from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+from gemma_widgets.generation import SamplingSettings
+
+XSS = "<img src=x onerror=alert(1)>"
+SHORT = SamplingSettings(temperature=0.0, max_new_tokens=16)
+
+
+def parse(html: str) -> tuple[set[str], str]:
+    """The tags in ``html`` and its text as a browser shows it."""
+    tags: set[str] = set()
+    text: list[str] = []
+    parser = HTMLParser(convert_charrefs=True)
+    parser.handle_starttag = lambda tag, attrs: tags.add(tag)  # type: ignore[method-assign]
+    parser.handle_data = text.append  # type: ignore[method-assign]
+    parser.feed(html)
+    parser.close()
+    return tags, "".join(text)
+
+
+class NoLogits(TransformersEngine):
+    """A scripted engine that streams tokens and, like a server, gives no logits."""
+
+    name = "scripted"
+    can_score = False
+    why_no_scores = "a scripted fake gives no logits"
+    score = Engine.score
+
+
+def scripted(tiny, reply_ids, **options):
+    """A model that replies ``reply_ids`` (then end of turn), and cannot score."""
+    model = ScriptedModel(tiny.tokenizer, **options)
+    model.reply_ids = list(reply_ids)
+    return replace(fake_loaded(tiny, model), engine=NoLogits(model, tiny.tokenizer, tiny.path))
+
+
+@pytest.fixture(scope="module")
+def tiny_reply(tiny):
+    """The tiny model's greedy reply to a short prompt, against itself."""
+    return arena.compare(tiny, tiny, "Name three colours.", SHORT)
+
+
+def test_first_difference():
+    assert arena.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert arena.first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert arena.first_difference([1, 2], [1, 2, 3]) == 2  # one ended where the other went on
+    assert arena.first_difference([], []) is None
+
+
+def test_the_tiny_model_against_itself_is_identical(tiny_reply):
+    result = tiny_reply
+    assert result.reference_ids == result.challenger_ids and len(result.reference_ids) > 0
+    assert result.reference_text == result.challenger_text
+    assert result.divergence is None and result.identical_tokens == len(result.reference_ids)
+    assert result.agreement == 1.0 and result.mean_kl == pytest.approx(0, abs=1e-6)
+    assert result.reference_probs == result.challenger_probs and not result.unavailable
+    assert result.summary().startswith(f"identical: all {len(result.reference_ids)} tokens")
+
+
+def test_an_engine_without_logits_still_gives_texts_and_the_divergence(tiny, tiny_reply):
+    """Three tokens as the reference wrote them, then markup: the divergence is at token 3, the
+    reference still scores the challenger's tokens, and the figures that need both say why not."""
+    tok = tiny.tokenizer
+    tail = tok(XSS, add_special_tokens=False).input_ids
+    assert tail[0] != tiny_reply.reference_ids[3]
+    challenger = scripted(tiny, [*tiny_reply.reference_ids[:3], *tail])
+    result = arena.compare(tiny, challenger, "Name three colours.", SHORT)
+    assert result.reference_ids == tiny_reply.reference_ids
+    assert result.challenger_ids[:-1] == (*tiny_reply.reference_ids[:3], *tail)  # then end of turn
+    assert XSS in result.challenger_text
+    assert result.divergence == 3 and result.identical_tokens == 3
+    assert result.agreement is None and result.kl is None and result.mean_kl is None
+    assert result.challenger_probs is None and result.challenger_sure is None
+    assert set(result.unavailable) == {"agreement", "kl", "challenger_probs", "challenger_sure"}
+    assert all("scripted cannot score text: a scripted fake gives no logits" in why
+               for why in result.unavailable.values())
+    assert len(result.reference_probs) == len(result.challenger_ids)
+    assert result.reference_probs[:3] == pytest.approx(tiny_reply.reference_probs[:3], abs=1e-5)
+    assert 0 < result.reference_sure <= 1
+    line = result.summary()
+    assert "3 identical tokens, then they part at token 4" in line and "unavailable: agreement" in line
+
+
+def test_an_empty_or_too_long_prompt_is_refused_with_a_reason(tiny):
+    for empty in ("", "   \n"):
+        with pytest.raises(GemmaWidgetsError, match="The prompt is empty"):
+            arena.compare(tiny, tiny, empty)
+    with pytest.raises(GenerationError, match="context window"):
+        arena.compare(tiny, tiny, "word " * tiny.context_window, SHORT)
+
+
+def test_a_model_that_raises_becomes_a_generation_error(tiny):
+    broken = scripted(tiny, [10, 11, 12], fail_after=1)
+    with pytest.raises(GenerationError, match=r"challenger \(fp32 · scripted\) raised RuntimeError"):
+        arena.compare(tiny, broken, "Hi", SHORT)
+
+
+# --- the widget --------------------------------------------------------------------------------
+def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny, tiny_reply):
+    from gemma_widgets.arena_panel import PrecisionArena
+
+    tail = tiny.tokenizer(XSS, add_special_tokens=False).input_ids
+    view = PrecisionArena([tiny, scripted(tiny, [*tiny_reply.reference_ids[:3], *tail])], settings=SHORT)
+    result = view.compare("Name three colours.")
+    assert view.result is result and result.divergence == 3
+    assert "3 identical tokens, then they part at token 4" in view.summary.value
+    challenger = view.challenger_column.value
+    assert challenger.count("gw-diverge") == 1
+    tags, text = parse(challenger)
+    assert XSS in text and tags <= {"div", "span"}  # the markup is text, split into token spans
+    assert parse(view.ref_column.value)[0] <= {"div", "span"}
+    assert 'title="reference p = ' in challenger
+    assert view.ref_column.value.count("gw-diverge") == 1
+    assert view.send_button.disabled is False and view.stop_button.disabled is True
+
+    # An empty prompt is refused with a notice, and the last comparison stays on show.
+    view.input.value = "  "
+    view._ui(view._send_input)
+    assert "The prompt is empty" in view.notice.value
+    assert view.challenger_column.value == challenger and view.result is result
+
+
+def test_the_arena_widget_stops_and_reports_errors_in_one_line(tiny):
+    from gemma_widgets.arena_panel import PrecisionArena
+
+    slow = scripted(tiny, tiny.tokenizer(" one two three", add_special_tokens=False).input_ids, delay=0.05,
+                    forever=True)
+    view = PrecisionArena([slow, tiny], settings=SamplingSettings(temperature=0, max_new_tokens=400))
+    run = view.send("Hi")
+    assert view.stop_button.disabled is False and view.send_button.disabled is True
+    slow.model.started.wait(30)
+    view.stop()
+    assert view.wait(30) and run.stopped and run.result is None
+    assert "Stopped by the user" in view.notice.value
+    assert view.ref_column.value.count("gw-diverge") == 0 and "…" not in view.ref_column.value
+    assert view.challenger_column.value.endswith("…</div>")  # the challenger never started
+
+    broken = PrecisionArena([tiny, scripted(tiny, [10, 11, 12], fail_after=1)], settings=SHORT)
+    with pytest.raises(GenerationError):
+        broken.compare("Hi")
+    assert "RuntimeError" in broken.notice.value and "Nothing was compared" in broken.notice.value
+    assert broken.send_button.disabled is False
+
+
+def test_the_arena_widget_needs_two_models(tiny):
+    from gemma_widgets.arena_panel import PrecisionArena
+
+    with pytest.raises(GemmaWidgetsError, match="two models"):
+        PrecisionArena([tiny])
+
+
+def test_the_arena_picture_is_a_png(tiny_reply):
+    from gemma_widgets import plots
+
+    png = plots.arena_png(tiny_reply)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the bundled model -------------------------------------------------------------------------
+PROMPT = "Write one sentence about the sea."
+BUNDLED = SamplingSettings(temperature=0.0, max_new_tokens=24)
+
+
+@pytest.mark.integration
+def test_the_bundled_model_against_itself_is_identical(bundled):
+    result = arena.compare(bundled, bundled, PROMPT, BUNDLED)
+    assert result.reference_text == result.challenger_text and result.reference_text.strip()
+    assert result.divergence is None and result.agreement == 1.0
+    assert result.mean_kl == pytest.approx(0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def int4(bundled):
+    from gemma_widgets import PRESETS, load_model
+    from gemma_widgets.precisions import PRECISIONS
+
+    reason = PRECISIONS["ov-int4-optimum"].unavailable_reason(PRESETS["bundled"])
+    if reason:
+        pytest.skip(reason)
+    return load_model("bundled", "ov-int4", engine="optimum")
+
+
+@pytest.mark.integration
+def test_bf16_against_ov_int4_matches_an_independent_computation_from_both_models_logits(bundled, int4):
+    """One plain forward pass of each model over prompt + the bf16 reply, log-softmax, KL and argmax."""
+    import torch
+
+    result = arena.compare(bundled, int4, PROMPT, BUNDLED)
+    prompt = list(bundled.prompt(PROMPT).input_ids)
+    reply = list(result.reference_ids)
+    ids = torch.tensor([prompt + reply])
+    with torch.inference_mode():
+        ref_logits = bundled.model(input_ids=ids).logits[0].float()
+        int4_logits = int4.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+    rows = slice(len(prompt) - 1, len(prompt) - 1 + len(reply))  # the rows that predict the reply
+    lp, lq = torch.log_softmax(ref_logits[rows], -1), torch.log_softmax(int4_logits[rows], -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    agreement = (lq.argmax(-1) == lp.argmax(-1)).float().mean().item()
+    chosen = lq.argmax(-1).tolist()  # greedy int4 on the bf16 prefix: where it first picks otherwise
+    parts = next((j for j, (a, b) in enumerate(zip(chosen, reply, strict=True)) if a != b), None)
+
+    assert result.agreement == pytest.approx(agreement, abs=1e-3)
+    assert result.mean_kl == pytest.approx(kl.mean().item(), abs=1e-3)
+    assert result.kl == pytest.approx(kl.tolist(), abs=1e-3)
+    assert result.divergence == (parts if parts is not None else arena.first_difference(reply, result.challenger_ids))
+    if result.divergence is not None:
+        assert result.challenger_ids[:result.divergence] == result.reference_ids[:result.divergence]
+        assert result.challenger_sure is not None and result.reference_sure is not None
+    assert math.isfinite(result.reference_tps) and result.reference_tps > 0 and result.challenger_tps > 0
+    assert not result.unavailable
