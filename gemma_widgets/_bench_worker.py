@@ -121,7 +121,12 @@ def measure(scenario: protocol.Scenario, emit: Emit) -> None:
     notes = list(loaded.notes)
     if scenario.quality and not engine.can_score:
         notes.append(f"perplexity unavailable: {engine.name} cannot score text ({engine.why_no_scores})")
-    emit(protocol.Loaded(engine.name, load_s, engine.weights_bytes(), notes))
+    try:
+        recipe = engine.recipe()
+    except (OSError, ValueError, RuntimeError) as exc:  # an unreadable file costs the recipe, not the run
+        recipe = ""
+        notes.append(f"recipe unavailable: {exc}")
+    emit(protocol.Loaded(engine.name, load_s, engine.weights_bytes(), notes, recipe))
     prompt = loaded.prompt(scenario.prompt, chat=loaded.preset.instruction_tuned)
     emit(protocol.PromptSize(len(prompt.input_ids)))
 

@@ -62,7 +62,7 @@ from gemma_widgets.bench_protocol import (
     parse_variant,
 )
 from gemma_widgets.errors import GemmaWidgetsError, UnknownPrecisionError
-from gemma_widgets.machine import Machine
+from gemma_widgets.machine import Machine, noise_probe
 from gemma_widgets.quality import top1_agreement
 
 DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
@@ -100,6 +100,11 @@ class Result:
     top1_agreement: float | None = None
     reference: str = ""
     text: str = ""
+    recipe: str = ""  # which weights at which precision (gemma_widgets.recipe)
+    rounds: int = 1  # interleaved rounds the timed runs come from
+    noise_floor: float | None = None  # the machine's own spread over the run (machine.noise_floor)
+    speed_vs_reference: float | None = None  # decode tok/s over the reference's
+    within_noise: bool | None = None  # this variant's and the reference's tok/s ranges overlap
     ttft_runs_ms: list[float] = field(default_factory=list)
     decode_runs_tps: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -115,6 +120,33 @@ class Result:
         if not self.decode_tps or self.decode_tps_p10 is None or self.decode_tps_p90 is None:
             return None
         return (self.decode_tps_p90 - self.decode_tps_p10) / self.decode_tps
+
+    def decode_range(self) -> tuple[float, float] | None:
+        """The p10-p90 range of decode tok/s, widened to at least the machine's noise floor around
+        the median (a few runs can agree by chance more closely than the machine allows)."""
+        if not self.decode_tps or self.decode_tps_p10 is None or self.decode_tps_p90 is None:
+            return None
+        half = self.decode_tps * (self.noise_floor or 0.0) / 2
+        return min(self.decode_tps_p10, self.decode_tps - half), max(self.decode_tps_p90, self.decode_tps + half)
+
+
+def within_noise(a: Result, b: Result) -> bool | None:
+    """True when ``a``'s and ``b``'s decode ranges (:meth:`Result.decode_range`) overlap: on this
+    machine the two cannot be told apart. None when either has no decode figure."""
+    ra, rb = a.decode_range(), b.decode_range()
+    if ra is None or rb is None:
+        return None
+    return ra[0] <= rb[1] and rb[0] <= ra[1]
+
+
+def compare_with_reference(results: Sequence[Result]) -> None:
+    """Fill each result's ``speed_vs_reference`` and ``within_noise`` from the reference's row."""
+    reference = next((r for r in results if r.ok and r.variant == r.reference), None)
+    for r in results:
+        if reference is None or r is reference or not (r.ok and r.decode_tps and reference.decode_tps):
+            continue
+        r.speed_vs_reference = r.decode_tps / reference.decode_tps
+        r.within_noise = within_noise(r, reference)
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,14 @@ def _summary(values: Sequence[float]) -> tuple[float | None, float | None, float
     if not values:
         return None, None, None
     return statistics.median(values), _percentile(values, 0.1), _percentile(values, 0.9)
+
+
+def noise_floor(probes: Sequence[float]) -> float | None:
+    """The machine's own spread over a run, ``(p90 - p10) / median`` of :func:`~gemma_widgets.machine.noise_probe`
+    times taken between the variants: speeds that differ by less cannot be told apart here (None under 2)."""
+    if len(probes) < 2:
+        return None
+    return (_percentile(probes, 0.9) - _percentile(probes, 0.1)) / statistics.median(probes)
 
 
 def variant_choices(model: str | None = None) -> dict[str, str | None]:
@@ -249,16 +289,24 @@ def _needs_prepare(variant: str) -> bool:
     return parse_variant(variant)[0].startswith("ov-")
 
 
+@dataclass
+class _Measured:
+    """One variant's measurement in one round: its result, top-1 predictions and raw timings."""
+
+    result: Result
+    top1: list[int] = field(default_factory=list)
+    prefill: list[float] = field(default_factory=list)
+    decode: list[Step] = field(default_factory=list)
+
+
 def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event,
-             timeout_s: float | None, progress: Callable[[Progress], None]) -> tuple[Result, list[int]]:
-    """Measure one variant in its own process; returns its result and its top-1 predictions."""
+             timeout_s: float | None, progress: Callable[[Progress], None]) -> _Measured:
+    """Measure one variant in its own process (its timings are summarised by the caller)."""
     result = Result(scenario.model, scenario.variant, new_tokens=scenario.new_tokens, repeats=scenario.repeats)
+    measured = _Measured(result)
     prepare = _needs_prepare(scenario.variant)
     steps = prepare + 1 + scenario.warmup + 2 * scenario.repeats + 1
     done = 0
-    top1: list[int] = []
-    prefill: list[float] = []
-    decode_steps: list[Step] = []
     started = time.monotonic()
 
     def tick(stage: str) -> None:
@@ -271,7 +319,7 @@ def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event
         for event in _events(dataclasses.replace(scenario, prepare_only=True), cancel, timeout_s, started):
             if isinstance(event, Failed):
                 result.status, result.error = event.status, event.message
-                return result, top1
+                return measured
             if isinstance(event, Prepared):
                 result.notes.append(f"loaded once first in a separate process ({event.seconds:.0f} s), "
                                     "so a one-time export counts in neither load time nor memory")
@@ -282,7 +330,7 @@ def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event
             case Failed():
                 result.status, result.error = event.status, event.message
             case Loaded():
-                result.engine, result.load_s = event.engine, event.load_s
+                result.engine, result.load_s, result.recipe = event.engine, event.load_s, event.recipe
                 result.notes += event.notes
                 result.weights_mb = event.weights_bytes / _MB
                 tick("load")
@@ -296,15 +344,14 @@ def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event
             case Text():
                 result.text = event.text
             case Quality():
-                result.perplexity, top1 = event.perplexity, event.top1
+                result.perplexity, measured.top1 = event.perplexity, event.top1
             case Step():
                 if event.stage == "prefill" and event.seconds is not None:
-                    prefill.append(event.seconds)
+                    measured.prefill.append(event.seconds)
                 elif event.stage == "decode":
-                    decode_steps.append(event)
+                    measured.decode.append(event)
                 tick(event.stage)
-    _fill_timings(result, prefill, decode_steps)
-    return result, top1
+    return measured
 
 
 def _fill_timings(result: Result, prefill: list[float], decode: list[Step]) -> None:
@@ -337,8 +384,8 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         reference: str | None = None, quality: bool = True, passage_tokens: int | None = None,
         cancel: threading.Event | None = None, on_progress: Callable[[Progress], None] | None = None,
         on_result: Callable[[Result], None] | None = None, progress_bar: bool = False,
-        timeout_s: float | None = 1800) -> list[Result]:
-    """Measure ``variants`` of ``model`` one at a time, each in a fresh process.
+        timeout_s: float | None = 1800, rounds: int = 1) -> list[Result]:
+    """Measure ``variants`` of ``model`` one at a time, each in a fresh process, in interleaved rounds.
 
     Args:
         model: a preset, hub id or folder (default ``$GEMMA_MODEL`` or ``bundled``).
@@ -355,6 +402,9 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         on_progress, on_result: called (from this thread) as stages and variants finish.
         progress_bar: show a tqdm bar over all variants' steps.
         timeout_s: the most one variant may take before it is stopped and reported failed.
+        rounds: measure every variant this many times, round after round (a fresh process each
+            time), so a slow minute of a shared machine falls on every variant rather than on one;
+            each variant's timed runs are pooled over the rounds, its quality scored in the first.
 
     Returns:
         One :class:`Result` per variant measured, in the order run (the reference first); a
@@ -362,10 +412,10 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     """
     from gemma_widgets.models import resolve_preset
 
-    if new_tokens < 2 or repeats < 1 or warmup < 0:
+    if new_tokens < 2 or repeats < 1 or warmup < 0 or rounds < 1:
         raise GemmaWidgetsError(
-            f"new_tokens must be at least 2 and repeats at least 1 (got {new_tokens}, {repeats}); "
-            f"warmup cannot be negative (got {warmup})."
+            f"new_tokens must be at least 2, repeats and rounds at least 1 (got {new_tokens}, {repeats}, "
+            f"{rounds}); warmup cannot be negative (got {warmup})."
         )
     preset = resolve_preset(model)
     variants = list(variants) if variants else default_variants(preset.name)
@@ -380,7 +430,7 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     if progress_bar:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(order), desc="bench", unit="variant")
+        bar = tqdm(total=len(order) * rounds, desc="bench", unit="run")
 
     def report(p: Progress) -> None:
         if bar is not None:
@@ -389,25 +439,57 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         if on_progress:
             on_progress(p)
 
+    measured: dict[str, _Measured] = {}
     results: list[Result] = []
+    probes = [noise_probe()]
     reference_top1: list[int] | None = None
+
+    def finish(m: _Measured) -> None:
+        result = m.result
+        _fill_timings(result, m.prefill, m.decode)
+        result.noise_floor = noise_floor(probes)
+        results.append(result)
+        compare_with_reference(results)
+        report(Progress(result.variant, order.index(result.variant) + (rounds - 1) * len(order), total,
+                        "finished", 1.0))
+        if on_result:
+            on_result(result)
+
+    total = len(order) * rounds
     try:
-        for index, variant in enumerate(order):
-            if cancel.is_set():
-                break
-            result, top1 = _measure(dataclasses.replace(base, variant=variant), index, len(order), cancel,
-                                    timeout_s, report)
-            result.machine, result.reference = machine, reference if quality else ""
-            if variant == reference and top1:
-                reference_top1 = top1
-            if top1 and reference_top1 and len(top1) == len(reference_top1):
-                result.top1_agreement = top1_agreement(top1, reference_top1)
-            results.append(result)
-            report(Progress(variant, index, len(order), "finished", 1.0))
-            if on_result:
-                on_result(result)
-            if result.status == "cancelled":
-                break
+        for round_index in range(rounds):
+            for i, variant in enumerate(order):
+                if cancel.is_set():
+                    break
+                if variant in measured and not measured[variant].result.ok:
+                    continue  # failed or could not run: reported once
+                scenario = dataclasses.replace(base, variant=variant, quality=quality and round_index == 0)
+                m = _measure(scenario, round_index * len(order) + i, total, cancel, timeout_s, report)
+                probes.append(noise_probe())
+                kept = measured.setdefault(variant, m)
+                kept.result.machine, kept.result.reference = machine, reference
+                if m is not kept and m.result.ok:
+                    kept.prefill += m.prefill
+                    kept.decode += m.decode
+                    kept.result.rounds += 1
+                elif m is not kept:
+                    kept.result.notes.append(f"round {round_index + 1}: {m.result.status}: {m.result.error}")
+                if variant == reference and m.top1:
+                    reference_top1 = m.top1
+                if m.top1 and reference_top1 and len(m.top1) == len(reference_top1):
+                    kept.result.top1_agreement = top1_agreement(m.top1, reference_top1)
+                if round_index == rounds - 1 or not kept.result.ok:
+                    finish(kept)
+                if m.result.status == "cancelled":
+                    break
+        for m in measured.values():  # cancelled before the last round: what the earlier rounds measured
+            if m.result not in results:
+                m.result.notes.append(f"cancelled after {m.result.rounds} of {rounds} rounds")
+                finish(m)
+        for result in results:  # every row beside the noise of the whole run
+            result.noise_floor = noise_floor(probes)
+        compare_with_reference(results)
+        results.sort(key=lambda r: order.index(r.variant))
     finally:
         if bar is not None:
             bar.close()
@@ -462,6 +544,10 @@ def _from_cell(text: str, hint: Any) -> Any:
         text = text[1:]  # written so that a spreadsheet shows it as text
     if origin & {list, dict}:
         return json.loads(text)
+    if bool in options:
+        if text not in ("True", "False"):
+            raise ValueError(f"{text!r} is not True or False")
+        return text == "True"
     if int in options:
         return int(text)
     if float in options:
@@ -548,7 +634,15 @@ def _agreement(r: Result) -> str:
 
 def _spread(r: Result) -> str:
     spread = r.decode_spread
-    return "-" if spread is None else f"{spread:.1%}"
+    if spread is None:
+        return "-"
+    return f"{spread:.1%}" + ("" if r.noise_floor is None else f" (noise {r.noise_floor:.1%})")
+
+
+def _versus(r: Result) -> str:
+    if r.speed_vs_reference is None:
+        return "ref" if r.reference and r.variant == r.reference and r.decode_tps else "-"
+    return f"{r.speed_vs_reference:.2f}x" + (", within noise" if r.within_noise else "")
 
 
 #: The results table, as both the text table and the dashboard's HTML table show it.
@@ -563,6 +657,7 @@ COLUMNS = (
     Column("decode tok/s", lambda r: _fmt(r.decode_tps, ".1f")),
     Column("p10-p90", lambda r: f"{_fmt(r.decode_tps_p10, '.1f')}-{_fmt(r.decode_tps_p90, '.1f')}"),
     Column("spread", _spread),
+    Column("vs ref", _versus),
     Column("perplexity", lambda r: _fmt(r.perplexity, ".2f")),
     Column("top-1 agree", _agreement),
 )
@@ -589,6 +684,11 @@ def format_table(results: Sequence[Result]) -> str:
         else:
             lines.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
     return "\n".join(lines)
+
+
+def recipes(results: Sequence[Result]) -> list[tuple[str, str]]:
+    """``(variant, recipe)`` for each result that read one: which weights it keeps at which precision."""
+    return [(r.variant, r.recipe) for r in results if r.recipe]
 
 
 def within_quality_bound(result: Result, reference: Result | None,
@@ -636,6 +736,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per decode (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds: every variant again, round after round (default 1)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every variant completes")
     parser.add_argument("--reference", default=None,
                         help="quality reference (default fp32 if run, else bf16, else the first)")
@@ -694,15 +796,17 @@ def main(args: Any) -> int:
     try:
         results = run(args.model, variants, prompt=args.prompt, new_tokens=args.new_tokens,
                       repeats=args.repeats, warmup=args.warmup, reference=args.reference,
-                      cancel=cancel, on_result=finished, progress_bar=True)
+                      cancel=cancel, on_result=finished, progress_bar=True, rounds=args.rounds)
     finally:
         signal.signal(signal.SIGINT, previous)
     machine = next((r.machine for r in results if r.machine), None)
     if machine:
         print(f"\n{results[0].model} on {machine.cpu} ({machine.cores} cores, {machine.memory_gb} GB"
               f"{', ' + machine.gpu if machine.gpu else ''}); {args.new_tokens} new tokens, "
-              f"median of {args.repeats}\n")
+              f"median of {args.repeats} runs x {args.rounds} interleaved round(s)\n")
     print(format_table(results))
+    for variant, recipe in recipes(results):
+        print(f"recipe of {variant}: {recipe}")
     print(recommend(results))
     if args.out:
         print(f"saved {save(results, args.out)}")

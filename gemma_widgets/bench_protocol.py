@@ -68,12 +68,13 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Loaded:
-    """The variant is loaded: its engine, load time, weights footprint and loading notes."""
+    """The variant is loaded: its engine, load time, weights footprint, loading notes and recipe."""
 
     engine: str
     load_s: float
     weights_bytes: int
     notes: list[str] = field(default_factory=list)
+    recipe: str = ""  # which weights at which precision (gemma_widgets.recipe)
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ class PrecisionDashboard(WidgetView):
         model: preset, hub id or folder (default ``$GEMMA_MODEL`` or ``bundled``).
         variants: the variants ticked at start (default: every one that can run here); names
             outside the registry, such as ``"bf16+compile"``, get a box of their own.
-        prompt, new_tokens, repeats: the scenario's starting values.
+        prompt, new_tokens, repeats, rounds: the scenario's starting values (see :func:`~gemma_widgets.bench.run`).
         results: a list of :class:`~gemma_widgets.bench.Result` or a saved results file to show.
     """
 
     def __init__(self, model: str | None = None, variants: Sequence[str] | None = None, *,
-                 prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3,
+                 prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3, rounds: int = 1,
                  results: Sequence[Result] | str | os.PathLike | None = None):
         from gemma_widgets.models import resolve_preset
 
@@ -70,6 +70,8 @@ class PrecisionDashboard(WidgetView):
         self.prompt = w.Textarea(value=prompt, description="Prompt", layout=w.Layout(width="95%"))
         self.new_tokens = w.BoundedIntText(value=new_tokens, min=2, max=2048, description="New tokens")
         self.repeats = w.BoundedIntText(value=repeats, min=1, max=50, description="Repeats")
+        self.rounds = w.BoundedIntText(value=rounds, min=1, max=20, description="Rounds",
+                                       tooltip="interleaved rounds: every variant again, round after round")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
         self.status = w.HTML()
@@ -102,7 +104,7 @@ class PrecisionDashboard(WidgetView):
         self.widget = w.VBox([
             w.HTML("<h3>Precision dashboard</h3>"),
             self.model, w.Label("Variants:"), self.variant_box, self.prompt,
-            w.HBox([self.new_tokens, self.repeats]),
+            w.HBox([self.new_tokens, self.repeats, self.rounds]),
             w.HBox([self.run_button, self.cancel_button]), self.status, self.progress,
             self.table, w.HBox(list(self.images.values()), layout=w.Layout(flex_flow="row wrap")),
             self.recommendation, self.outputs,
@@ -150,7 +152,8 @@ class PrecisionDashboard(WidgetView):
         self.run_button.disabled, self.cancel_button.disabled = True, False
         self.status.value = f"Measuring {len(order)} variant(s), each in a fresh process..."
         settings = dict(model=self.model.value, variants=order, prompt=self.prompt.value,
-                        new_tokens=self.new_tokens.value, repeats=self.repeats.value, reference=reference)
+                        new_tokens=self.new_tokens.value, repeats=self.repeats.value, rounds=self.rounds.value,
+                        reference=reference)
         self._thread = threading.Thread(target=self._work, kwargs=settings, daemon=True)
         self._thread.start()
 
@@ -238,6 +241,7 @@ class PrecisionDashboard(WidgetView):
         try:
             results = bench.run(cancel=self._cancel, on_progress=self._on_progress,
                                 on_result=self._on_result, **settings)
+            self.show(results)  # the noise floor of the whole run, and each row's comparison with it
             ended = "Cancelled" if self._cancel.is_set() else "Finished"
             self.status.value = f"{ended}: {sum(r.ok for r in results)} of {len(settings['variants'])} " \
                                 "variant(s) measured."
@@ -271,7 +275,9 @@ def outputs_html(results: Sequence[Result]) -> str:
         return ""
     columns = "".join(
         f"<div style='flex:1;min-width:180px;border:1px solid #ddd;padding:4px'>"
-        f"<b>{html.escape(r.variant)}</b><pre style='white-space:pre-wrap'>{html.escape(r.text)}</pre></div>"
+        f"<b>{html.escape(r.variant)}</b>"
+        + (f"<div class='gw-recipe' style='font-size:85%;color:#666'>{html.escape(r.recipe)}</div>" if r.recipe else "")
+        + f"<pre style='white-space:pre-wrap'>{html.escape(r.text)}</pre></div>"
         for r in done
     )
     return f"<div style='display:flex;gap:6px;flex-wrap:wrap'>{columns}</div>"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -93,4 +95,19 @@ class Machine:
         return cls(cpu_name(), usable_cores(), int(psutil.cpu_count(logical=False) or 1),
                    round(memory_limit_bytes() / 1024**3, 1), gpu_name(),
                    platform.platform(), platform.python_version(), versions)
+
+
+
+def noise_probe(size_bytes: int = 32 * 2**20, repeats: int = 5) -> float:
+    """Seconds (median of ``repeats``) to sum a ``size_bytes`` array: a fixed, memory-bound piece of
+    work like a decoding step, timed again and again over a benchmark run."""
+    import numpy as np
+
+    data = np.ones(size_bytes // 4, dtype=np.float32)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 

@@ -22,9 +22,9 @@ FAST = {"new_tokens": 4, "repeats": 2, "warmup": 1, "passage_tokens": 48}
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    """fp32 and bf16 of the tiny model, plus a variant that cannot load."""
+    """fp32 and bf16 of the tiny model in two interleaved rounds, plus a variant that cannot load."""
     seen = []
-    results = bench.run(TINY, ["bf16", "no-such-precision", "fp32"], on_progress=seen.append, **FAST)
+    results = bench.run(TINY, ["bf16", "no-such-precision", "fp32"], on_progress=seen.append, rounds=2, **FAST)
     return results, seen
 
 
@@ -42,7 +42,8 @@ def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
         assert r.ok, r.error
         assert r.engine == "transformers" and r.model == TINY
         assert r.load_s > 0 and r.weights_mb > 0 and r.peak_rss_mb >= r.rss_mb > 0
-        assert len(r.ttft_runs_ms) == 2 and len(r.decode_runs_tps) == 2
+        assert r.rounds == 2 and len(r.ttft_runs_ms) == 4  # two repeats in each of two rounds
+        assert len(r.decode_runs_tps) + sum("decode runs took no longer" in n for n in r.notes) >= 3
         assert r.decode_tps_p10 <= r.decode_tps <= r.decode_tps_p90
         assert r.ttft_ms_p10 <= r.ttft_ms <= r.ttft_ms_p90
         assert r.prompt_tokens > 1 and r.new_tokens == 4 and r.text
@@ -52,6 +53,33 @@ def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
     assert 0 <= results[1].top1_agreement <= 1
     # bf16 stores two bytes a parameter, fp32 four
     assert results[1].weights_mb == pytest.approx(results[0].weights_mb / 2, rel=0.05)
+    assert results[0].recipe == "embedding fp32, output fp32; body: 14 fp32"
+    assert results[1].recipe == "embedding bf16, output bf16; body: 14 bf16"
+
+
+def test_interleaved_rounds_report_the_noise_floor_and_compare_with_the_reference(tiny_run):
+    results, seen = tiny_run
+    fp32, bf16 = results[:2]
+    assert fp32.noise_floor == bf16.noise_floor and fp32.noise_floor >= 0  # one machine, one run
+    assert fp32.speed_vs_reference is None and fp32.within_noise is None  # the reference itself
+    assert bf16.speed_vs_reference == pytest.approx(bf16.decode_tps / fp32.decode_tps)
+    assert bf16.within_noise == bench.within_noise(bf16, fp32)
+    assert "ref" in bench.table_rows(results)[0]
+    # the rounds interleave: fp32, bf16, the failed name (once), then fp32 and bf16 again
+    runs = dict.fromkeys((p.index, p.variant) for p in seen if p.stage != "finished")
+    assert [variant for _, variant in runs] == ["fp32", "bf16", "no-such-precision", "fp32", "bf16"]
+
+
+def _timed(variant, median, p10, p90, noise=None):
+    return Result(TINY, variant, decode_tps=median, decode_tps_p10=p10, decode_tps_p90=p90, noise_floor=noise)
+
+
+def test_within_noise_means_the_ranges_overlap_widened_to_the_noise_floor():
+    assert bench.within_noise(_timed("a", 10, 9.5, 10.5), _timed("b", 10.4, 10.2, 10.8))
+    assert not bench.within_noise(_timed("a", 10, 9.8, 10.2), _timed("b", 11, 10.8, 11.2))
+    # runs that agree closely by chance still cannot beat the machine's own 20% swing
+    assert bench.within_noise(_timed("a", 10, 9.8, 10.2, 0.2), _timed("b", 11, 10.8, 11.2, 0.2))
+    assert bench.within_noise(_timed("a", 10, 9, 11), Result(TINY, "failed", status="failed")) is None
 
 
 def test_a_variant_that_cannot_load_is_reported_and_the_rest_succeed(tiny_run):
@@ -70,8 +98,10 @@ def test_progress_goes_through_every_stage_of_every_variant(tiny_run):
         stages = [p.stage for p in seen if p.variant == variant]
         assert stages[0] == "load" and stages[-1] == "finished"
         assert {"warmup", "prefill", "decode", "quality"} <= set(stages)
-        fractions = [p.fraction for p in seen if p.variant == variant]
-        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        for index in {p.index for p in seen if p.variant == variant}:  # each round's run goes forward
+            fractions = [p.fraction for p in seen if p.variant == variant and p.index == index]
+            assert fractions == sorted(fractions)
+        assert [p.fraction for p in seen if p.variant == variant][-1] == 1.0
 
 
 def test_results_round_trip_through_csv_and_json(tiny_run, tmp_path):

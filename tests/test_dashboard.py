@@ -69,6 +69,27 @@ def test_a_saved_results_file_is_shown_without_measuring(tmp_path):
     assert "gpu_run.json" in dash.status.value
 
 
+def test_the_table_flags_speeds_within_noise_and_the_outputs_show_each_recipe():
+    from gemma_widgets import PrecisionDashboard
+
+    results = _results()
+    results[0].recipe = "embedding fp32, output fp32; body: 126 fp32"
+    results[1].recipe = "embedding <bf16>, output bf16; body: 126 bf16"  # text from a file: escaped
+    for r in results:
+        r.noise_floor = 0.25
+    bench.compare_with_reference(results)
+    dash = PrecisionDashboard(results=results)
+    table = dash.table.value
+    assert "<th>vs ref</th>" in table and "<td>ref</td>" in table
+    assert "2.00x</td>" in table  # 18 against 9 tok/s: apart even with a 25% noise floor
+    assert "4.0% (noise 25.0%)" in table
+    results[1].decode_tps = results[1].decode_tps_p10 = results[1].decode_tps_p90 = 10.0
+    bench.compare_with_reference(results)
+    dash.show(results)
+    assert "1.11x, within noise" in dash.table.value
+    assert "class='gw-recipe'" in dash.outputs.value and "embedding &lt;bf16&gt;" in dash.outputs.value
+
+
 def test_css_classes_for_the_browser_test():
     from gemma_widgets import PrecisionDashboard
 

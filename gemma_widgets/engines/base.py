@@ -9,7 +9,7 @@ asks which runtime it is. Capabilities an engine may lack are flags the callers 
   ``threading.Event`` for Stop between decoding steps; the last piece says why it ended.
 * :meth:`Engine.generate_exact` makes exactly ``n`` greedy tokens (the harness's decode).
 * :meth:`Engine.score` yields next-token logits over token ids, in row chunks (perplexity).
-* :meth:`Engine.weights_bytes`, :attr:`Engine.context_window`, :attr:`Engine.tokenizer`.
+* :meth:`Engine.weights_bytes`, :meth:`Engine.recipe`, :attr:`Engine.context_window`, :attr:`Engine.tokenizer`.
 
 Local engines run token ids (:class:`LocalEngine`): they implement :meth:`LocalEngine.token_stream`
 (new token ids as they are made) and inherit the text decoding, stop reasons and threading.
@@ -95,6 +95,10 @@ class Engine:
     def weights_bytes(self) -> int:
         """Bytes the weights take in memory (or on disk for a mapped file); 0 if unknown."""
         return 0
+
+    def recipe(self) -> str:
+        """Which weights are kept at which precision (:mod:`gemma_widgets.recipe`); "" if unknown."""
+        return ""
 
     def __str__(self) -> str:
         return self.name

@@ -122,6 +122,11 @@ class TransformersEngine(LocalEngine):
     def weights_bytes(self) -> int:
         return int(self.model.get_memory_footprint())
 
+    def recipe(self) -> str:
+        from gemma_widgets.recipe import describe, torch_rows
+
+        return describe(torch_rows(self.model))
+
 
 class OptimumEngine(TransformersEngine):
     """optimum-intel's ``OVModelForCausalLM`` on an OpenVINO IR folder."""
@@ -151,6 +156,9 @@ class OptimumEngine(TransformersEngine):
 
     def weights_bytes(self) -> int:
         return ir_weights_bytes(self.path)
+
+    def recipe(self) -> str:
+        return ir_recipe(self.path)
 
 
 def greedy_exact(model: Any, inputs: Any, n: int, **kwargs: Any) -> list[int]:
@@ -185,3 +193,11 @@ def chunked_logits(model: Any, ids: Sequence[int]) -> Iterator[Any]:
 def ir_weights_bytes(folder: str) -> int:
     """Bytes of an OpenVINO IR's weight file."""
     return sum(p.stat().st_size for p in Path(folder).glob("openvino_model.bin"))
+
+
+def ir_recipe(folder: str) -> str:
+    """An OpenVINO IR's recipe: its weights' precisions, then how nncf compressed them."""
+    from gemma_widgets.recipe import describe, nncf_settings, openvino_rows
+
+    settings = nncf_settings(folder)
+    return describe(openvino_rows(folder)) + (f" ({settings})" if settings else "")

@@ -96,3 +96,8 @@ class LlamaCppEngine(LocalEngine):
 
     def weights_bytes(self) -> int:
         return Path(self.path).stat().st_size
+
+    def recipe(self) -> str:
+        from gemma_widgets.recipe import describe, gguf_rows
+
+        return describe(gguf_rows(self.path))
