@@ -7,7 +7,9 @@ one are noise):
   ``model.generate`` (target >= 0.97x), and the time from ``send`` to the first text shown
   against a bare prefill (target <= 50 ms over);
 * stop latency: from ``stop()`` to the reply ended (target <= one decoding step + 100 ms);
-* memory: RSS over many consecutive turns against the KV cache of the context kept.
+* memory: RSS over many consecutive turns against the KV cache of the context kept;
+* prefix reuse (issue 18): the first text's delay on turn 10 of a chat against turn 1, for new
+  messages of one length (target <= 1.5x: the earlier turns are not prefilled again).
 
 The bare baseline is the engine's own fixed-length greedy generate (``generate_exact``: a
 ``model.generate`` with ``min_new_tokens``, an ``LLMPipeline.generate``...), with no streaming.
@@ -21,7 +23,7 @@ here on the bundled GGUF (or ``--url`` with ``--served-model`` for a running one
   same request (target >= 0.95x), medians of interleaved rounds.
 
     .venv/bin/python benchmarks/chat_bench.py                     # bundled model, bf16
-    .venv/bin/python benchmarks/chat_bench.py --precision ov-int4
+    .venv/bin/python benchmarks/chat_bench.py --precision fast        # the chat default (prefix reuse)
     .venv/bin/python benchmarks/chat_bench.py --precision fp32 --json chat_bench.json
     .venv/bin/python benchmarks/chat_bench.py --server            # a local llama.cpp server
 """
@@ -80,6 +82,8 @@ class Figures:
     kv_cache_kept_mb: float  # KV cache bytes of the context kept at the last turn
     dropped_messages_last_turn: int
     transcript_widgets: int
+    ttft_by_turn_ms: list[float]  # the first text's delay per turn, medians over chats
+    turn10_over_turn1: float  # target <= 1.5
 
 
 def rss_mb() -> float:
@@ -236,6 +240,27 @@ def server_main(args: argparse.Namespace) -> int:
     return report(checks, figures, args.json)
 
 
+def ttft_by_turn(loaded, turns: int, chats: int, reply_tokens: int) -> list[float]:
+    """Seconds from ``send`` to the first text on each turn of a chat, medians over ``chats`` chats.
+
+    Every turn's new message has the same number of tokens, so a turn's delay grows with the
+    context only where the engine prefills the earlier turns again.
+    """
+    greedy = SamplingSettings(temperature=0, max_new_tokens=reply_tokens)
+    delays = []
+    for chat in range(chats):
+        panel = ChatPanel(loaded, settings=greedy)
+        delays.append([])
+        for turn in range(turns):
+            generation = panel.send(f"Turn {turn + 1:02d} of chat {chat + 1:02d}: one more fact about lighthouses.")
+            panel.wait()
+            assert generation.error is None, generation.error
+            delays[-1].append(generation.stats.ttft_s)
+        print(f"chat {chat + 1}/{chats}: first text per turn (ms) "
+              + " ".join(f"{1000 * d:.0f}" for d in delays[-1]), file=sys.stderr, flush=True)
+    return [statistics.median(chat[turn] for chat in delays) for turn in range(turns)]
+
+
 def report(checks: list, figures: object, path: str | None) -> int:
     """Print each check as PASS or MISS, and write the figures (and checks) to ``path`` if given."""
     print()
@@ -317,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         assert generation.stats.stop_reason == "stopped"
         panel.clear()
 
+    by_turn = ttft_by_turn(loaded, 10, args.repeats, args.turn_tokens)
     turns = ChatPanel(loaded, settings=SamplingSettings(temperature=0, max_new_tokens=args.turn_tokens),
                       context_window=args.turn_window)
     rss = []
@@ -349,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_growth_second_half_mb=rss[-1] - rss[len(rss) // 2],
         kv_cache_kept_mb=kept_tokens * kv_bytes / 2**20,
         dropped_messages_last_turn=plan.dropped, transcript_widgets=len(turns.transcript.children),
+        ttft_by_turn_ms=[1000 * d for d in by_turn], turn10_over_turn1=by_turn[9] / by_turn[0],
     )
     checks = []
     if bare:
@@ -374,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
          f"+{figures.rss_growth_mb:.1f} MB after turn {warm + 1} (KV cache of {kept_tokens} kept tokens "
          f"in {kv_dtype}: {figures.kv_cache_kept_mb:.1f} MB; {plan.dropped} old messages left out; "
          f"+{figures.rss_growth_second_half_mb:.1f} MB over the second half of the turns)"),
+        ("first text on turn 10 <= 1.5x turn 1 (prefix reuse)", figures.turn10_over_turn1 <= 1.5,
+         f"{figures.turn10_over_turn1:.2f}x: {figures.ttft_by_turn_ms[9]:.0f} vs {figures.ttft_by_turn_ms[0]:.0f} ms "
+         f"(medians of {args.repeats} chats; turns 1-10: "
+         f"{' '.join(f'{d:.0f}' for d in figures.ttft_by_turn_ms)} ms)"),
     ]
     return report(checks, figures, args.json)
 

@@ -99,6 +99,23 @@ def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
     assert load_model("tiny-random-gemma2", "ov-int4-optimum").engine.name == "optimum-intel"
 
 
+@pytest.mark.integration
+def test_a_chats_next_turns_reuse_the_pipelines_cache_and_get_the_same_replies():
+    """The chat default (``fast``) keeps the previous call's KV cache and prefills only what a new
+    prompt adds to it (``benchmarks/chat_bench.py`` times it); on the bundled model each turn's
+    greedy reply equals a fresh pipeline's. (The sum is not bit for bit the same: on the tiny random
+    model, whose top logits nearly tie, one token in a few turns flips.)"""
+    chat = load_model("bundled", "fast")
+    assert chat.engine.name == "openvino-genai"
+    messages = []
+    for turn in range(3):
+        messages.append({"role": "user", "content": f"Turn {turn + 1}: one more fact about lighthouses."})
+        ids = chat.prompt(messages).input_ids
+        reply = chat.engine.generate_exact(ids, 24)
+        assert reply == GenAIEngine.from_ir(chat.path).generate_exact(ids, 24), f"turn {turn + 1}"
+        messages.append({"role": "assistant", "content": chat.tokenizer.decode(reply, skip_special_tokens=True)})
+
+
 def test_unknown_engine_names_the_two():
     assert ir_engine("genai") is ir_engine(None) is GenAIEngine
     assert ir_engine("Optimum") is ir_engine("optimum-intel") is OptimumEngine
