@@ -2,10 +2,10 @@
 
 :func:`compare` generates a reply from each model with its engine's own stream (greedy by
 default, so a difference is the precision's, not the dice's), one after the other so neither
-shares the CPU with the other and each tok/s is its own. Then it scores with the engines' own
-logits, never a second generation: the *reference's* reply is teacher-forced through both
-models (prompt ids + reference reply ids, :meth:`~gemma_widgets.engines.base.Engine.score`), and
-on the reply's positions only it computes
+shares the CPU with the other and each tok/s is its own (after a :func:`warm_up`). Then it scores
+with the engines' own logits, never a second generation: the *reference's* reply is teacher-forced
+through both models (prompt ids + reference reply ids, :meth:`~gemma_widgets.engines.base.Engine.score`),
+and on the reply's positions only it computes
 
 * ``kl``: KL(reference || challenger) of the two next-token distributions, in nats;
 * ``agreement``: the share of positions where the challenger's most likely next token is the
@@ -27,6 +27,7 @@ which and why. :class:`ArenaRun` is the same in a background thread, for a view.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -191,6 +192,18 @@ def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids
     return replace(result, **figures, unavailable=MappingProxyType(unavailable))
 
 
+_WARM: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def warm_up(engine: Engine, ids: Sequence[int]) -> None:
+    """Two greedy tokens, once per engine, before its first timed reply: a first call builds kernels
+    and caches, and each side's tok/s should be its steady speed (the harness warms up too)."""
+    if engine in _WARM or not engine.can_generate_exact or not ids:
+        return
+    engine.generate_exact(ids, 2)
+    _WARM.add(engine)
+
+
 def _plans(reference: LoadedModel, challenger: LoadedModel, prompt: str,
            settings: SamplingSettings) -> tuple[PromptPlan, PromptPlan]:
     """Both sides' prompts, checked: not empty, inside the smaller context window, the same token ids."""
@@ -254,6 +267,7 @@ class ArenaRun(Background):
             self.generation.stop()
 
     def _generate(self, side: str, plan: PromptPlan) -> Generation:
+        warm_up(self.models[side].engine, plan.input_ids)
         def on_text(text: str) -> None:
             self.texts[side] = text
             if self._on_text is not None:

@@ -36,6 +36,7 @@ class NoLogits(TransformersEngine):
 
     name = "scripted"
     can_score = False
+    can_generate_exact = False  # no warm-up: the fake speaks generate's streamer protocol only
     why_no_scores = "a scripted fake gives no logits"
     score = Engine.score
 

@@ -1,8 +1,9 @@
 """The widgets in a real browser: JupyterLab on loopback, driven by headless Debian Chromium.
 
-Runs ``notebooks/06_chat_panel.ipynb`` and ``notebooks/07_precision_dashboard.ipynb`` with
-"Run All Cells", then uses the widgets as a learner would: types, presses Send and Stop,
-sends markup that must stay text, and waits for the dashboard's table and plot.
+Runs ``notebooks/06_chat_panel.ipynb``, ``notebooks/07_precision_dashboard.ipynb`` and a one-cell
+notebook with the precision arena with "Run All Cells", then uses the widgets as a learner would:
+types, presses Send and Stop, sends markup that must stay text, and waits for the dashboard's table
+and plot and the arena's divergence mark.
 Screenshots go to ``artifacts/browser/``. Without Chromium the test skips locally and
 fails in CI (``CI=true``), where ``.ci/run`` installs it.
 """
@@ -194,3 +195,61 @@ def check_dashboard(page, server) -> None:
     dashboard.locator("img.gw-plot").first.scroll_into_view_if_needed()
     page.screenshot(path=ARTIFACTS / "07_dashboard.png", full_page=True)
     assert page.dialogs == []
+
+
+ARENA_NOTEBOOK = "arena_check.ipynb"
+ARENA_CELL = """from gemma_widgets import PrecisionArena
+from gemma_widgets.environment import can_run
+
+arena = PrecisionArena(models=["bf16", "ov-int4"] if can_run("ov-int4-optimum") else ["fp32", "bf16"])
+arena"""
+
+
+def test_arena_streams_both_columns_and_marks_where_they_part(lab, page):
+    """A throwaway notebook with the arena alone (not all of notebook 04): Send streams the reference's
+    column, then the challenger's, then the divergence mark and the summary appear; no markup runs."""
+    import nbformat
+
+    server = lab[0]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ARENA_CELL)],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                     "language": "python"}}),
+                   server.root / ARENA_NOTEBOOK)
+    try:
+        check_arena(page, server)
+    finally:
+        shut_down_kernels(server, page)
+
+
+def check_arena(page, server) -> None:
+    run_notebook(server, page, ARENA_NOTEBOOK)
+    view = page.locator(".gw-arena").first
+    view.wait_for(timeout=120_000)
+    columns = {side: view.locator(f".gw-arena-{side} .gw-reply") for side in ("ref", "challenger")}
+    view.locator(".gw-arena-input input").fill(f"Explain what a lighthouse does. {XSS}")
+    view.locator("button.gw-send").click()
+    seen: dict[str, list[str]] = {side: [] for side in columns}
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while not view.locator(".gw-arena-summary", has_text="tok/s").count():
+        for side, column in columns.items():
+            text = column.inner_text().replace("…", "").strip()
+            if text and (not seen[side] or seen[side][-1] != text):
+                seen[side].append(text)
+                if len(seen[side]) == 2:
+                    page.screenshot(path=ARTIFACTS / f"arena_streaming_{side}.png", full_page=True)
+        assert time.monotonic() < deadline, f"no summary after {REPLY_TIMEOUT_S} s: {seen!r}"
+        page.wait_for_timeout(20)
+    for side, texts in seen.items():  # each column grew in the page while its reply streamed
+        assert len(texts) >= 2 and len(texts[0]) < len(texts[1]), (side, texts)
+    view.locator("button.gw-send:not([disabled])").wait_for(timeout=10_000)
+    summary = view.locator(".gw-arena-summary").inner_text()
+    if "identical: all" not in summary:  # greedy replies that never part have no mark, and say so
+        mark = view.locator(".gw-arena-challenger .gw-diverge")
+        assert mark.count() == 1 and mark.is_visible(), summary
+        assert view.locator(".gw-arena-ref .gw-diverge").count() == 1
+        assert "then they part at token" in summary
+    assert view.locator(".gw-arena-challenger .gw-tok").count() > 1
+    view.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "arena_compared.png", full_page=True)
+    assert page.locator("[onerror]").count() == 0 and view.locator("img").count() == 0
+    assert page.dialogs == [], f"a dialog opened: {page.dialogs}"
