@@ -121,12 +121,16 @@ def stop_and_wait(page, chat) -> None:
     chat.locator("button.gw-send:not([disabled])").wait_for(timeout=60_000)
 
 
-def test_chat_panel_streams_stops_and_keeps_markup_as_text(lab, page):
-    server = lab[0]
+def checked(check, page, server) -> None:
+    """``check(page, server)``, then the notebook's kernel shut down whatever happened."""
     try:
-        check_chat(page, server)
+        check(page, server)
     finally:
         shut_down_kernels(server, page)
+
+
+def test_chat_panel_streams_stops_and_keeps_markup_as_text(lab, page):
+    checked(check_chat, page, lab[0])
 
 
 def check_chat(page, server) -> None:
@@ -171,11 +175,7 @@ def check_chat(page, server) -> None:
 
 
 def test_dashboard_renders_its_table_and_plot(lab, page):
-    server = lab[0]
-    try:
-        check_dashboard(page, server)
-    finally:
-        shut_down_kernels(server, page)
+    checked(check_dashboard, page, lab[0])
 
 
 def check_dashboard(page, server) -> None:
@@ -215,10 +215,7 @@ def test_arena_streams_both_columns_and_marks_where_they_part(lab, page):
                                             metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                      "language": "python"}}),
                    server.root / ARENA_NOTEBOOK)
-    try:
-        check_arena(page, server)
-    finally:
-        shut_down_kernels(server, page)
+    checked(check_arena, page, server)
 
 
 def check_arena(page, server) -> None:
