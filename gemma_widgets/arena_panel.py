@@ -140,7 +140,8 @@ class PrecisionArena(WidgetView):
             value=self.settings.temperature, min=0.0, max=2.0, step=0.05,
             description="temperature (0 = greedy)", **full), "gw-temperature")
         self.max_new_tokens = with_class(widgets.IntSlider(
-            value=self.settings.max_new_tokens, min=1, max=512, description="max new tokens", **full),
+            value=self.settings.max_new_tokens, min=1, max=max(512, int(self.settings.max_new_tokens)),
+            description="max new tokens", **full),
             "gw-max-new-tokens")
         self.ref_column = with_class(widgets.HTML(column_html(self._title("reference"), "")),
                                      "gw-col", "gw-arena-ref")

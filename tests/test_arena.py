@@ -10,7 +10,7 @@ import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets import arena
-from gemma_widgets.engines.base import Engine
+from gemma_widgets.engines.base import Delta, Engine
 from gemma_widgets.engines.hf import TransformersEngine
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 from gemma_widgets.generation import SamplingSettings
@@ -93,6 +93,36 @@ def test_an_engine_without_logits_still_gives_texts_and_the_divergence(tiny, tin
     assert 0 < result.reference_sure <= 1
     line = result.summary()
     assert "3 identical tokens, then they part at token 4" in line and "unavailable: agreement" in line
+
+
+class TextOnly(Engine):
+    """Like a server: messages in, text out, no token ids, no tokenizer, no logits."""
+
+    name = "text-only"
+    context_window = 1024
+
+    def __init__(self):
+        self.seen = []
+
+    def stream(self, prompt, settings, stop):
+        self.seen.append(list(prompt.messages))
+        yield Delta("Hello", 1)
+        yield Delta(" there.", 1)
+        yield Delta(finish="end_of_turn")
+
+
+def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
+    from gemma_widgets.models import LoadedModel
+
+    server = LoadedModel(TextOnly(), tiny.preset, "server")
+    result = arena.compare(tiny, server, "Name three colours.", SHORT)
+    assert server.engine.seen == [[{"role": "user", "content": "Name three colours."}]]
+    assert result.challenger_text == "Hello there."
+    assert result.challenger_ids == tuple(tiny.tokenizer("Hello there.", add_special_tokens=False).input_ids)
+    assert result.divergence == arena.first_difference(result.reference_ids, result.challenger_ids)
+    assert "re-tokenized from its text" in result.unavailable["challenger_ids"]
+    assert result.kl is None and "text-only cannot score text" in result.unavailable["kl"]
+    assert result.reference_probs is not None and len(result.reference_probs) == len(result.challenger_ids)
 
 
 def test_an_empty_or_too_long_prompt_is_refused_with_a_reason(tiny):
