@@ -26,15 +26,16 @@ which and why. :class:`ArenaRun` is the same in a background thread, for a view.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from gemma_widgets.conversation import Conversation, PromptPlan
-from gemma_widgets.engines.base import CapabilityError, Engine
+from gemma_widgets.engines.base import SCORE_CHUNK, CapabilityError, Engine
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 from gemma_widgets.generation import Background, Generation, SamplingSettings
 from gemma_widgets.models import LoadedModel
@@ -125,29 +126,48 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def reply_log_probs(engine: Engine, ids: Sequence[int], start: int) -> Any:
-    """Log-softmax of ``engine``'s next-token logits over ``ids``, rows ``start`` onward (float32).
+def log_prob_blocks(engine: Engine, ids: Sequence[int], start: int) -> Iterator[Any]:
+    """Log-softmax of ``engine``'s next-token logits over ``ids`` from row ``start`` on, in float32
+    blocks of :data:`SCORE_CHUNK` rows (the last may be shorter), whatever chunks the engine gives.
 
-    Only the reply's rows are kept: the engine's chunks (:meth:`Engine.score`) of the prompt are
-    dropped as they come.
+    Memory stays at a block per side (a 512-token reply's logits whole would be 0.5 GB on a
+    262k vocabulary: too much beside two models on Binder).
     """
     import torch
 
-    rows, seen = [], 0
+    pending: list[Any] = []
+    held = seen = 0
     for chunk in engine.score(ids):
         if seen + len(chunk) > start:
-            rows.append(torch.log_softmax(chunk[max(0, start - seen):].float(), dim=-1))
+            pending.append(chunk[max(0, start - seen):])
+            held += len(pending[-1])
         seen += len(chunk)
+        while held >= SCORE_CHUNK or (held and seen == len(ids)):
+            rows = torch.cat(pending)
+            yield torch.log_softmax(rows[:SCORE_CHUNK].float(), dim=-1)
+            pending, held = [rows[SCORE_CHUNK:]], max(0, held - SCORE_CHUNK)
     if seen != len(ids):
         raise GemmaWidgetsError(f"{engine.name} gave logits for {seen} positions, expected {len(ids)}.")
-    return torch.cat(rows)
 
 
-def _probs(log_probs: Any, tokens: Sequence[int]) -> tuple[float, ...]:
+def _scored(engine: Engine, ids: Sequence[int], start: int, unavailable: dict[str, str],
+            figures: Sequence[str]) -> Iterator[Any] | None:
+    """:func:`log_prob_blocks`, or None when ``engine`` gives no logits (``figures`` get its reason)."""
+    blocks = log_prob_blocks(engine, ids, start)
+    try:
+        first = next(blocks)
+    except CapabilityError as exc:
+        unavailable.update(dict.fromkeys(figures, str(exc)))
+        return None
+    return itertools.chain([first], blocks)
+
+
+def _picked(log_probs: Any, tokens: Sequence[int]) -> list[float]:
+    """The probability of ``tokens[j]`` in row ``j`` of ``log_probs``."""
     import torch
 
     index = torch.as_tensor(list(tokens), dtype=torch.long)
-    return tuple(log_probs[torch.arange(len(index)), index].exp().tolist())
+    return log_probs[torch.arange(len(index)), index].exp().tolist()
 
 
 def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids: Sequence[int]) -> ArenaResult:
@@ -155,40 +175,47 @@ def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids
     import torch
 
     ref_ids, chal_ids = list(result.reference_ids), list(result.challenger_ids)
-    start = len(prompt_ids) - 1  # the row that predicts the reply's first token
-    forced = [*prompt_ids, *ref_ids]
-    unavailable: dict[str, str] = {}
-    lp = lq = None
-    try:
-        lp = reply_log_probs(reference, forced, start)  # len(ref_ids) + 1 rows
-    except CapabilityError as exc:
-        for name in ("agreement", "kl", "reference_probs", "reference_sure"):
-            unavailable[name] = str(exc)
-    try:
-        lq = reply_log_probs(challenger, forced, start)
-    except CapabilityError as exc:
-        for name in ("agreement", "kl", "challenger_probs", "challenger_sure"):
-            unavailable[name] = str(exc)
-    figures: dict[str, Any] = {}
     n, d = len(ref_ids), result.divergence
+    start = len(prompt_ids) - 1  # the row that predicts the reply's first token
+    forced = [*prompt_ids, *ref_ids]  # n + 1 rows from start: the last predicts past the reply
+    unavailable: dict[str, str] = {}
+    ref_blocks = _scored(reference, forced, start, unavailable, ("agreement", "kl", "reference_probs",
+                                                                  "reference_sure"))
+    chal_blocks = _scored(challenger, forced, start, unavailable, ("agreement", "kl", "challenger_probs",
+                                                                    "challenger_sure"))
+    top1: dict[str, list[int]] = {"reference": [], "challenger": []}
+    kl: list[float] = []
+    picked: dict[str, list[float]] = {"reference": [], "challenger": []}  # P(reference token j)
+    sure: dict[str, float] = {}
+    row = 0
+    for lp, lq in itertools.zip_longest(ref_blocks or (), chal_blocks or ()):
+        block = lp if lp is not None else lq
+        k = max(0, min(len(block), n - row))  # rows with a reference token to predict
+        targets = ref_ids[row:row + k]
+        for side, lx, chosen in (("reference", lp, ref_ids), ("challenger", lq, chal_ids)):
+            if lx is None:
+                continue
+            top1[side] += lx[:k].argmax(-1).tolist()
+            picked[side] += _picked(lx[:k], targets)
+            if d is not None and row <= d < row + len(block) and d < len(chosen):  # row d: the same context
+                sure[side] = _picked(lx[d - row:d - row + 1], chosen[d:d + 1])[0]
+        if lp is not None and lq is not None:
+            kl += torch.nn.functional.kl_div(lq[:k], lp[:k], log_target=True, reduction="none").sum(-1).tolist()
+        row += len(block)
+    figures: dict[str, Any] = {f"{side}_sure": value for side, value in sure.items()}
     if not ref_ids:
         unavailable.update(agreement="the reference's reply is empty", kl="the reference's reply is empty")
-    elif lp is not None and lq is not None:
-        figures["agreement"] = top1_agreement(lq[:n].argmax(-1).tolist(), lp[:n].argmax(-1).tolist())
-        kl = torch.nn.functional.kl_div(lq[:n], lp[:n], log_target=True, reduction="none").sum(-1)
-        figures["kl"] = tuple(kl.tolist())
-    if lq is not None:
-        figures["challenger_probs"] = _probs(lq[:n], ref_ids)
-        if d is not None and d < len(chal_ids):  # row d: the same context on both sides
-            figures["challenger_sure"] = _probs(lq[d:d + 1], chal_ids[d:d + 1])[0]
-    if lp is not None:
-        if d is None:
-            figures["reference_probs"] = _probs(lp[:n], ref_ids)
-        elif chal_ids:
-            own = reply_log_probs(reference, [*prompt_ids, *chal_ids], start)
-            figures["reference_probs"] = _probs(own[:len(chal_ids)], chal_ids)
-        if d is not None and d < n:
-            figures["reference_sure"] = _probs(lp[d:d + 1], ref_ids[d:d + 1])[0]
+    elif ref_blocks is not None and chal_blocks is not None:
+        figures.update(agreement=top1_agreement(top1["challenger"], top1["reference"]), kl=tuple(kl))
+    if chal_blocks is not None:
+        figures["challenger_probs"] = tuple(picked["challenger"])
+    if ref_blocks is not None:
+        figures["reference_probs"] = tuple(picked["reference"])
+        if d is not None:  # the challenger's own reply through the reference
+            own: list[float] = []
+            for block in log_prob_blocks(reference, [*prompt_ids, *chal_ids], start):
+                own += _picked(block[:len(chal_ids) - len(own)], chal_ids[len(own):len(own) + len(block)])
+            figures["reference_probs"] = tuple(own)
     return replace(result, **figures, unavailable=MappingProxyType(unavailable))
 
 

@@ -61,6 +61,31 @@ def test_first_difference():
     assert arena.first_difference([], []) is None
 
 
+def test_log_prob_blocks_rechunk_any_engine_chunks_from_the_reply_on():
+    import torch
+
+    logits = torch.randn(150, 11)
+
+    class OddChunks(Engine):
+        name = "odd-chunks"
+
+        def score(self, ids, keep_generator=True):
+            for a, b in ((0, 7), (7, 70), (70, 71), (71, 150)):
+                yield logits[a:b]
+
+    for start in (0, 5, 63, 64, 100, 149):
+        blocks = list(arena.log_prob_blocks(OddChunks(), list(range(150)), start))
+        assert [len(b) for b in blocks[:-1]] == [64] * (len(blocks) - 1) and 0 < len(blocks[-1]) <= 64
+        torch.testing.assert_close(torch.cat(blocks), torch.log_softmax(logits[start:], -1))
+
+
+def test_a_reply_longer_than_a_block_is_scored_at_every_position(tiny):
+    result = arena.compare(tiny, tiny, "Hi", SamplingSettings(temperature=0, max_new_tokens=100))
+    n = len(result.reference_ids)
+    assert n > 64 and len(result.kl) == len(result.reference_probs) == len(result.challenger_probs) == n
+    assert result.agreement == 1.0 and max(result.kl) == pytest.approx(0, abs=1e-6)
+
+
 def test_the_tiny_model_against_itself_is_identical(tiny_reply):
     result = tiny_reply
     assert result.reference_ids == result.challenger_ids and len(result.reference_ids) > 0
