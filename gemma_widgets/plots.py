@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,3 +208,62 @@ def _small_png(fig: Any) -> bytes:
     Image.open(io.BytesIO(to_png(fig))).convert("RGB").quantize(colors=64).save(buffer, format="png",
                                                                                optimize=True)
     return buffer.getvalue()
+
+
+# Course pictures (notebooks 04, 05, 06): plain numbers measured in a notebook in, a PNG readable on a
+# projector out (large type, few marks).
+_BIG = 13
+
+
+def error_vs_bits_png(points: Mapping[str, tuple[float, float]], title: str = "Quantization: error against size",
+                      ylabel: str = "relative error of the weights", width: float = 9.0, height: float = 5.0) -> bytes:
+    """One labelled point per scheme, ``{name: (bits per weight, error)}``; the error on a log scale."""
+    fig = _new_figure(width, height)
+    ax = fig.add_subplot()
+    ax.set_title(_label(title), fontsize=_BIG + 2)
+    for name, (bits, error) in points.items():
+        ax.scatter([bits], [error], s=80, color=_COLOR, zorder=3)
+        ax.annotate(_label(name), (bits, error), textcoords="offset points", xytext=(7, 4), fontsize=_BIG - 2)
+    if points and all(error > 0 for _, error in points.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (scales and zero points included)", fontsize=_BIG)
+    ax.set_ylabel(_label(ylabel), fontsize=_BIG)
+    ax.tick_params(labelsize=_BIG - 2)
+    ax.grid(True, alpha=0.3)
+    return _small_png(fig)
+
+
+def compile_png(tokens_per_second: Mapping[str, float], warmup_s: Mapping[str, float],
+                width: float = 10.0, height: float = 4.5) -> bytes:
+    """Two bar charts side by side: steady-state tokens/s and the first (warm-up) call's seconds per variant."""
+    fig = _new_figure(width, height)
+    for ax, values, title, unit in ((fig.add_subplot(1, 2, 1), tokens_per_second, "decode speed", "tokens/s"),
+                                    (fig.add_subplot(1, 2, 2), warmup_s, "first call (warm-up)", "seconds")):
+        names = [_label(n) for n in values]
+        bars = ax.bar(names, list(values.values()), color=_COLOR)
+        ax.bar_label(bars, fmt="%.1f", fontsize=_BIG - 2)
+        ax.set_title(title, fontsize=_BIG + 1)
+        ax.set_ylabel(unit, fontsize=_BIG)
+        ax.tick_params(labelsize=_BIG - 2)
+    return _small_png(fig)
+
+
+def timeline_png(arrivals_s: Sequence[float], sizes: Sequence[int], first_s: float | None = None,
+                 unit: str = "characters", width: float = 9.0, height: float = 4.5) -> bytes:
+    """A streaming reply over time: each piece's arrival (seconds since send) against the reply's size
+    then, with the first piece marked."""
+    fig = _new_figure(width, height)
+    ax = fig.add_subplot()
+    ax.set_title("A reply streaming in", fontsize=_BIG + 2)
+    if arrivals_s:
+        ax.step([0.0, *arrivals_s], [0, *sizes], where="post", color=_COLOR)
+        ax.scatter(arrivals_s, sizes, s=30, color=_COLOR, zorder=3, label="a piece arrives")
+        first = arrivals_s[0] if first_s is None else first_s
+        ax.axvline(first, color="#c5221f", linestyle="--", label=f"first text {first:.2f} s")
+        ax.legend(fontsize=_BIG - 2, loc="upper left")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds since send", fontsize=_BIG)
+    ax.set_ylabel(f"reply so far ({unit})", fontsize=_BIG)
+    ax.tick_params(labelsize=_BIG - 2)
+    ax.grid(True, alpha=0.3)
+    return _small_png(fig)

@@ -1,0 +1,50 @@
+"""The course pictures of notebooks 04-06 and the weight round trip behind 04's: fast, no model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gemma_widgets import plots, weight_error
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_vs_bits_png_draws_every_point():
+    png = plots.error_vs_bits_png({"int8 per row": (8.03, 0.008), "nf4 $64": (4.5, 0.09)})
+    assert png.startswith(PNG)
+    assert plots.error_vs_bits_png({}).startswith(PNG)  # nothing measured: an empty chart, not an error
+
+
+def test_compile_png_and_timeline_png():
+    assert plots.compile_png({"eager": 12.0, "compiled": 13.5}, {"eager": 0.5, "compiled": 95.0}).startswith(PNG)
+    assert plots.timeline_png([0.3, 0.35, 0.41], [2, 9, 15], first_s=0.3).startswith(PNG)
+    assert plots.timeline_png([], []).startswith(PNG)
+
+
+def test_roundtrip_costs_and_errors_are_ordered():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    sym, asym = weight_error.roundtrip(w, 4, 64, sym=True), weight_error.roundtrip(w, 4, 64, sym=False)
+    assert (sym.bits_per_weight, asym.bits_per_weight) == (4 + 16 / 64, 4 + 20 / 64)
+    assert asym.error < sym.error
+    assert weight_error.roundtrip(w, 4, 32).error < weight_error.roundtrip(w, 4, -1).error
+    assert weight_error.roundtrip(w, 8, -1, sym=True).error < asym.error
+    with pytest.raises(ValueError, match="groups of 48"):
+        weight_error.roundtrip(w, 4, 48)
+
+
+def test_nf4_roundtrip_matches_bitsandbytes_where_it_runs():
+    torch.manual_seed(1)
+    w = torch.randn(64, 256)
+    ours = weight_error.nf4_roundtrip(w)
+    assert ours.bits_per_weight == 4.5 and weight_error.nf4_roundtrip(w, double_quant=True).bits_per_weight < 4.2
+    levels = torch.tensor(weight_error.NF4_LEVELS)
+    assert weight_error.nf4_roundtrip(levels.repeat(4)).error < 1e-6  # NF4's own levels come back exactly
+    functional = pytest.importorskip("bitsandbytes.functional")
+    try:
+        q, state = functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        theirs = functional.dequantize_4bit(q, state)
+    except (RuntimeError, NotImplementedError) as exc:  # a build without CPU kernels
+        pytest.skip(f"bitsandbytes cannot quantize here: {exc}")
+    assert float((theirs - w).norm() / w.norm()) == pytest.approx(ours.error, rel=1e-4)
