@@ -210,6 +210,104 @@ def _small_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _shown(token: str) -> str:
+    """A token as a box shows it: whitespace made visible, ``$`` kept literal."""
+    return _label(token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·").replace("▁", "·")) or "''"
+
+
+def chat_tokens_png(tokens: Sequence[str], special: Sequence[bool], row_chars: int = 56) -> bytes:
+    """A rendered chat as one coloured box per token (special tokens dark red), wrapped after ``\\n``.
+
+    For the course (notebook 02): what the model reads, at projector size. ``tokens`` are the token
+    strings (``convert_ids_to_tokens``) and ``special`` says which are special tokens.
+    """
+    from matplotlib.patches import FancyBboxPatch
+
+    rows: list[list[tuple[str, bool]]] = [[]]
+    used = 0
+    for token, is_special in zip(tokens, special, strict=True):
+        width = len(_shown(token)) + 1
+        if rows[-1] and used + width > row_chars:
+            rows.append([])
+            used = 0
+        rows[-1].append((token, bool(is_special)))
+        used += width
+        if token.endswith("\n"):
+            rows.append([])
+            used = 0
+    rows = [row for row in rows if row]
+    fig = _new_figure(10.0, 0.5 * len(rows) + 0.7)
+    ax = fig.add_subplot()
+    plain = ("#dbe7f5", "#fde9c9")  # two pale colours, alternating, so token boundaries show
+    for y, row in enumerate(rows):
+        x = 0.0
+        for i, (token, is_special) in enumerate(row):
+            text = _shown(token)
+            box = len(text) + 0.6
+            face = "#a61c1c" if is_special else plain[i % 2]
+            ax.add_patch(FancyBboxPatch((x, -y - 0.4), box, 0.8, boxstyle="round,pad=0.02,rounding_size=0.15",
+                                        facecolor=face, edgecolor="#555555", linewidth=0.6))
+            ax.text(x + box / 2, -y, text, ha="center", va="center", family="monospace", fontsize=13,
+                    color="white" if is_special else "black")
+            x += box + 0.4
+    ax.set_xlim(-0.3, row_chars + 1)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.set_axis_off()
+    ax.set_title(f"{len(tokens)} tokens · dark red: special tokens · a dot is a space, \\n a newline", fontsize=12)
+    return _small_png(fig)
+
+
+#: IEEE-style layouts: (sign bits, exponent bits, mantissa bits, smallest normal, largest finite).
+FLOAT_FORMATS: dict[str, tuple[int, int, int, float, float]] = {
+    "fp32": (1, 8, 23, 1.1754943508222875e-38, 3.4028234663852886e38),
+    "bf16": (1, 8, 7, 1.1754943508222875e-38, 3.3895313892515355e38),
+    "fp16": (1, 5, 10, 6.103515625e-05, 65504.0),
+}
+
+
+def float_formats_png(activation_range: tuple[float, float], model_name: str = "") -> bytes:
+    """The bit layouts of fp32, bf16 and fp16, and where measured activations fall in each one's range.
+
+    Top: sign, exponent and mantissa bits. Bottom (log scale): each format's smallest normal to largest
+    finite value, with ``activation_range`` (for instance the smallest and largest per-layer peak of
+    ``|activation|``) shaded across all three: where it passes a format's bar, that format overflows.
+    """
+    fig = _new_figure(10.0, 5.6)
+    bits_ax, range_ax = fig.subplots(2, 1, height_ratios=(1, 1.1))
+    colours = {"sign": "#a61c1c", "exponent": "#4c72b0", "mantissa": "#55a868"}
+    names = list(FLOAT_FORMATS)
+    for y, name in enumerate(names):
+        sign, exponent, mantissa, _, _ = FLOAT_FORMATS[name]
+        left = 0
+        for part, bits in (("sign", sign), ("exponent", exponent), ("mantissa", mantissa)):
+            bits_ax.barh(y, bits, left=left, color=colours[part], edgecolor="white",
+                         label=part if y == 0 else None)
+            if bits > 1:
+                bits_ax.text(left + bits / 2, y, f"{bits}", ha="center", va="center", color="white", fontsize=13)
+            left += bits
+    bits_ax.set_yticks(range(len(names)), names, fontsize=13)
+    bits_ax.invert_yaxis()
+    bits_ax.set_xlabel("bits", fontsize=12)
+    bits_ax.set_title("Bit layout: exponent bits set the range, mantissa bits the precision", fontsize=13)
+    bits_ax.legend(ncols=3, fontsize=11, loc="lower right", bbox_to_anchor=(1, 1.12), frameon=False)
+    low, high = activation_range
+    for y, name in enumerate(names):
+        _, _, _, smallest, largest = FLOAT_FORMATS[name]
+        overflow = high > largest
+        range_ax.barh(y, largest - smallest, left=smallest, color="#c44e52" if overflow else "#8fb0d8")
+        range_ax.text(largest, y, f" max {largest:.3g}", va="center", fontsize=11)
+    range_ax.axvspan(low, high, color="#f0b400", alpha=0.45,
+                     label=f"measured activations{' of ' + _label(model_name) if model_name else ''}: "
+                           f"{low:.3g} to {high:.3g}")
+    range_ax.set_xscale("log")
+    range_ax.set_xlim(1e-40, 1e45)
+    range_ax.set_yticks(range(len(names)), names, fontsize=13)
+    range_ax.invert_yaxis()
+    range_ax.set_xlabel("|value| (log scale): smallest normal to largest finite", fontsize=12)
+    fig.legend(*range_ax.get_legend_handles_labels(), fontsize=11, loc="outside lower center", frameon=False)
+    return _small_png(fig)
+
+
 # Course pictures (notebooks 04, 05, 06): plain numbers measured in a notebook in, a PNG readable on a
 # projector out (large type, few marks).
 _BIG = 13
