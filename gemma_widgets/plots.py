@@ -314,20 +314,32 @@ _BIG = 13
 
 
 def error_vs_bits_png(points: Mapping[str, tuple[float, float]], title: str = "Quantization: error against size",
-                      ylabel: str = "relative error of the weights", width: float = 9.0, height: float = 5.0) -> bytes:
-    """One labelled point per scheme, ``{name: (bits per weight, error)}``; the error on a log scale."""
+                      ylabel: str = "relative error of the weights", width: float = 11.0, height: float = 5.0) -> bytes:
+    """One marker per scheme, ``{name: (bits per weight, error)}``, named in a legend (4-bit schemes sit
+    close together): on the left every scheme with the error on a log scale, on the right the schemes
+    under 6 bits per weight, zoomed in."""
+    import matplotlib
+
     fig = _new_figure(width, height)
-    ax = fig.add_subplot()
-    ax.set_title(_label(title), fontsize=_BIG + 2)
-    for name, (bits, error) in points.items():
-        ax.scatter([bits], [error], s=80, color=_COLOR, zorder=3)
-        ax.annotate(_label(name), (bits, error), textcoords="offset points", xytext=(7, 4), fontsize=_BIG - 2)
+    fig.suptitle(_label(title), fontsize=_BIG + 2)
+    overview, zoom = fig.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10"].colors
+    markers = "osD^vP*Xhp<>"
+    for ax, subset in ((overview, points), (zoom, {n: p for n, p in points.items() if p[0] < 6})):
+        for i, (name, (bits, error)) in enumerate(points.items()):
+            if name in subset:
+                ax.scatter([bits], [error], s=110, color=colours[i % 10], marker=markers[i % len(markers)],
+                           zorder=3, label=_label(name) if ax is overview else None)
+        ax.set_xlabel("bits per weight (scales included)", fontsize=_BIG)
+        ax.tick_params(labelsize=_BIG - 2)
+        ax.grid(True, alpha=0.3)
     if points and all(error > 0 for _, error in points.values()):
-        ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (scales and zero points included)", fontsize=_BIG)
-    ax.set_ylabel(_label(ylabel), fontsize=_BIG)
-    ax.tick_params(labelsize=_BIG - 2)
-    ax.grid(True, alpha=0.3)
+        overview.set_yscale("log")
+    overview.set_ylabel(_label(ylabel), fontsize=_BIG)
+    overview.set_title("every scheme", fontsize=_BIG)
+    zoom.set_title("under 6 bits, zoomed in", fontsize=_BIG)
+    if points:
+        fig.legend(fontsize=_BIG - 2, loc="outside right center", frameon=False)
     return _small_png(fig)
 
 
