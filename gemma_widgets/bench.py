@@ -604,7 +604,8 @@ def _load_csv(path: Path) -> list[Result]:
     results = []
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            data = {f.name: _from_cell(row[f.name], hints[f.name]) for f in _FIELDS}
+            # a file from an older version lacks the newer columns: those keep their defaults
+            data = {f.name: _from_cell(row[f.name], hints[f.name]) for f in _FIELDS if f.name in row}
             machine = None
             if row.get("machine.cpu"):
                 machine = Machine(**{f.name: _from_cell(row[f"machine.{f.name}"], machine_hints[f.name])

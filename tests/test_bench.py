@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -116,6 +117,20 @@ def test_results_round_trip_through_csv_and_json(tiny_run, tmp_path):
         bench.load(tmp_path / "broken.json")
     with pytest.raises(GemmaWidgetsError, match="No results file"):
         bench.load(tmp_path / "missing.csv")
+
+
+def test_a_results_file_from_before_the_newer_columns_still_loads(tiny_run, tmp_path):
+    results, _ = tiny_run
+    path = bench.save(results[:2], tmp_path / "new.csv")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    newer = [rows[0].index(name) for name in ("recipe", "rounds", "noise_floor", "speed_vs_reference", "within_noise")]
+    old = tmp_path / "old.csv"
+    with old.open("w", newline="") as fh:
+        csv.writer(fh).writerows([[c for i, c in enumerate(row) if i not in newer] for row in rows])
+    loaded = bench.load(old)
+    assert [r.variant for r in loaded] == ["fp32", "bf16"] and loaded[1].decode_tps == results[1].decode_tps
+    assert loaded[1].recipe == "" and loaded[1].rounds == 1 and loaded[1].within_noise is None
 
 
 def test_a_crashed_worker_is_reported_with_its_reason(monkeypatch):
