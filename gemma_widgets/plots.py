@@ -323,12 +323,12 @@ def error_vs_bits_png(points: Mapping[str, tuple[float, float]], title: str = "Q
     fig = _new_figure(width, height)
     fig.suptitle(_label(title), fontsize=_BIG + 2)
     overview, zoom = fig.subplots(1, 2)
-    colours = matplotlib.colormaps["tab10"].colors
+    colours = matplotlib.colormaps["tab10"]
     markers = "osD^vP*Xhp<>"
     for ax, subset in ((overview, points), (zoom, {n: p for n, p in points.items() if p[0] < 6})):
         for i, (name, (bits, error)) in enumerate(points.items()):
             if name in subset:
-                ax.scatter([bits], [error], s=110, color=colours[i % 10], marker=markers[i % len(markers)],
+                ax.scatter([bits], [error], s=110, color=colours(i % 10), marker=markers[i % len(markers)],
                            zorder=3, label=_label(name) if ax is overview else None)
         ax.set_xlabel("bits per weight (scales included)", fontsize=_BIG)
         ax.tick_params(labelsize=_BIG - 2)
