@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gemma_widgets.errors import GemmaWidgetsError
@@ -19,6 +20,12 @@ def _prepare(args: argparse.Namespace) -> int:
     print(locate(preset))
     for precision in args.precision or ():  # load once, so its cached export is built now
         print(f"{precision}: ready ({load_model(args.model, precision).load_seconds:.0f} s)")
+    if args.compile:  # torch.compile's kernels, so a first session loads them instead of compiling
+        from gemma_widgets.compilation import inductor_cache_dir, warm_cache
+
+        for what, seconds in warm_cache(args.model).items():
+            print(f"compiled {what}: {seconds:.0f} s")
+        print(f"inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR') or inductor_cache_dir()}")
     return 0
 
 
@@ -41,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--model", default=None, help="preset or hub id (default: bundled)")
     prepare.add_argument("--precision", action="append",
                          help="also build this precision's cache, e.g. ov-int4 (repeatable)")
+    prepare.add_argument("--compile", action="store_true",
+                         help="also compile what notebook 05 and load_model(compile=True) compile, into the "
+                              "inductor cache (minutes on a small CPU; a build step such as Binder's postBuild)")
     prepare.set_defaults(func=_prepare)
     from gemma_widgets.terminal import add_arguments as chat_arguments
 

@@ -246,3 +246,34 @@ def enable_compile(lm: Any, mode: str | bool = True, max_cache_len: int = DEFAUL
     lm.notes.append(f"compiled decode step (mode={mode!r}, static cache of {max_cache_len} tokens); "
                     f"compile and warm-up took {time.perf_counter() - start:.1f} s")
     return lm
+
+
+def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, float]:
+    """Compile, once, the graphs a first session would compile, into :func:`inductor_cache_dir`
+    (or ``$TORCHINDUCTOR_CACHE_DIR``): for a build step such as Binder's ``postBuild``, so a learner's
+    first compile loads kernels instead of building them. ``python -m gemma_widgets prepare --compile``.
+
+    Warms what notebook 05 section 2 compiles (``bench_compile.measure``'s ``compiled`` variant: the
+    decode step with a static cache for its prompt plus 32 tokens) and what ``load_model(...,
+    compile=True)`` compiles (the dashboard's ``bf16+compile``). Returns the seconds each took. Inductor's
+    cache is keyed by the graph, torch's version and the CPU: a build machine with another instruction
+    set than the one that runs the notebook warms nothing for it.
+    """
+    from gemma_widgets.bench_compile import measure
+    from gemma_widgets.loading import load_model
+
+    use_inductor_cache()
+    seconds: dict[str, float] = {}
+    lm = load_model(model, precision)
+    start = time.perf_counter()
+    (record,) = measure(lm, variants=("compiled",), repeats=1)
+    if record.error:
+        raise RuntimeError(f"compiling {lm.preset.name} failed: {record.error}")
+    seconds["notebook 05 (bench_compile.measure, compiled)"] = time.perf_counter() - start
+    del lm
+    start = time.perf_counter()
+    compiled = load_model(model, precision, compile=True)
+    if not compiled.compiled:
+        raise RuntimeError("; ".join(compiled.notes))
+    seconds["load_model(compile=True)"] = time.perf_counter() - start
+    return seconds
