@@ -48,3 +48,23 @@ def test_nf4_roundtrip_matches_bitsandbytes_where_it_runs():
     except (RuntimeError, NotImplementedError) as exc:  # a build without CPU kernels
         pytest.skip(f"bitsandbytes cannot quantize here: {exc}")
     assert float((theirs - w).norm() / w.norm()) == pytest.approx(ours.error, rel=1e-4)
+
+
+@pytest.mark.integration
+def test_prepare_compile_fills_the_inductor_cache(tmp_path):
+    """``prepare --compile`` (Binder's postBuild) leaves compiled kernels where the notebooks look."""
+    import os
+    import subprocess
+    import sys
+
+    from gemma_widgets.compilation import compile_unavailable_reason
+
+    if compile_unavailable_reason("cpu"):
+        pytest.skip(compile_unavailable_reason("cpu"))
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-m", "gemma_widgets", "prepare", "--model", "tiny-random-gemma2",
+                           "--compile"], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled notebook 05" in done.stdout and "compiled load_model(compile=True)" in done.stdout
+    assert f"inductor cache: {tmp_path / 'inductor'}" in done.stdout
+    assert any(p.is_file() for p in (tmp_path / "inductor").rglob("*")), "kernels were written"
