@@ -67,6 +67,7 @@ def test_postbuild_installs_the_package_and_prepares_the_model():
     assert any(re.search(r"pip install .*-e \.$", line) for line in commands)
     prepare = [line for line in commands if "-m gemma_widgets prepare" in line]
     assert prepare and "--precision ov-int4" in prepare[0]  # the export is built in the image
+    assert "--compile" in prepare[0]  # and notebook 05's inductor kernels: no core cell compiles for minutes
 
 
 def pypi_reachable() -> bool:
