@@ -31,8 +31,6 @@ here on the bundled GGUF (or ``--url`` with ``--served-model`` for a running one
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import statistics
 import sys
@@ -44,6 +42,7 @@ import psutil
 import torch
 
 from gemma_widgets import load_model
+from gemma_widgets._native import free_memory
 from gemma_widgets.chat import ChatPanel
 from gemma_widgets.conversation import Conversation
 from gemma_widgets.engines import Prompt
@@ -88,9 +87,7 @@ class Figures:
 
 def rss_mb() -> float:
     """Resident memory after a garbage collection and giving freed heap back to the OS."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    free_memory()
     return psutil.Process().memory_info().rss / 2**20
 
 

@@ -59,3 +59,16 @@ def release_openmp_threads() -> None:
         libgomp.omp_pause_resource_all(1)  # omp_pause_soft
     except (OSError, AttributeError):
         pass
+
+
+def free_memory() -> None:
+    """Collect garbage, then give the heap this process freed back to the OS (glibc keeps freed
+    pages otherwise, and a container such as Binder's counts them). Only the collection where
+    glibc is not the C library (macOS, musl)."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

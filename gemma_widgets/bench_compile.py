@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._native import free_memory
 from gemma_widgets.compilation import (
     check_mode,
     compile_forward,
@@ -193,17 +194,6 @@ class FirstCall:
     cache_misses: int  # graphs compiled from scratch (and written to the folder)
 
 
-def _return_freed_memory() -> None:
-    """Give memory this process has freed back to the OS (glibc keeps freed heap pages otherwise)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
-
-
 def first_call(cache_dir: Path | str, model: str = "tiny-random-gemma2", precision: str = "fp32",
                new_tokens: int = 4, timeout: float = 1200) -> FirstCall:
     """Time the first compiled ``generate`` in a fresh Python process that uses ``cache_dir``.
@@ -215,7 +205,7 @@ def first_call(cache_dir: Path | str, model: str = "tiny-random-gemma2", precisi
     import sys
 
     cmd = [sys.executable, "-c", _FIRST_CALL, str(cache_dir), model, precision, str(new_tokens)]
-    _return_freed_memory()  # the child needs ~1 GB: do not hold what this process freed beside it
+    free_memory()  # the child needs ~1 GB: do not hold what this process freed beside it
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
