@@ -377,3 +377,43 @@ def timeline_png(arrivals_s: Sequence[float], sizes: Sequence[int], first_s: flo
     ax.tick_params(labelsize=_BIG - 2)
     ax.grid(True, alpha=0.3)
     return _small_png(fig)
+
+
+def cache_layers_png(layouts: Mapping[str, Sequence[tuple[int, bool]]], width: float = 11.0,
+                     height: float = 4.8) -> bytes:
+    """One panel per model: the KV slots each layer of its static cache holds, sliding-window layers
+    coloured apart from global ones, and hatched above each sliding layer the slots it would hold if
+    it kept every position like a global layer (what the window saves).
+
+    ``layouts`` maps a panel's title to its layers' ``(slots, is_sliding)``, in layer order; from a
+    real cache, ``[(layer.keys.shape[2], layer.is_sliding) for layer in cache.layers]``.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(width, height)
+    fig.suptitle("Static cache: KV slots per layer", fontsize=_BIG + 2)
+    colours = {True: "#dd8452", False: _COLOR}
+    for ax, (name, layers) in zip(fig.subplots(1, max(len(layouts), 1), squeeze=False).flat,
+                                  layouts.items() or {"no model": []}.items(), strict=True):
+        if not layers:
+            _empty(ax, _label(name))
+            continue
+        full = max(slots for slots, _ in layers)
+        x = range(len(layers))
+        ax.bar(x, [full - slots for slots, _ in layers], bottom=[slots for slots, _ in layers], width=0.8,
+               color="none", edgecolor="#aaaaaa", hatch="//", linewidth=0, label="saved by the window")
+        for sliding in (True, False):
+            kind = [(i, slots) for i, (slots, s) in enumerate(layers) if s == sliding]
+            if kind:
+                sizes = sorted({slots for _, slots in kind})
+                ax.bar([i for i, _ in kind], [slots for _, slots in kind], width=0.8, color=colours[sliding],
+                       label=f"{len(kind)} {'sliding' if sliding else 'global'} layer{'s' * (len(kind) != 1)} × "
+                             f"{'/'.join(map(str, sizes))} slots")
+        saved = 1 - sum(slots for slots, _ in layers) / (full * len(layers))
+        ax.set_title(_label(f"{name}\nthe window saves {saved:.0%}"), fontsize=_BIG)
+        ax.set_xlabel("layer", fontsize=_BIG)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("KV slots", fontsize=_BIG)
+        ax.tick_params(labelsize=_BIG - 2)
+        ax.legend(fontsize=_BIG - 2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    return _small_png(fig)

@@ -22,6 +22,15 @@ def test_compile_png_and_timeline_png():
     assert plots.timeline_png([], []).startswith(PNG)
 
 
+
+def test_cache_layers_png_draws_the_tiny_models_layout_beside_gemma_2_9b():
+    tiny = [(16, True), (1024, False)]  # tiny-random-gemma2's static cache at 1024 slots
+    nine_b = [(4096, True), (8192, False)] * 21
+    png = plots.cache_layers_png({"tiny-random-gemma2": tiny, "Gemma 2 9B": nine_b})
+    assert png.startswith(PNG) and len(png) < 40_000  # small enough for a stored output
+    assert plots.cache_layers_png({"global only": [(64, False)]}).startswith(PNG)  # nothing saved: no error
+    assert plots.cache_layers_png({}).startswith(PNG) and plots.cache_layers_png({"none": []}).startswith(PNG)
+
 def test_roundtrip_costs_and_errors_are_ordered():
     torch.manual_seed(0)
     w = torch.randn(64, 256)
