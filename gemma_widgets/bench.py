@@ -615,6 +615,51 @@ def _load_csv(path: Path) -> list[Result]:
     return results
 
 
+#: The run shipped with the package: the bundled model, every CPU variant, on a 2-vCPU Xeon with 24 GB.
+REFERENCE_RUN = "reference-cpu.json"
+
+
+def reference_run(name: str = REFERENCE_RUN) -> list[Result]:
+    """The results saved in the package's ``data/`` folder (found through importlib.resources, so it
+    works where the kit is pip-installed, as on Colab): a run from another machine to compare with."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("gemma_widgets") / "data" / name) as path:
+        return load(path)
+
+
+def describe_machine(machine: Machine | None) -> str:
+    """One line: CPU, cores, memory, GPU and the torch/transformers versions a run used."""
+    if machine is None:
+        return "an unrecorded machine"
+    gpu = f", {machine.gpu}" if machine.gpu else ", no GPU"
+    return (f"{machine.cpu} ({machine.cores} cores, {machine.memory_gb} GB{gpu}; "
+            f"torch {machine.libraries.get('torch', '-')}, "
+            f"transformers {machine.libraries.get('transformers', '-')})")
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """One variant measured in two runs (say, this machine's and the shipped reference run's)."""
+
+    variant: str
+    here: Result
+    there: Result
+
+    @property
+    def speed_ratio(self) -> float:
+        """Decode tok/s here over there: 2.0 means twice as fast here."""
+        return (self.here.decode_tps or 0.0) / (self.there.decode_tps or float("nan"))
+
+
+def compare_runs(here: Sequence[Result], there: Sequence[Result]) -> list[RunComparison]:
+    """The variants that finished with a decode speed in both runs, of the same model, in ``here``'s
+    order. Empty when the runs measured different models: their speeds say nothing of the machines."""
+    done = {r.variant: r for r in there if r.ok and r.decode_tps}
+    return [RunComparison(r.variant, r, done[r.variant]) for r in here
+            if r.ok and r.decode_tps and r.variant in done and r.model == done[r.variant].model]
+
+
 # -- reading results: the table and the recommendation -----------------------------------------
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -802,8 +847,7 @@ def main(args: Any) -> int:
         signal.signal(signal.SIGINT, previous)
     machine = next((r.machine for r in results if r.machine), None)
     if machine:
-        print(f"\n{results[0].model} on {machine.cpu} ({machine.cores} cores, {machine.memory_gb} GB"
-              f"{', ' + machine.gpu if machine.gpu else ''}); {args.new_tokens} new tokens, "
+        print(f"\n{results[0].model} on {describe_machine(machine)}; {args.new_tokens} new tokens, "
               f"median of {args.repeats} runs x {args.rounds} interleaved round(s)\n")
     print(format_table(results))
     for variant, recipe in recipes(results):

@@ -256,3 +256,32 @@ def test_csv_text_cells_cannot_become_spreadsheet_formulas(tmp_path):
     assert not [cell for cell in cells if cell[:1] in ("=", "+", "@") or cell.startswith("-c")]
     assert "-1.5" in cells  # numbers stay numbers
     assert bench.load(path) == results
+
+
+def test_the_shipped_reference_run_loads_from_the_installed_package():
+    run = bench.reference_run()
+    assert run and all(r.model == "bundled" and r.machine is not None for r in run)
+    assert all(not r.machine.gpu for r in run)  # the CPU reference; a GPU one does not ship
+    assert any(r.variant == "bf16" and r.ok and r.decode_tps for r in run)
+    with pytest.raises(GemmaWidgetsError, match="No results file"):
+        bench.reference_run("reference-gpu.json")
+
+
+def test_two_runs_compare_the_variants_both_finished_on_the_same_model():
+    here = [_result("fp32", 10, 2000, 10.0, 1.0), _result("bf16", 30, 1200, 10.1, 0.97),
+            Result("bundled", "bnb-nf4", status="failed", error="no CUDA"), _result("ov-int4", 50, 600, 11, 0.9)]
+    there = [_result("bf16", 20, 1200, 10.1, 0.97), _result("bnb-nf4", 8, 900, 10.4, 0.9),
+             Result("bundled", "fp32", status="failed", error="killed")]
+    rows = bench.compare_runs(here, there)
+    assert [(r.variant, r.speed_ratio) for r in rows] == [("bf16", 1.5)]
+    assert rows[0].here is here[1] and rows[0].there is there[0]
+    other_model = [Result(TINY, "bf16", decode_tps=20.0)]
+    assert bench.compare_runs(here, other_model) == []  # another model's speed says nothing of the machine
+
+
+def test_a_machine_is_described_in_one_line():
+    machine = Machine("Xeon", 2, 2, 23.6, "", "Linux", "3.11", {"torch": "2.13.0", "transformers": "4.57.6"})
+    assert bench.describe_machine(machine) == "Xeon (2 cores, 23.6 GB, no GPU; torch 2.13.0, transformers 4.57.6)"
+    gpu = Machine("EPYC", 8, 4, 64.0, "NVIDIA L4, 23034 MiB", "Linux", "3.11", {})
+    assert "NVIDIA L4, 23034 MiB; torch -" in bench.describe_machine(gpu)
+    assert bench.describe_machine(None) == "an unrecorded machine"
