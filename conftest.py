@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+ROOT = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tools")]
 from notebook_memory import MB, TreeWatcher  # noqa: E402
+from store_outputs import output_kinds, run_signature  # noqa: E402
 
 # mybinder.org gives 1-2 GB; the course's default path must fit 2 GB. NOTEBOOK_MEMORY_LIMIT_MB=0 lifts
 # the limit (benchmarks/gpu_course.sh runs Gemma 2 2B's shape); peaks are reported either way.
@@ -29,15 +31,35 @@ def pytest_collection_modifyitems(config, items):
     A background thread (``benchmarks/notebook_memory.py``) sums their anonymous memory, what a
     container cannot reclaim, and their PSS. If the anonymous peak passes :data:`BINDER_LIMIT_MB`,
     the notebook's last cell fails with the figures. Every peak, and how long the cells ran, is
-    printed in the summary.
+    printed in the summary. Where the notebook's stored outputs come from this run's model, stack
+    and memory limit, each cell's new outputs are compared with them (:func:`_compare_with_stored`).
     """
+    this_run = {**run_signature(), "memory_limit_mb": BINDER_LIMIT_MB}
     notebooks: dict = {}
     for item in items:
         if type(item).__name__ == "IPyNbCell":
             notebooks.setdefault(item.parent, []).append(item)
     peaks = config.stash.setdefault(_PEAKS, {})
     for notebook, cells in notebooks.items():
+        stored = notebook.nb.metadata.get("gemma_widgets", {}).get("outputs", {})
+        if {key: stored.get(key) for key in this_run} == this_run:
+            for cell in cells:
+                _compare_with_stored(cell)
         _watch(notebook, cells[0], cells[-1], peaks)
+
+
+def _compare_with_stored(cell) -> None:
+    """After nbval runs ``cell``, fail it if it made other kinds of output than the stored run did
+    (same model and stack: only the values, timings above all, may differ)."""
+    run = cell.runtest
+
+    def run_and_compare() -> None:
+        run()
+        stored, now = output_kinds(cell.cell.outputs), output_kinds(cell.test_outputs)
+        assert stored == now, (f"cell {cell.cell_num} made {now}, the stored run {stored}: the stored outputs "
+                               "are not this code's; run `make outputs`")
+
+    cell.runtest = run_and_compare
 
 
 def _watch(notebook, first, last, peaks: dict) -> None:

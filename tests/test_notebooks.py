@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks")]
+import course_budget  # noqa: E402
+import store_outputs  # noqa: E402
 import sync_notebooks  # noqa: E402
 
 NOTEBOOKS = sync_notebooks.NOTEBOOKS
@@ -35,28 +38,34 @@ def test_notebook_shape(path):
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
-#: The tag of a code cell whose output (a picture of a reference run) is kept in git; nbval runs lax,
-#: so a kept output is shown, never compared.
-STORED_OUTPUT = "stored-output"
-STORED_OUTPUT_BYTES = 64_000
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_stored_with_the_outputs_of_their_current_cells(path):
+    """``make outputs`` stored every notebook with the outputs of a reference run: every code cell
+    ran, none failed, and no code cell changed since (the run hashed each source). Re-executing
+    the stored notebook changes nothing but timings: conftest.py compares each cell's kinds of
+    output while nbval runs it on the same model and stack."""
+    nb = nbformat.read(path, as_version=4)
+    stored = nb.metadata.get("gemma_widgets", {}).get("outputs")
+    assert stored, f"{path.name} has no stored run: run `make outputs`"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    changed = [i for i, (cell, digest) in enumerate(zip(code, stored["cells"], strict=False))
+               if store_outputs.source_hash(cell) != digest]
+    assert len(code) == len(stored["cells"]) and not changed, (
+        f"code cells {changed} of {path.name} changed after their outputs were stored: run `make outputs`")
+    for cell in code:
+        assert cell.execution_count is not None and "execution" in cell.metadata, "every cell ran, timed"
+        assert "error" not in store_outputs.output_kinds(cell.outputs)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_outputs_stay_out_of_git(path):
-    """Outputs are stripped, except on cells tagged ``stored-output``: those keep theirs, small and
-    without widget state (a widget cannot be shown from a file)."""
-    nb = nbformat.read(path, as_version=4)
+def test_stored_notebooks_are_small_and_hold_no_secret(path):
+    """Under 1 MB, no widget state (a widget cannot be shown from a file), no Hugging Face token."""
+    text = path.read_text()
+    assert len(text.encode()) < store_outputs.MAX_BYTES
+    nb = nbformat.reads(text, as_version=4)
     assert "widgets" not in nb.metadata, f"no widget state in {path.name}"
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        if STORED_OUTPUT not in cell.metadata.get("tags", ()):
-            assert not cell.outputs and cell.execution_count is None, f"clear the outputs of {path.name}"
-            continue
-        assert cell.outputs, f"a {STORED_OUTPUT} cell of {path.name} has lost its output"
-        assert cell.execution_count is not None, "nbval fails a cell with outputs and no execution count"
-        assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs)
-        assert len(nbformat.writes(nbformat.v4.new_notebook(cells=[cell]))) < STORED_OUTPUT_BYTES
+    assert store_outputs.WIDGET not in text
+    assert not re.search(r"hf_[A-Za-z0-9]{30,}", text), f"{path.name} holds what looks like a token"
 
 
 def test_setup_cells_and_badges_come_from_the_one_repository_url():
@@ -87,3 +96,31 @@ def test_the_setup_cell_pins_every_colab_package_and_fails_loudly(tmp_path, monk
     ((args, check),) = calls
     assert check is True and args[-3:] == ["-c", str(keep), namespace["KIT"]]
     assert keep.read_text().splitlines() == [f"{name}=={version(name)}" for name in COLAB_PACKAGES]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_opens_with_the_budget_of_its_stored_run(path):
+    """The first cell's time line, and the README's course-map row, are what
+    ``benchmarks/course_budget.py --write`` computes from the notebook (``make outputs`` runs it)."""
+    b = course_budget.budget(nbformat.read(path, as_version=4))
+    assert b.paragraph() in nbformat.read(path, as_version=4).cells[0].source, "run course_budget.py --write"
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| [{path.stem}]"))
+    assert f"| {round(b.core_minutes)} / {round(b.deep_minutes)} |" in row
+
+
+def test_the_core_path_fits_a_90_minute_workshop():
+    core = sum(course_budget.budget(nbformat.read(p, as_version=4)).core_minutes for p in NOTEBOOKS)
+    assert core <= course_budget.CORE_BUDGET_MIN, f"the core path takes {core:.0f} minutes"
+
+
+def test_output_kinds_ignore_what_varies_between_runs():
+    new = nbformat.v4
+    outputs = [new.new_output("stream", name="stdout", text="3.1 tok/s\n"),
+               new.new_output("stream", name="stderr", text="Loading 50%\r"),
+               new.new_output("stream", name="stdout", text="done\n"),
+               new.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Image>"}),
+               new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "ChatPanel(...)"})]
+    assert store_outputs.output_kinds(outputs) == ["stdout", "display_data:image/png,text/plain",
+                                                   "display_data:text/plain"]
+    store_outputs._for_a_file(outputs[-1])
+    assert outputs[-1]["data"] == {"text/plain": "ChatPanel widget: run the notebook to use it"}

@@ -1,0 +1,113 @@
+"""Run every notebook headless on the bundled model and store its outputs (``make outputs``).
+
+The stored outputs are what a learner sees before running anything: on GitHub, in Colab's preview,
+projected in a room. Each notebook runs in a fresh kernel from ``notebooks/``, as on Binder (told
+its 2 GiB memory limit), with nbclient's cell timings kept (``benchmarks/course_budget.py`` reads
+them). What a file cannot show is left out: widget state, and a widget's long ``repr`` (replaced by
+one line). The notebook's metadata records the run: the model, the library versions, and a hash of
+each code cell's source, so a test can tell when a cell changed after its output was stored.
+
+    .venv/bin/python tools/store_outputs.py                      # every notebook
+    .venv/bin/python tools/store_outputs.py notebooks/02_*.ipynb # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+MEMORY_LIMIT_MB = 2048  # Binder's, as conftest.py gives nbval's kernels
+CELL_TIMEOUT_S = 600  # nbval's, from pyproject's addopts
+WIDGET = "application/vnd.jupyter.widget-view+json"
+MAX_BYTES = 1_000_000
+
+
+def source_hash(cell) -> str:
+    """A short hash of a code cell's source."""
+    return hashlib.sha256(cell.source.encode()).hexdigest()[:12]
+
+
+def run_signature() -> dict:
+    """What the outputs depend on besides the cells: the model and the stack."""
+    return {"model": os.environ.get("GEMMA_MODEL") or "bundled", "memory_limit_mb": MEMORY_LIMIT_MB,
+            **{name: version(name) for name in ("torch", "transformers", "ipywidgets")}}
+
+
+def output_kinds(outputs) -> list[str]:
+    """What kinds of output a cell made, in order: stdout, each display's MIME types, an error.
+
+    stderr (warnings, progress bars) and widget views are left out: they depend on caches and on
+    the front end. Consecutive repeats count once.
+    """
+    kinds: list[str] = []
+    for out in outputs:
+        if out["output_type"] == "stream":
+            kind = "" if out["name"] == "stderr" else "stdout"
+        elif out["output_type"] == "error":
+            kind = "error"
+        else:
+            kind = out["output_type"] + ":" + ",".join(sorted(m for m in out.get("data", {}) if m != WIDGET))
+        if kind and (not kinds or kinds[-1] != kind):
+            kinds.append(kind)
+    return kinds
+
+
+def _for_a_file(output) -> None:
+    """Drop what a stored output cannot show: a widget's view (no state is stored) and its long repr."""
+    data = output.get("data", {})
+    if WIDGET in data:
+        del data[WIDGET]
+        name = re.match(r"\w+", data.get("text/plain", "")) or None
+        data["text/plain"] = f"{name.group(0) if name else 'A'} widget: run the notebook to use it"
+
+
+def store(path: Path) -> int:
+    """Execute ``path`` and write it back with its outputs; return the file's size in bytes."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ["MEM_LIMIT"] = str(MEMORY_LIMIT_MB * 2**20)  # the kernel inherits it
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=True,
+                   store_widget_state=False, resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            _for_a_file(output)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["gemma_widgets"] = {"outputs": {
+        **run_signature(), "cells": [source_hash(c) for c in nb.cells if c.cell_type == "code"]}}
+    text = nbformat.writes(nb) + "\n"
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".ipynb", delete=False) as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+    return len(text.encode())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, default=NOTEBOOKS)
+    args = parser.parse_args()
+    too_big = []
+    for path in args.notebooks:
+        print(f"running {path.name}...", flush=True)
+        size = store(path.resolve())
+        print(f"  stored, {size / 1000:.0f} kB", flush=True)
+        if size > MAX_BYTES:
+            too_big.append(path.name)
+    if too_big:
+        print(f"over {MAX_BYTES / 1e6:.0f} MB: {', '.join(too_big)}", file=sys.stderr)
+    return 1 if too_big else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
