@@ -30,6 +30,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
+        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600, else: a saved file is as readable as any other
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -37,6 +38,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
             raise GemmaWidgetsError(f"Cannot save to {path}: {exc.strerror or exc}.") from exc
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or those a new file gets under the process's umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def read_limited(path: str | os.PathLike, limit: int = READ_LIMIT) -> bytes:
