@@ -124,3 +124,17 @@ def test_output_kinds_ignore_what_varies_between_runs():
                                                    "display_data:text/plain"]
     store_outputs._for_a_file(outputs[-1])
     assert outputs[-1]["data"] == {"text/plain": "ChatPanel widget: run the notebook to use it"}
+
+
+CORE_CELL_LINES = 15
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_core_cells_are_short(path):
+    """No code cell of the core path is longer than 15 lines (blank lines aside): a learner reads each
+    before running it. The set-up cell is the course's own; deep dives may run longer."""
+    nb = nbformat.read(path, as_version=4)
+    core = [c for deep, cells in course_budget.sections(nb) if not deep for c in cells if c.cell_type == "code"]
+    long = {nb.cells.index(c): n for c in core[1:] if (n := sum(1 for line in c.source.splitlines() if line.strip()))
+            > CORE_CELL_LINES}
+    assert not long, f"core cells of {path.name} over {CORE_CELL_LINES} lines (cell index: lines): {long}"
