@@ -4,8 +4,9 @@
 #   benchmarks/gpu_course.sh --device cpu    # the same code path on the tiny random Gemma 2 (CI runs this)
 # Runs all seven notebooks under nbval with GEMMA_MODEL set to that model (one summary line per
 # notebook: minutes and peak memory), then `bench` for bf16, fp16, bnb-int8, bnb-nf4 and bf16+compile,
-# saved as notebooks/data/reference-gpu.json for notebook 07 to show beside a learner's run (the CPU
-# check saves it under artifacts/: a tiny random model is no reference).
+# saved as gemma_widgets/data/reference-gpu.json, which `bench.reference_run("reference-gpu.json")`
+# loads beside a learner's run (the CPU check saves it under artifacts/: a tiny random model is no
+# reference; Gemma 2 2B's shape with random weights is a reference for speed and memory, not quality).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cuda
@@ -16,7 +17,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $device in
-    cuda) model=random-gemma2-2b; out=notebooks/data/reference-gpu.json ;;
+    cuda) model=random-gemma2-2b; out=gemma_widgets/data/reference-gpu.json ;;
     cpu) model=tiny-random-gemma2; out=artifacts/reference-cpu.json ;;
     *) echo "--device must be cuda or cpu, not $device" >&2; exit 2 ;;
 esac
@@ -28,7 +29,7 @@ else
     export CUDA_VISIBLE_DEVICES=""
 fi
 "$PY" -m gemma_widgets prepare --model "$model"
-mkdir -p notebooks/data artifacts
+mkdir -p artifacts
 # The real 2B shape does not fit Binder's 2 GB: on CUDA, no Binder memory limit (conftest.py).
 [ "$device" = cuda ] && export NOTEBOOK_MEMORY_LIMIT_MB=0
 log=artifacts/gpu_course_$device.log
