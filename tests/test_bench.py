@@ -261,10 +261,10 @@ def test_csv_text_cells_cannot_become_spreadsheet_formulas(tmp_path):
 def test_the_shipped_reference_run_loads_from_the_installed_package():
     run = bench.reference_run()
     assert run and all(r.model == "bundled" and r.machine is not None for r in run)
-    assert all(not r.machine.gpu for r in run)  # the CPU reference; a GPU one does not ship
+    assert all(not r.machine.gpu for r in run)  # the CPU reference (a GPU one would be reference-gpu.json)
     assert any(r.variant == "bf16" and r.ok and r.decode_tps for r in run)
     with pytest.raises(GemmaWidgetsError, match="No results file"):
-        bench.reference_run("reference-gpu.json")
+        bench.reference_run("no-such-run.json")
 
 
 def test_two_runs_compare_the_variants_both_finished_on_the_same_model():
