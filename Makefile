@@ -39,10 +39,9 @@ test-colab:
 notebooks: $(STAMP)
 	$(PY) tools/sync_notebooks.py
 
-# Store every notebook with the outputs of a run on the bundled model, as Binder runs it (the inductor
-# kernels compiled first, as Binder's postBuild does), then write each notebook's time budget from it.
+# Store every notebook with the outputs of a run on the bundled model, as Binder runs it (after
+# `prepare`, as after Binder's postBuild), then write each notebook's time budget from it.
 outputs: prepare
-	$(PY) -m gemma_widgets prepare --compile
 	$(PY) tools/store_outputs.py
 	$(PY) benchmarks/course_budget.py --write
 
@@ -60,9 +59,10 @@ $(STAMP): requirements.txt pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements.txt -e .
 	touch $(STAMP)
 
-# Converts the bundled Gemma 3 270M once (about a minute); later runs find it cached.
+# Converts the bundled Gemma 3 270M once (about a minute), and compiles what notebook 05 compiles
+# into the kit's inductor cache, as Binder's postBuild does (minutes, once); later runs find both cached.
 prepare: $(STAMP)
-	$(PY) -m gemma_widgets prepare
+	$(PY) -m gemma_widgets prepare --compile
 
 # Debian's Chromium for the real-browser test (tests/test_browser.py drives it with Playwright;
 # Playwright's own browser download is never used). .ci/run installs it before `make test`.

@@ -23,8 +23,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.compile:  # torch.compile's kernels, so a first session loads them instead of compiling
         from gemma_widgets.compilation import inductor_cache_dir, warm_cache
 
-        for what, seconds in warm_cache(args.model).items():
+        compiled = warm_cache(args.model)
+        for what, seconds in compiled.items():
             print(f"compiled {what}: {seconds:.0f} s")
+        if not compiled:
+            print("compiled: nothing to do, this cache was warmed before")
         print(f"inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR') or inductor_cache_dir()}")
     return 0
 

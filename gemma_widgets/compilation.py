@@ -78,8 +78,10 @@ def inductor_cache_dir() -> Path:
 def use_inductor_cache(folder: Path | str | None = None) -> Path:
     """Keep compiled kernels in ``folder`` (default :func:`inductor_cache_dir`) across processes.
 
-    An existing ``$TORCHINDUCTOR_CACHE_DIR`` wins unless ``folder`` is given, so CI can point
-    it anywhere. Returns the folder in use.
+    A ``$TORCHINDUCTOR_CACHE_DIR`` set by the user wins unless ``folder`` is given, so CI can point
+    it anywhere; torch's own default (``/tmp/torchinductor_<user>``, which torch writes into the
+    environment the first time it imports inductor, loading a model for one) does not: it would not
+    survive a reboot. Returns the folder in use.
 
     On a machine of :data:`SERIAL_COMPILE_CORES` cores or fewer it also compiles in this process
     (``compile_threads=1``, inherited by child processes): inductor's pool of compile workers
@@ -90,8 +92,11 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
 
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         torch._inductor.config.compile_threads = int(os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
-    if folder is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None and chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        path = Path(chosen)
     else:
         path = Path(folder) if folder is not None else inductor_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
@@ -257,12 +262,18 @@ def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, f
     decode step with a static cache for its prompt plus 32 tokens) and what ``load_model(...,
     compile=True)`` compiles (the dashboard's ``bf16+compile``). Returns the seconds each took. Inductor's
     cache is keyed by the graph, torch's version and the CPU: a build machine with another instruction
-    set than the one that runs the notebook warms nothing for it.
+    set than the one that runs the notebook warms nothing for it. A stamp in the cache folder marks
+    a finished warm-up for this model, precision and torch: a second call returns ``{}`` at once.
     """
+    import torch
+
     from gemma_widgets.bench_compile import measure
     from gemma_widgets.loading import load_model
+    from gemma_widgets.models import resolve_preset
 
-    use_inductor_cache()
+    stamp = use_inductor_cache() / f".warmed-{resolve_preset(model).name}-{precision}-torch-{torch.__version__}"
+    if stamp.exists():
+        return {}
     seconds: dict[str, float] = {}
     lm = load_model(model, precision)
     start = time.perf_counter()
@@ -276,4 +287,5 @@ def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, f
     if not compiled.compiled:
         raise RuntimeError("; ".join(compiled.notes))
     seconds["load_model(compile=True)"] = time.perf_counter() - start
+    stamp.touch()
     return seconds

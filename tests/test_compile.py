@@ -69,6 +69,18 @@ def test_use_inductor_cache_sets_the_environment(tmp_path, monkeypatch):
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ind")
 
 
+def test_the_kit_cache_wins_over_torchs_temporary_default_not_over_the_users(tmp_path, monkeypatch):
+    """Loading a model makes torch write its default, /tmp/torchinductor_<user>, into the environment;
+    the kit's persistent folder replaces that, and only that."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setattr(compilation, "inductor_cache_dir", lambda: tmp_path / "kit")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert compilation.use_inductor_cache() == tmp_path / "kit"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compilation.use_inductor_cache() == tmp_path / "mine"
+
+
 def test_measure_eager_variants_gives_records(eager):
     records = bench_compile.measure(eager, new_tokens=3, variants=("eager-dynamic", "eager-static"), repeats=2)
     assert [r.variant for r in records] == ["eager-dynamic", "eager-static"]

@@ -77,3 +77,6 @@ def test_prepare_compile_fills_the_inductor_cache(tmp_path):
     assert "compiled notebook 05" in done.stdout and "compiled load_model(compile=True)" in done.stdout
     assert f"inductor cache: {tmp_path / 'inductor'}" in done.stdout
     assert any(p.is_file() for p in (tmp_path / "inductor").rglob("*")), "kernels were written"
+    again = subprocess.run([sys.executable, "-m", "gemma_widgets", "prepare", "--model", "tiny-random-gemma2",
+                            "--compile"], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, "a warmed cache is not warmed twice"
