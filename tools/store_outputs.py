@@ -3,8 +3,8 @@
 The stored outputs are what a learner sees before running anything: on GitHub, in Colab's preview,
 projected in a room. Each notebook runs in a fresh kernel from ``notebooks/``, as on Binder (told
 its 2 GiB memory limit), with nbclient's cell timings kept (``benchmarks/course_budget.py`` reads
-them). What a file cannot show is left out: widget state, and a widget's long ``repr`` (replaced by
-one line). The notebook's metadata records the run: the model, the library versions, and a hash of
+them). What a file cannot show is left out: widget state, and a widget's long ``repr`` (replaced
+by one line). The notebook's metadata records the run: the model, the library versions, and a hash of
 each code cell's source, so a test can tell when a cell changed after its output was stored.
 
     .venv/bin/python tools/store_outputs.py                      # every notebook
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 import tempfile
 from importlib.metadata import version
@@ -30,6 +29,7 @@ MEMORY_LIMIT_MB = 2048  # Binder's, as conftest.py gives nbval's kernels
 CELL_TIMEOUT_S = 600  # nbval's, from pyproject's addopts
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MAX_BYTES = 1_000_000
+WIDGET_PLACEHOLDER = "[a widget: run the notebook to use it]"
 
 
 def source_hash(cell) -> str:
@@ -63,12 +63,11 @@ def output_kinds(outputs) -> list[str]:
 
 
 def _for_a_file(output) -> None:
-    """Drop what a stored output cannot show: a widget's view (no state is stored) and its long repr."""
+    """Replace what a stored output cannot show, a widget (no state is stored), with one line: its
+    ``repr`` is a dump of its children, or a progress bar's first state (0%), never what a run showed."""
     data = output.get("data", {})
     if WIDGET in data:
-        del data[WIDGET]
-        name = re.match(r"\w+", data.get("text/plain", "")) or None
-        data["text/plain"] = f"{name.group(0) if name else 'A'} widget: run the notebook to use it"
+        output["data"] = {"text/plain": WIDGET_PLACEHOLDER}
 
 
 def store(path: Path) -> int:
