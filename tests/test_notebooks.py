@@ -140,3 +140,13 @@ def test_core_cells_are_short(path):
     long = {nb.cells.index(c): n for c in core[1:] if (n := sum(1 for line in c.source.splitlines() if line.strip()))
             > CORE_CELL_LINES}
     assert not long, f"core cells of {path.name} over {CORE_CELL_LINES} lines (cell index: lines): {long}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lessons_check_claims_visibly_and_leave_plumbing_to_tests(path):
+    """A claim a learner should see verified is a ``check(...)`` (a printed ✓ line); a bare
+    ``assert`` is plumbing, and plumbing is tested in ``tests/``."""
+    nb = nbformat.read(path, as_version=4)
+    bare = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and any(line.strip().startswith("assert ") for line in c.source.splitlines())]
+    assert not bare, f"cells {bare} of {path.name} assert without showing it: use course.check or a test"
