@@ -3,8 +3,8 @@
 The stored outputs are what a learner sees before running anything: on GitHub, in Colab's preview,
 projected in a room. Each notebook runs in a fresh kernel from ``notebooks/``, as on Binder (told
 its 2 GiB memory limit), with nbclient's cell timings kept (``benchmarks/course_budget.py`` reads
-them). What a file cannot show is left out: widget state, and a widget's long ``repr`` (replaced
-by one line). The notebook's metadata records the run: the model, the library versions, and a hash of
+them). What a file cannot show is left out: widget state, and each widget's output becomes one
+placeholder line. The notebook's metadata records the run: the model, the library versions, and a hash of
 each code cell's source, so a test can tell when a cell changed after its output was stored.
 
     .venv/bin/python tools/store_outputs.py                      # every notebook
@@ -17,14 +17,14 @@ import argparse
 import hashlib
 import os
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
+from sync_notebooks import NOTEBOOKS
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+from gemma_widgets._files import write_atomic
+
 MEMORY_LIMIT_MB = 2048  # Binder's, as conftest.py gives nbval's kernels
 CELL_TIMEOUT_S = 600  # nbval's, from pyproject's addopts
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -85,10 +85,7 @@ def store(path: Path) -> int:
     nb.metadata["gemma_widgets"] = {"outputs": {
         **run_signature(), "cells": [source_hash(c) for c in nb.cells if c.cell_type == "code"]}}
     text = nbformat.writes(nb) + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".ipynb", delete=False) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
+    write_atomic(path, text)  # a failed run above leaves the stored notebook as it was
     return len(text.encode())
 
 
