@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test unit lint test-gemma2 test-colab notebooks outputs install prepare chromium
+.PHONY: lab test unit lint test-gemma2 test-colab notebooks outputs install install-llamacpp prepare chromium
 
 # Jupyter refuses to run as root (a container, a cloud VM) unless asked.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -47,17 +47,25 @@ outputs: prepare
 
 install: $(STAMP)
 
-# llama-cpp-python builds llama.cpp from source (about 8 minutes on two cores; pip caches the wheel).
-# A native build uses every instruction the CPU reports, AMX included, and a VM may report AMX yet not
-# grant it (this kind of machine: "Illegal instruction" at the first decode), so build for AVX-512 and
-# AVX2 without AMX.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+# llama-cpp-python builds llama.cpp from source (about 8 minutes on two cores, once per machine):
+# tools/llamacpp_wheel.sh builds a portable x86-64-v3 wheel (AVX2, no AVX-512, no AMX: it runs on any
+# CPU of the last decade, and a CPU it does not run on is reported by the kit's child-process probe)
+# into the kit's own wheel folder, never into pip's shared cache (see the script for why).
+LLAMA_PIN := $(shell grep -E '^llama-cpp-python' requirements.txt)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+LLAMA_WHEELS = PY=$(PY) LLAMA_PIN='$(LLAMA_PIN)' LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' bash tools/llamacpp_wheel.sh
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -r requirements.txt -e .
+	wheels=$$($(LLAMA_WHEELS)) && $(PY) -m pip install --quiet --find-links "$$wheels" -r requirements.txt -e .
 	touch $(STAMP)
+
+# Rebuild llama.cpp for this machine (the kit's message when its probe finds a llama-cpp-python that
+# dies here, for example one built elsewhere for AVX-512) and install it in .venv.
+install-llamacpp: $(STAMP)
+	wheels=$$($(LLAMA_WHEELS)) && $(PY) -m pip install --quiet --force-reinstall --no-deps --no-index \
+		--find-links "$$wheels" '$(LLAMA_PIN)'
 
 # Converts the bundled Gemma 3 270M once (about a minute), and compiles what notebook 05 compiles
 # into the kit's inductor cache, as Binder's postBuild does (minutes, once); later runs find both cached.
