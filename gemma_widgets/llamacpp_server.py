@@ -46,12 +46,16 @@ _NEEDS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context
 
 
 def unavailable_reason() -> str | None:
-    """Why a local llama.cpp server cannot start here (a package missing), or None."""
+    """Why a local llama.cpp server cannot start here (a package missing, or llama.cpp crashing on
+    this CPU: :func:`gemma_widgets.engines.llamacpp.unavailable_reason`), or None."""
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
                 "(pip install 'llama-cpp-python[server]' openai)")
-    return None
+    from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets.engines.llamacpp import unavailable_reason as llamacpp_reason
+
+    return llamacpp_reason(str(bundled_gguf()))
 
 
 def default_threads() -> int:

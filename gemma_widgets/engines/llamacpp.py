@@ -15,12 +15,43 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._probe import cpu_flags, probe
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine
 from gemma_widgets.templates import end_of_turn_ids
 
 #: Tokens of context the engine allocates by default: the KV cache grows with it (Gemma 3 270M:
 #: ~18 KB a token in f16), and a chat in a notebook rarely needs Gemma 3's whole 32k.
 DEFAULT_CONTEXT = 4096
+
+
+#: A two-token greedy decode: the first call into llama.cpp's CPU kernels, where a build for
+#: instructions this CPU lacks dies.
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+for count, _ in enumerate(llm.generate(llm.tokenize(b"Bees make"), temp=0.0, top_k=1), start=1):
+    if count == 2:
+        break
+"""
+
+#: How to build llama-cpp-python for the machine at hand (the kit's Makefile builds the same flags).
+REBUILD = ("rebuild it for this machine: `make install-llamacpp` in the kit's checkout, or "
+           "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF' "
+           "pip install --force-reinstall --no-cache-dir llama-cpp-python")
+
+
+def unavailable_reason(gguf: str) -> str | None:
+    """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` in a child process
+    first (once per build and CPU, :mod:`gemma_widgets._probe`), so a build that crashes here is
+    reported instead of killing the kernel."""
+    reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf)
+    if reason is None:
+        return None
+    flags = cpu_flags()
+    no_avx512 = flags and "avx512f" not in flags
+    hint = " This CPU has no AVX-512, so a build made for AVX-512 dies here." if no_avx512 else ""
+    return f"{reason}.{hint} The other precisions do not need it; {REBUILD}"
 
 
 def default_threads() -> int:
