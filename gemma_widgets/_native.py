@@ -72,3 +72,26 @@ def free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+#: The torch functions inductor registers as extern kernels when its kernel modules are first
+#: imported, by their ``__name__``; a compiled graph calls them as ``extern_kernels.<name>``.
+_EXTERN_KERNELS = {"torch._inductor.kernel.bmm": ("aten_bmm", "bmm"),
+                   "torch._inductor.kernel.mm": ("aten_mm", "mm")}
+
+
+def inductor_kernels_intact() -> bool:
+    """Register inductor's extern kernels now, and say whether they are torch's own functions.
+
+    OpenVINO's PyTorch frontend swaps ``torch.bmm`` for a function named ``wrapper`` while it
+    traces a 16-bit model (an optimum-intel export). If inductor's kernel modules are first
+    imported during that window, inductor registers the wrapper, every graph that process
+    compiles calls ``extern_kernels.wrapper``, and a later process that finds the graph in a
+    shared cache fails (``'KernelNamespace' object has no attribute 'wrapper'``). Calling this
+    before an export registers the real functions; False means that registration already went
+    wrong in this process.
+    """
+    import importlib
+
+    return all(getattr(importlib.import_module(module), choice).name == name
+               for module, (choice, name) in _EXTERN_KERNELS.items())

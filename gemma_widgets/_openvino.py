@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from gemma_widgets._native import inductor_kernels_intact
 from gemma_widgets.cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import UnknownPrecisionError
 
@@ -152,6 +153,7 @@ def export(source: str, settings: ExportSettings) -> Path:
         from gemma_widgets.templates import ensure_chat_template
         from gemma_widgets.tokenizer import read_tokenizer
 
+        inductor_kernels_intact()  # registers torch.bmm before the exporter swaps it for a while
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
         steps.set_postfix_str("export and compress weights")
         config = settings.quantization_config(source)

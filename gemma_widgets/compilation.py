@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets._native import inductor_kernels_intact
 from gemma_widgets.cache import cache_root
 from gemma_widgets.engines.hf import greedy_exact
 from gemma_widgets.errors import GemmaWidgetsError
@@ -81,7 +84,9 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
     A ``$TORCHINDUCTOR_CACHE_DIR`` set by the user wins unless ``folder`` is given, so CI can point
     it anywhere; torch's own default (``/tmp/torchinductor_<user>``, which torch writes into the
     environment the first time it imports inductor, loading a model for one) does not: it would not
-    survive a reboot. Returns the folder in use.
+    survive a reboot. A process whose inductor registered a wrapped torch function
+    (:func:`~gemma_widgets._native.inductor_kernels_intact`) compiles into a private folder instead,
+    so its graphs never reach a shared cache. Returns the folder in use.
 
     On a machine of :data:`SERIAL_COMPILE_CORES` cores or fewer it also compiles in this process
     (``compile_threads=1``, inherited by child processes): inductor's pool of compile workers
@@ -95,7 +100,12 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if folder is None and chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+    if not inductor_kernels_intact():  # its graphs would break other processes: keep them apart
+        path = Path(tempfile.mkdtemp(prefix="gemma_widgets-inductor-private-"))
+        warnings.warn("inductor registered a wrapped torch function in this process (an OpenVINO export "
+                      "ran before the first compile): compiling into a private folder, not the shared "
+                      f"cache. A fresh kernel compiles into {inductor_cache_dir()}.", stacklevel=2)
+    elif folder is None and chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
         path = Path(chosen)
     else:
         path = Path(folder) if folder is not None else inductor_cache_dir()

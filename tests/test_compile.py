@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -175,3 +177,64 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
 def test_cache_length_is_the_global_layers_length(tiny):
     cache = compilation.static_cache(tiny.model, 64)
     assert compilation.cache_length(cache) == 64 and min(layer.max_cache_len for layer in cache.layers) == 16
+
+
+#: A process where torch.bmm is swapped (as OpenVINO's exporter does while tracing) when inductor
+#: first registers its kernels; prints the folder use_inductor_cache then picks.
+TAINTED = """
+import torch
+real = torch.bmm
+
+def wrapper(*args, **kwargs):
+    return real(*args, **kwargs)
+
+torch.bmm = wrapper
+import torch._inductor.kernel.bmm
+torch.bmm = real
+import warnings
+warnings.simplefilter("ignore")
+from gemma_widgets import compilation
+print(compilation.use_inductor_cache())
+"""
+
+
+def test_a_process_whose_inductor_registered_a_wrapper_never_writes_the_shared_cache(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GEMMA_WIDGETS_CACHE": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": ""}
+    done = subprocess.run([sys.executable, "-c", TAINTED], env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    chosen = done.stdout.split()[-1]
+    assert "private" in chosen and not chosen.startswith(str(tmp_path))
+
+
+#: An export whose tracing imports inductor's kernels while OpenVINO's frontend has swapped torch.bmm.
+EXPORT_DURING_SWAP = """
+import sys, optimum.intel
+from openvino.frontend.pytorch import patch_model
+from gemma_widgets import _openvino
+from gemma_widgets._native import inductor_kernels_intact
+
+def traced(*args, **kwargs):
+    patch_model._patch_torch_functions()
+    import torch._inductor.kernel.bmm, torch._inductor.kernel.mm
+    patch_model._unpatch_torch_functions()
+    raise SystemExit(0 if inductor_kernels_intact() else 3)
+
+optimum.intel.OVModelForCausalLM.from_pretrained = traced
+_openvino.export(sys.argv[1], _openvino.ExportSettings(weight_format="int8"))
+"""
+
+
+@pytest.mark.skipif(compilation.compile_unavailable_reason() is not None, reason="no compiler here")
+def test_an_export_leaves_inductor_with_torchs_own_kernels(tmp_path, tiny):
+    """The kit registers inductor's kernels before an OpenVINO export swaps torch.bmm for a while."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino.frontend.pytorch.patch_model")
+    env = {**os.environ, "GEMMA_WIDGETS_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", EXPORT_DURING_SWAP, tiny.path], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
