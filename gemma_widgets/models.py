@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled
+from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled, prepare_tokenizer
 from gemma_widgets.cache import build_once, cache_root
 from gemma_widgets.engines.base import Engine, Prompt
 from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
@@ -161,7 +161,7 @@ def _build_random(name: str, out: Path) -> dict:
     import torch
     from transformers import Gemma2ForCausalLM
 
-    tokenizer = read_tokenizer(prepare_bundled())
+    tokenizer = read_tokenizer(prepare_tokenizer())
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(random_gemma2_config(name, tokenizer))
     if model.num_parameters() > 10**8:  # save real-sized models in bf16, as Google's checkpoints are
