@@ -47,14 +47,12 @@ outputs: prepare
 
 install: $(STAMP)
 
-# llama-cpp-python builds llama.cpp from source (about 8 minutes on two cores, once per machine):
+# llama-cpp-python builds llama.cpp from source (about 4 minutes on two cores, once per machine):
 # tools/llamacpp_wheel.sh builds a portable x86-64-v3 wheel (AVX2, no AVX-512, no AMX: it runs on any
-# CPU of the last decade, and a CPU it does not run on is reported by the kit's child-process probe)
+# CPU of the last decade, and one it does not run on is reported by the kit's child-process probe)
 # into the kit's own wheel folder, never into pip's shared cache (see the script for why).
 LLAMA_PIN := $(shell grep -E '^llama-cpp-python' requirements.txt)
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
-LLAMA_WHEELS = PY=$(PY) LLAMA_PIN='$(LLAMA_PIN)' LLAMA_CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' bash tools/llamacpp_wheel.sh
+LLAMA_WHEELS = PY=$(PY) bash tools/llamacpp_wheel.sh
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

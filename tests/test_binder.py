@@ -21,10 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis", "mypy", "ruff"}
-#: Not on Binder: llama.cpp builds from source (minutes, with build flags repo2docker cannot pass) and its
-#: server beside a kernel is near Binder's 2 GB; notebook 06's server section and 07's llama.cpp row say
-#: "Skipped here" / unavailable there.
-NOT_ON_BINDER = {"llama-cpp-python"}
+#: Built by postBuild with the kit's portable flags, not installed from requirements.txt (pip would
+#: build it for the image builder's own CPU).
+BUILT_BY_POSTBUILD = {"llama-cpp-python"}
 # What Colab ships (late 2026: a CUDA torch, transformers 5, hub 2, ipywidgets 7): the set-up cell's
 # install must keep every one of them.
 COLAB = {"torch": "2.11.0+cu126", "torchvision": "0.26.0+cu126", "transformers": "5.24.0",
@@ -51,7 +50,7 @@ def test_binder_uses_python_3_11():
 
 def test_binder_pins_the_tested_stack_with_a_cpu_torch():
     local, binder = pins(REPO / "requirements.txt"), pins(BINDER / "requirements.txt")
-    runtime = {name: version for name, version in local.items() if name not in TEST_TOOLS | NOT_ON_BINDER}
+    runtime = {name: version for name, version in local.items() if name not in TEST_TOOLS | BUILT_BY_POSTBUILD}
     assert binder.pop("torch") == runtime.pop("torch") + "+cpu"
     assert binder == runtime
     lines = (BINDER / "requirements.txt").read_text().splitlines()
@@ -68,6 +67,15 @@ def test_postbuild_installs_the_package_and_prepares_the_model():
     prepare = [line for line in commands if "-m gemma_widgets prepare" in line]
     assert prepare and "--precision ov-int4" in prepare[0]  # the export is built in the image
     assert "--compile" in prepare[0]  # and notebook 05's inductor kernels: no core cell compiles for minutes
+    built = [line for line in commands if "tools/llamacpp_wheel.sh" in line]
+    assert built and "LLAMA_CMAKE_ARGS" not in built[0]  # llama.cpp, with the portable flags
+
+
+def test_the_portable_llama_cpp_build_has_no_avx512_and_no_amx():
+    script = (REPO / "tools" / "llamacpp_wheel.sh").read_text()
+    flags = re.search(r"ARGS=\$\{LLAMA_CMAKE_ARGS:-(.*?)\}", script, re.S).group(1).split()
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_AVX2=ON" in flags
+    assert not [f for f in flags if re.match(r"-DGGML_(AVX512|AMX)\w*=ON", f)]
 
 
 def pypi_reachable() -> bool:
