@@ -4,15 +4,18 @@ A save writes a temporary file in the same folder, then renames it over the targ
 interrupted save leaves the previous file whole (``path.write_text`` truncates it first). It
 replaces only a regular file: a device, a pipe or a symbolic link at the path is refused, since a
 rename would put a plain file in its place (``/dev/null``, as root) or write through the link. A
-load reads at most ``limit`` bytes, so ``/load /dev/zero`` is a clear error, not a MemoryError.
+load reads at most ``limit`` bytes, so ``/load /dev/zero`` is a clear error, not a MemoryError,
+and parses JSON with every failure (even nesting deeper than Python's stack) as a clear error.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 from gemma_widgets.errors import GemmaWidgetsError
 
@@ -76,3 +79,14 @@ def read_limited(path: str | os.PathLike, limit: int = READ_LIMIT) -> bytes:
         raise GemmaWidgetsError(f"{path} is larger than {limit // 2**20} MB: not a file the kit wrote.")
     return data
 
+
+def parse_json(data: str | bytes, problem: str) -> Any:
+    """``data`` parsed as JSON, else a clear error: ``problem`` (such as "That file is not a JSON
+    transcript") and the reason, for bad UTF-8, bad JSON, or nesting so deep (200,000 ``[``) that
+    the parser runs out of stack, which would otherwise raise RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise GemmaWidgetsError(f"{problem}: it nests lists or objects too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise GemmaWidgetsError(f"{problem}: {exc}") from exc

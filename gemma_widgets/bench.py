@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._files import write_atomic
+from gemma_widgets._files import READ_LIMIT, read_limited, write_atomic
 from gemma_widgets.bench_protocol import (
     Done,
     Event,
@@ -560,14 +560,16 @@ def load(path: str | os.PathLike) -> list[Result]:
     path = Path(path)
     if not path.is_file():
         raise GemmaWidgetsError(f"No results file at {path}. Save one with bench.save() or --out.")
+    if path.suffix not in (".json", ".csv"):
+        raise GemmaWidgetsError(f"Results files are .csv or .json, not {path.name!r}.")
+    data = read_limited(path)  # at most READ_LIMIT bytes: a clear error, not all of memory
     try:
         if path.suffix == ".json":
-            return [_result_from_dict(d) for d in json.loads(path.read_text())["results"]]
-        if path.suffix == ".csv":
-            return _load_csv(path)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return [_result_from_dict(d) for d in json.loads(data)["results"]]
+        return _load_csv(data.decode("utf-8"))
+    # RecursionError: lists nested thousands deep, in the file or in a CSV cell's JSON
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, csv.Error) as exc:
         raise GemmaWidgetsError(f"{path} is not a results file written by bench.save(): {exc}") from exc
-    raise GemmaWidgetsError(f"Results files are .csv or .json, not {path.name!r}.")
 
 
 def _result_from_dict(data: dict[str, Any]) -> Result:
@@ -598,11 +600,14 @@ def _check_types(record: Any) -> None:
         _check_types(record.machine)
 
 
-def _load_csv(path: Path) -> list[Result]:
+def _load_csv(text: str) -> list[Result]:
     hints = typing.get_type_hints(Result)
     machine_hints = typing.get_type_hints(Machine)
+    # csv's default cap (128 KiB a cell) refuses a long generated ``text`` that save() wrote; the
+    # whole file is at most READ_LIMIT, so no cell can be larger than that
+    csv.field_size_limit(max(csv.field_size_limit(), READ_LIMIT))
     results = []
-    with path.open(newline="") as handle:
+    with io.StringIO(text, newline="") as handle:
         for row in csv.DictReader(handle):
             # a file from an older version lacks the newer columns: those keep their defaults
             data = {f.name: _from_cell(row[f.name], hints[f.name]) for f in _FIELDS if f.name in row}

@@ -14,7 +14,6 @@ True
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import ipywidgets as widgets
 
 from gemma_widgets._display import WidgetView
 from gemma_widgets._display import with_class as _with_class
-from gemma_widgets._files import write_atomic
+from gemma_widgets._files import parse_json, write_atomic
 from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
 from gemma_widgets.errors import GemmaWidgetsError
@@ -419,8 +418,4 @@ class ChatPanel(WidgetView):
         files = list(value.values()) if isinstance(value, dict) else list(value or ())
         if not files:
             return
-        try:
-            data = json.loads(bytes(files[0]["content"]).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GemmaWidgetsError(f"That file is not a JSON transcript: {exc}") from exc
-        self.load(data)
+        self.load(parse_json(bytes(files[0]["content"]), "That file is not a JSON transcript"))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import html
 import json
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._files import read_limited, write_atomic
+from gemma_widgets._files import parse_json, read_limited, write_atomic
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 from gemma_widgets.templates import chat_ids, ensure_chat_template, fold_system_prompt
 
@@ -232,23 +233,24 @@ class Conversation:
         conv = cls(system=system)
         for item in raw:
             if not isinstance(item, dict) or "role" not in item or "content" not in item:
-                raise GemmaWidgetsError(f"Not a chat message (needs 'role' and 'content'): {item!r:.80}")
+                # reprlib: a short repr at any depth (repr() of deeply nested data raises RecursionError)
+                raise GemmaWidgetsError(f"Not a chat message (needs 'role' and 'content'): {reprlib.repr(item)}")
             content = _text(item["content"], f"message {len(conv.messages) + 1}")
             role = "assistant" if item["role"] == "model" else item["role"]
             if role == "system" and not conv.messages:
                 conv.system = "\n\n".join(p for p in (conv.system, content) if p.strip())
                 continue
             if role not in ROLES:
-                raise GemmaWidgetsError(f"Unknown role {item['role']!r}: use 'user' or 'assistant'.")
+                raise GemmaWidgetsError(f"Unknown role {reprlib.repr(item['role'])}: use 'user' or 'assistant'.")
             expected = ROLES[len(conv.messages) % 2]
             if role != expected:
                 raise GemmaWidgetsError(
                     f"Message {len(conv.messages) + 1} is from {role!r} but {expected!r} was expected: "
                     "Gemma needs turns that alternate user, assistant, user...")
-            stats, error = item.get("stats"), item.get("error")
+            error = item.get("error")
             conv.messages.append(Message(role, content, bool(item.get("stopped")),
                                          None if error is None else _text(error, "an error note"),
-                                         stats if isinstance(stats, dict) else None))
+                                         _stats(item.get("stats"), len(conv.messages) + 1)))
         return conv
 
     @classmethod
@@ -258,11 +260,7 @@ class Conversation:
         Everything is checked before a conversation is returned, so a bad file replaces nothing.
         """
         path = Path(path)
-        try:
-            data = json.loads(read_limited(path).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GemmaWidgetsError(f"Could not read a JSON transcript from {path}: {exc}") from exc
-        return cls.from_data(data)
+        return cls.from_data(parse_json(read_limited(path), f"Could not read a JSON transcript from {path}"))
 
 
 def _text(value: Any, what: str) -> str:
@@ -274,6 +272,23 @@ def _text(value: Any, what: str) -> str:
     except UnicodeEncodeError as exc:
         raise GemmaWidgetsError(f"In a transcript, {what} holds text that is not valid Unicode "
                                 f"({exc.reason} at character {exc.start}).") from None
+    return value
+
+
+def _stats(value: Any, number: int) -> dict[str, Any] | None:
+    """A reply's stats as saved (:meth:`GenerationStats.as_dict`): a flat dict of numbers and text.
+
+    Anything nested is refused: a dict 5,000 levels deep would raise RecursionError at the next save.
+    """
+    if not isinstance(value, dict):
+        return None
+    what = f"the stats of message {number}"
+    for key, item in value.items():
+        if not isinstance(item, (str, int, float, bool, type(None))):
+            raise GemmaWidgetsError(f"In a transcript, {what} must map names to numbers or text, with nothing nested.")
+        _text(key, what)
+        if isinstance(item, str):
+            _text(item, what)
     return value
 
 

@@ -142,11 +142,11 @@ class TerminalChat:
         elif name == "system":
             if arg:
                 self.session.conversation.system = arg
-            self._write(f"system prompt: {self.session.conversation.system or '(none)'}\n")
+            self._write(f"system prompt: {printable(self.session.conversation.system) or '(none)'}\n")
         elif name == "set":
             self._set(arg)
         elif name == "save":
-            self._write(f"saved {self.session.save(arg or 'gemma-chat.json')}\n")
+            self._write(f"saved {printable(str(self.session.save(arg or 'gemma-chat.json')))}\n")
         elif name == "load":
             self.session.load(arg)
             self._write(f"loaded {len(self.session.conversation.messages)} messages\n")

@@ -131,3 +131,53 @@ def test_a_streamed_decode_uses_its_own_first_token_time_and_count():
     bench._fill_timings(result, prefill=[0.5], decode=decode)
     assert result.decode_runs_tps == pytest.approx([4 / 0.8])  # (tokens - 1) over the time after its first
     assert "1 of 2 decode runs" in result.notes[0]  # one token: no decode rate
+
+
+def test_json_nested_past_pythons_stack_is_a_notice_in_the_chat_panel(tiny, tmp_path):
+    """200,000 ``[`` (RecursionError in the parser) through the upload button and ChatPanel.load, and
+    stats nested 5,000 deep handed over as data: each a message, and the transcript kept."""
+    from chat_fakes import ScriptedModel, fake_loaded
+
+    from gemma_widgets import ChatPanel
+
+    panel = ChatPanel(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, "Hi")))
+    panel.load([{"role": "user", "content": "kept"}, {"role": "assistant", "content": "Hi"}])
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    panel._ui(panel._load_upload, ({"name": "deep.json", "content": memoryview(deep.read_bytes())},))
+    assert "not a JSON transcript: it nests lists or objects too deeply" in panel.notice.value
+    with pytest.raises(GemmaWidgetsError, match="too deeply"):
+        panel.load(deep)
+    stats: dict = {}
+    for _ in range(5000):
+        stats = {"a": stats}
+    with pytest.raises(GemmaWidgetsError, match="nothing nested"):
+        panel.load([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "stats": stats}])
+    assert [m["content"] for m in panel.history] == ["kept", "Hi"]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("deep.json", '{"results": ' + "[" * 200_000),
+    ("deep.csv", "model,variant,notes\nm,v," + "[" * 5000 + "\n"),  # a list cell's JSON, under csv's cap
+])
+def test_results_nested_past_pythons_stack_are_a_clear_error(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(GemmaWidgetsError, match="not a results file written by bench.save()"):
+        bench.load(path)
+
+
+@pytest.mark.parametrize("name", ["results.csv", "results.json"])
+def test_a_long_generated_text_round_trips(tmp_path, name):
+    """csv refused a cell over 128 KiB on load (``_csv.Error: field larger than field limit``)."""
+    results = [Result("m", "bf16", text="lighthouse " * 20_000, notes=["x" * 150_000])]
+    assert bench.load(bench.save(results, tmp_path / name)) == results
+
+
+def test_a_results_file_larger_than_the_read_limit_is_refused_unread(tmp_path):
+    from gemma_widgets._files import READ_LIMIT
+
+    path = tmp_path / "results.json"
+    path.write_text('{"results": []}' + " " * READ_LIMIT)
+    with pytest.raises(GemmaWidgetsError, match="larger than 20 MB"):
+        bench.load(path)

@@ -225,3 +225,38 @@ def test_fitting_a_long_transcript_renders_the_template_a_logarithmic_number_of_
     assert plan.dropped > 700 and plan.prompt_tokens + 16 <= 256
     assert len(renders) <= 2 * 12  # two renders per probe, ~log2(400) probes
     assert plan.input_ids == conv.plan(tiny.tokenizer, 256, 16).input_ids
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+#: 200,000 ``[``, and a reply's stats 5,000 levels deep: both past Python's recursion limit.
+DEEP_JSON = ["[" * 200_000, json.dumps({"messages": [{"role": "user", "content": "q"}]})[:-2]
+             + ', {"role": "assistant", "content": "a", "stats": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}]}"]
+
+
+@pytest.mark.parametrize("text", DEEP_JSON, ids=["brackets", "stats"])
+def test_json_nested_past_pythons_stack_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(GemmaWidgetsError, match="Could not read a JSON transcript from .*: it nests .* too deeply"):
+        Conversation.load(path)
+
+
+def test_data_nested_past_pythons_stack_is_refused_before_it_breaks_a_save():
+    """Data handed over directly (``ChatPanel.load(dict)``) parses, so it is checked here: nested stats
+    would raise RecursionError at the next save, and a nested message in the error's repr."""
+    reply = {"role": "assistant", "content": "a", "stats": _nested(5000)}
+    with pytest.raises(GemmaWidgetsError, match="stats of message 2 must map names to numbers or text"):
+        Conversation.from_data([{"role": "user", "content": "q"}, reply])
+    deep_list: list = []
+    for _ in range(5000):
+        deep_list = [deep_list]
+    with pytest.raises(GemmaWidgetsError, match=r"Not a chat message .*\[\[\[\["):
+        Conversation.from_data([deep_list])
+    with pytest.raises(GemmaWidgetsError, match="Unknown role"):
+        Conversation.from_data([{"role": deep_list, "content": "q"}])

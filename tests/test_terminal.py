@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets import terminal
@@ -22,6 +23,7 @@ def _run(tiny, script: str, reply: str = "Hi there.", **session_args) -> tuple[s
     return out.getvalue(), session
 
 
+@pytest.mark.slow
 def test_chat_subcommand_through_a_pipe():
     script = "Hello there\n   \n/system Be brief.\nsecond \\\nline\n/quit\nnever read\n"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -94,3 +96,20 @@ def test_a_failed_command_prints_one_line_and_keeps_the_chat(tiny, tmp_path):
     assert "! Cannot save to" in out and "does not exist" in out and "larger than" in out
     assert len(session.conversation.messages) == 2  # the chat went on, and was saved after all
     assert json.loads((tmp_path / "chat.json").read_text())["messages"][0]["content"] == "hello"
+
+
+def test_a_loaded_system_prompt_is_shown_not_obeyed(tiny, tmp_path):
+    """A transcript's system prompt is untrusted too: OSC 52 and a screen clear, printed by /system."""
+    saved = tmp_path / "evil.json"
+    saved.write_text(json.dumps({"system": "be \x1b]52;c;ZXZpbA==\x07nice\x1b[2J", "messages": []}))
+    out, _ = _run(tiny, f"/load {saved}\n/system\n/quit\n")
+    assert "\x1b" not in out and "\x07" not in out
+    assert "system prompt: be \\x1b]52;c;ZXZpbA==\\x07nice\\x1b[2J" in out
+
+
+def test_a_file_nested_past_pythons_stack_is_one_line_and_the_chat_goes_on(tiny, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    out, session = _run(tiny, f"/load {deep}\nhello\n/quit\n")
+    assert "! Could not read a JSON transcript" in out and "too deeply" in out
+    assert "gemma> Hi there." in out and len(session.conversation.messages) == 2
