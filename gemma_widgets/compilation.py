@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_widgets._native import inductor_kernels_intact
-from gemma_widgets.cache import cache_root
+from gemma_widgets.cache import cache_root, writable_folder
 from gemma_widgets.engines.hf import greedy_exact
 from gemma_widgets.errors import GemmaWidgetsError
 
@@ -109,7 +109,7 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
         path = Path(chosen)
     else:
         path = Path(folder) if folder is not None else inductor_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    writable_folder(path)  # a read-only cache: a clear error now, not a traceback deep in inductor
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return path
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled, prepare_tokenizer
 from gemma_widgets.cache import build_once, cache_root
@@ -96,7 +97,14 @@ def resolve_preset(name: str | None = None) -> Preset:
     if name.startswith(("http://", "https://")):
         from gemma_widgets.engines.server import display_url
 
-        shown = display_url(name)  # a user:password@ part is used to connect, never shown
+        try:  # the URL itself stays out of the message: it may hold a password
+            parts = urlsplit(name)
+            if not parts.hostname or parts.port == 0:  # .port raises ValueError for a port that is not a number
+                raise ValueError("no host name, or port 0")
+            shown = display_url(name)  # a user:password@ part is used to connect, never shown
+        except ValueError as exc:
+            raise UnknownModelError(f"The model name starts with http(s):// but is not a valid URL ({exc}): give "
+                                    "a server's address, such as http://localhost:8080/v1.") from None
         return Preset(shown, "server", f"OpenAI-compatible server at {shown}", 0, repo_id=name, fmt="server",
                       instruction_tuned=True)
     path = Path(name).expanduser()

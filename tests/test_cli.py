@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 
 import pytest
 
+from gemma_widgets import models
 from gemma_widgets.__main__ import main
 from gemma_widgets._bundled import bundled_dir
 from gemma_widgets.models import PRESETS
@@ -46,3 +48,32 @@ def test_the_module_runs_as_a_command():
     assert done.returncode == 2
     assert done.stderr.startswith("error: Unknown model 'nope'") and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("url", ["https://[bad", "http://user:secret@host:port/v1", "http:///v1"])
+def test_a_model_url_that_does_not_parse_exits_2_without_showing_it(monkeypatch, capsys, url):
+    monkeypatch.setenv("GEMMA_MODEL", url)
+    assert main(["prepare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The model name starts with http(s):// but is not a valid URL")
+    assert "secret" not in err and "http://localhost:8080/v1" in err
+
+
+def test_a_file_where_the_cache_should_be_exits_2(monkeypatch, capsys, tmp_path):
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("GEMMA_WIDGETS_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare", "--model", "tiny-random-gemma2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot write in the cache folder") and "a file stands where" in err
+
+
+def test_a_full_disk_while_building_exits_2(monkeypatch, capsys, tmp_path):
+    def full(name, out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "model.safetensors"))
+
+    monkeypatch.setenv("GEMMA_WIDGETS_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_build_random", full)
+    assert main(["prepare", "--model", "tiny-random-gemma2"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "free some space there" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-random-gemma2.lock"]
