@@ -94,6 +94,7 @@ def test_measure_eager_variants_gives_records(eager):
     assert eager.model.generation_config.cache_implementation is None  # left eager
 
 
+@pytest.mark.slow
 def test_padding_prompts_avoids_recompiles(eager):
     """The seed's recipe compiles the prefill too: a new prompt length recompiles, padding does not."""
     model, tok = eager.model, eager.tokenizer
@@ -117,6 +118,7 @@ def test_padding_prompts_avoids_recompiles(eager):
     assert any("size mismatch" in reason for reason in unpadded.reasons)
 
 
+@pytest.mark.slow
 def test_load_model_compile_serves_new_lengths_without_recompiling():
     from gemma_widgets import load_model
 
@@ -198,6 +200,7 @@ print(compilation.use_inductor_cache())
 """
 
 
+@pytest.mark.slow
 def test_a_process_whose_inductor_registered_a_wrapper_never_writes_the_shared_cache(tmp_path):
     import subprocess
     import sys
@@ -227,6 +230,7 @@ _openvino.export(sys.argv[1], _openvino.ExportSettings(weight_format="int8"))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(compilation.compile_unavailable_reason() is not None, reason="no compiler here")
 def test_an_export_leaves_inductor_with_torchs_own_kernels(tmp_path, tiny):
     """The kit registers inductor's kernels before an OpenVINO export swaps torch.bmm for a while."""

@@ -167,6 +167,7 @@ def test_cancel_from_the_widget_reaches_the_harness(monkeypatch):
     assert dash.run_button.disabled is False and dash.cancel_button.disabled is True
 
 
+@pytest.mark.slow
 def test_run_measures_the_tiny_model_through_the_python_api():
     from gemma_widgets import PrecisionDashboard
 

@@ -31,6 +31,7 @@ def test_the_hub_definition_has_the_seed_fields():
     assert data["context_size"] == 8192 and data["stopwords"] == ["<end_of_turn>"]
 
 
+@pytest.mark.slow
 def test_an_export_round_trips_through_a_file(tiny_ir, tmp_path):
     spec = LocalAIModel.for_export("tiny-ov", tiny_ir)
     assert spec.model == str(tiny_ir) and spec.context_size == 1024  # the tiny config's positions

@@ -55,6 +55,7 @@ def heap_left_by_new_shapes(capacity: str | None) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's heap figures")
 def test_new_prompt_lengths_leave_no_kernels_behind_once_the_capped_caches_are_full():
     """Under the kit's cap, 24 new lengths leave under 2 MB. Without it (oneDNN's and ideep's default

@@ -133,6 +133,7 @@ def test_an_export_folder_loads_as_exported_and_refuses_other_settings(tiny_ir):
         load_model(str(tiny_ir), "ov-int4", group_size=32)
 
 
+@pytest.mark.slow
 def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_path, monkeypatch):
     monkeypatch.setenv("GEMMA_WIDGETS_CACHE", str(tmp_path / "cache"))
     bare = tmp_path / "bare-ir"
@@ -183,6 +184,7 @@ def test_the_kits_pipeline_keeps_no_kernels_for_each_new_prompt_length(tiny_ir):
     assert default > 10 * 2**20  # OpenVINO's own default: ~0.7 MB per new length on this tiny model
 
 
+@pytest.mark.slow
 def test_int8_weights_compile_with_activation_groups_of_128(tiny_ir):
     int8_ir = export(locate(PRESETS["tiny-random-gemma2"]), ExportSettings("int8"))
     assert (compression_mode(tiny_ir), compression_mode(int8_ir)) == ("int4_asym", "int8_asym")

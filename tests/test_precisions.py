@@ -43,6 +43,7 @@ def variants_here(preset) -> list:
             for name, reason in available(preset).items()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", variants_here(TINY))
 def test_every_available_variant_gives_finite_logits_on_the_tiny_model(name):
     assert_sane(load_model("tiny-random-gemma2", precision=name), strict=False)
@@ -63,6 +64,7 @@ def test_available_lists_every_variant_with_a_reason_or_none():
     assert found["fp32"] is None and found["bf16"] is None
 
 
+@pytest.mark.slow
 def test_fp16_is_decided_per_family_with_the_reason_shown(monkeypatch):
     """Gemma 3 (the bundled model) overflows float16, measured; Gemma 2 2B/9B are documented to work
     in it and 27B to be erratic."""

@@ -42,6 +42,7 @@ def test_a_transformers_model_lists_its_linear_layers_and_embedding():
     assert model.recipe() == "embedding bf16, output bf16; body: 14 bf16"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(PRECISIONS["ov-int4"].unavailable_reason(PRESETS[TINY])), reason="OpenVINO missing")
 def test_an_openvino_ir_shows_its_compressed_layers_and_nncf_settings():
     source = locate(PRESETS[TINY])
