@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -155,9 +154,3 @@ def new_page(browser) -> Iterator:
         yield page
     finally:
         page.close(run_before_unload=False)
-
-
-def copy_notebooks(source: Path, dest: Path) -> Path:
-    """A copy of the course to serve, so the browser's autosave never touches the repository."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    return dest
