@@ -7,7 +7,7 @@ builds in fresh processes, in alternating order, on the bundled GGUF, and times 
 It prints each round's tok/s and the median ratio (other / installed). Make the other build with:
 
     PY=.venv/bin/python LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \\
-        -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \\
+        -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \\
         bash tools/llamacpp_wheel.sh                               # prints the wheel's folder
     .venv/bin/python -m pip install --no-deps --target /tmp/llama-avx512 <folder>/llama_cpp_python-*.whl
     .venv/bin/python benchmarks/llamacpp_build.py --other /tmp/llama-avx512

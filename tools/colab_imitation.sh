@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Colab, imitated (make test-colab): a second environment with Colab's stack, set up exactly as every
-# notebook's set-up cell sets up Colab, then the unit tests and all seven notebooks under nbval there.
+# notebook's set-up cell sets up Colab, then all seven notebooks under nbval there (on a Gemma 2
+# architecture) and the tests of what the stack changes.
 #
 # Colab (late 2026) runs Python 3.12/3.13, torch 2.11 CUDA, transformers 5, huggingface_hub 2 and
 # ipywidgets 7.7.1. This package index has no CPU torch for 3.12+, so: Python 3.11, the CPU torch
@@ -63,12 +64,20 @@ PY
 }
 kept "$OUT/freeze-before.txt" "$OUT/freeze-after.txt"
 
-# 3. The unit tests (the tiny Gemma 2 and fakes) and every notebook (the bundled model, converted here
-# by transformers 5), on Colab's stack. Not here: the integration and browser tests (make test runs
-# them), the Binder checks and glibc's heap (test_native), none of which depends on these releases.
+# 3. What the stack changes, on Colab's stack: every notebook on a Gemma 2 architecture (the tiny random
+# one: a Colab GPU learner's gemma-2-2b-it takes the same code paths, HybridCache's replacement and
+# soft-capping included), and the tests of the code that touches transformers or ipywidgets, with the
+# bundled model's conversion by transformers 5 (test_bundled: the first thing a Colab learner runs).
+# Not here: tests of plain-Python code (files, transcripts, servers, terminal), which no release of
+# these packages changes, the browser test and the Binder checks; `make test` runs them all.
+STACK_TESTS=(tests/test_bundled.py tests/test_templates.py tests/test_models.py tests/test_precisions.py
+             tests/test_engines.py tests/test_generation.py tests/test_gemma2.py tests/test_compile.py
+             tests/test_chat.py tests/test_arena.py tests/test_dashboard.py tests/test_environment.py
+             tests/test_quality.py)
 status=0
-"$PY" -m pytest -p no:cacheprovider ${COLAB_TEST_PATHS:-tests notebooks} -m "not integration and not browser" \
-    --ignore=tests/test_binder.py --ignore=tests/test_native.py "$@" || status=$?
+GEMMA_MODEL=${COLAB_NOTEBOOK_MODEL:-tiny-random-gemma2} "$PY" -m pytest -p no:cacheprovider notebooks \
+    "$@" || status=$?
+"$PY" -m pytest -p no:cacheprovider "${STACK_TESTS[@]}" -m "not browser" --durations=10 "$@" || status=$?
 "$PY" -m pip freeze --exclude-editable | sort > "$OUT/freeze-end.txt"
 kept "$OUT/freeze-before.txt" "$OUT/freeze-end.txt"   # the notebooks' own installs kept them too
 exit $status
