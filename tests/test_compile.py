@@ -237,6 +237,7 @@ def test_an_export_leaves_inductor_with_torchs_own_kernels(tmp_path, tiny):
     import subprocess
     import sys
 
+    pytest.importorskip("optimum.intel")  # the exporter: not on Colab's stack
     pytest.importorskip("openvino.frontend.pytorch.patch_model")
     env = {**os.environ, "GEMMA_WIDGETS_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", EXPORT_DURING_SWAP, tiny.path], env=env, capture_output=True,
