@@ -17,7 +17,7 @@ def _prepare(args: argparse.Namespace) -> int:
     preset = resolve_preset(args.model)
     for precision in args.precision or ():  # every name checked before anything is built
         check_variant(precision)
-    print(locate(preset))
+    print(preset.name if preset.fmt == "server" else locate(preset))  # a server's URL without its password
     for precision in args.precision or ():  # load once, so its cached export is built now
         print(f"{precision}: ready ({load_model(args.model, precision).load_seconds:.0f} s)")
     if args.compile:  # torch.compile's kernels, so a first session loads them instead of compiling

@@ -302,7 +302,10 @@ class _Measured:
 def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event,
              timeout_s: float | None, progress: Callable[[Progress], None]) -> _Measured:
     """Measure one variant in its own process (its timings are summarised by the caller)."""
-    result = Result(scenario.model, scenario.variant, new_tokens=scenario.new_tokens, repeats=scenario.repeats)
+    from gemma_widgets.engines.server import display_url
+
+    result = Result(display_url(scenario.model), scenario.variant, new_tokens=scenario.new_tokens,
+                    repeats=scenario.repeats)
     measured = _Measured(result)
     prepare = _needs_prepare(scenario.variant)
     steps = prepare + 1 + scenario.warmup + 2 * scenario.repeats + 1
@@ -425,7 +428,10 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     order = [reference] + [v for v in variants if v != reference] if reference in variants else variants
     cancel = cancel or threading.Event()
     machine = Machine.here()
-    base = Scenario(preset.name, "", prompt, new_tokens, repeats, warmup, quality, passage_tokens)
+    # A server's URL goes to the worker as given, password included, so that it can log in (through its
+    # stdin, never its command line); results show preset.name, without it.
+    loads = str(preset.repo_id) if preset.fmt == "server" else preset.name
+    base = Scenario(loads, "", prompt, new_tokens, repeats, warmup, quality, passage_tokens)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm

@@ -44,7 +44,8 @@ class Preset:
     source: str  # "bundled", "random" (a Gemma 2 built here), "hub", "local", "server"
     description: str
     params: int  # parameter count, for memory estimates before a download
-    repo_id: str | None = None
+    # Out of the repr: a server's URL as given may hold a password; ``name`` shows the URL without it.
+    repo_id: str | None = field(default=None, repr=False)
     gated: bool = False
     fmt: str = "transformers"  # "transformers", "openvino" (an exported IR) or "server" (a URL)
     instruction_tuned: bool = False

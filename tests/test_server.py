@@ -9,14 +9,12 @@ stream that stalls or ends early) through the real ``openai`` client and real HT
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from server_fakes import DONE, SECRET, canned_server, chunk
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("openai")
@@ -29,74 +27,9 @@ from gemma_widgets.generation import ChatSession, SamplingSettings  # noqa: E402
 from gemma_widgets.llamacpp_server import free_port, start_llamacpp_server, unavailable_reason  # noqa: E402
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
-SECRET = "sk-workshop-secret-1234"
 
 
 # --- failures without a model: real HTTP, canned answers ------------------------------------
-def _chunk(content: str | None = None, finish: str | None = None) -> bytes:
-    delta = {} if content is None else {"content": content}
-    body = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "canned",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
-class _Canned(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server that serves model ``canned`` and answers chat requests as the
-    test's ``chat(handler, body)`` says."""
-
-    chat = None
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
-
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.headers.get("Authorization") != f"Bearer {SECRET}" and self.server.need_key:
-            return self._send(401, {"error": {"message": "Invalid API key"}})
-        if self.path.rstrip("/") != "/v1/models":
-            return self._send(404, {"detail": "Not Found"})
-        self._send(200, {"object": "list", "data": [{"id": "canned", "object": "model", "owned_by": "me"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        type(self).chat(self, body)
-
-    def stream(self, *pieces: bytes, pause: float = 0.0) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        try:
-            for piece in pieces:
-                self.wfile.write(piece)
-                self.wfile.flush()
-                time.sleep(pause)
-        except OSError:  # the client hung up (as it should, after its timeout)
-            pass
-
-
-@contextmanager
-def canned_server(chat, need_key: bool = False):
-    handler = type("Handler", (_Canned,), {"chat": staticmethod(chat)})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    httpd.requests, httpd.need_key = [], need_key
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def _reply(url: str, timeout: float = 5.0, **load) -> tuple[ChatSession, float]:
     session = ChatSession(load_model(url, timeout=timeout, **load),
                           settings=SamplingSettings(temperature=0, max_new_tokens=8))
@@ -125,7 +58,7 @@ def test_a_server_that_never_answers_times_out():
 
 
 def test_a_wrong_key_and_a_wrong_url_say_what_to_do_and_never_show_the_key():
-    with canned_server(lambda handler, body: None, need_key=True) as (_, url):
+    with canned_server(lambda handler, body: None, auth=f"Bearer {SECRET}") as (_, url):
         with pytest.raises(ServerError, match="refused the API key .*401.*api_key") as info:
             load_model(url, api_key="sk-wrong-key-5678")
         assert "sk-wrong-key-5678" not in str(info.value)
@@ -139,7 +72,7 @@ def test_a_wrong_key_and_a_wrong_url_say_what_to_do_and_never_show_the_key():
 
 def test_a_busy_server_is_a_notice_in_the_panel():
     def busy(handler, body):
-        handler._send(429, {"error": {"message": "Too many requests: 30 in the queue"}})
+        handler.reply_json(429, {"error": {"message": "Too many requests: 30 in the queue"}})
 
     with canned_server(busy) as (_, url):
         panel = ChatPanel(load_model(url), settings=SamplingSettings(temperature=0, max_new_tokens=8))
@@ -152,18 +85,18 @@ def test_a_busy_server_is_a_notice_in_the_panel():
 
 def test_a_stalled_stream_ends_at_the_timeout_with_the_text_so_far():
     def stall(handler, body):
-        handler.stream(_chunk("Once upon"), _chunk(" a time"), pause=3)
+        handler.stream(chunk("Once upon"), chunk(" a time"), pause=3)
 
     with canned_server(stall) as (_, url):
         session, seconds = _reply(url, timeout=1)
     message = session.conversation.messages[-1]
-    assert message.content == "Once upon" and "did not answer within 1 s" in message.error
-    assert seconds < 2.9  # the read timed out; the server's next piece was still 2 s away
+    assert message.content == "Once upon" and "sent no new token within 1 s" in message.error
+    assert seconds < 2.9  # no new token for 1 s ended it; the server's next piece was still 2 s away
 
 
 def test_a_stream_cut_short_is_an_error_not_a_finished_reply():
     def cut(handler, body):
-        handler.stream(_chunk("Once upon"), b"data: [DONE]\n\n")
+        handler.stream(chunk("Once upon"), DONE)
 
     with canned_server(cut) as (_, url):
         session, _ = _reply(url)
@@ -174,8 +107,8 @@ def test_a_stream_cut_short_is_an_error_not_a_finished_reply():
 def test_settings_reach_the_server_and_rejected_extras_are_dropped_once():
     def picky(handler, body):
         if "stream_options" in body or "top_k" in body:
-            return handler._send(400, {"error": {"message": f"unknown fields in {sorted(body)}"}})
-        handler.stream(_chunk("Hi"), _chunk(" there"), _chunk(finish="length"), b"data: [DONE]\n\n")
+            return handler.reply_json(400, {"error": {"message": f"unknown fields in {sorted(body)}"}})
+        handler.stream(chunk("Hi"), chunk(" there"), chunk(finish="length"), DONE)
 
     with canned_server(picky) as (httpd, url):
         session = ChatSession(load_model(url), settings=SamplingSettings(

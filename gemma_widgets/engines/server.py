@@ -5,48 +5,93 @@ A workshop shares one server: every learner's panel streams chat completions fro
 sampling; the engine sends the conversation's messages (the system prompt already folded into
 the first user turn, since Gemma has no system role) and reads the streamed pieces.
 
-* Stop closes the connection: the server notices the client is gone and stops generating. The
-  stream is read in a thread of its own, so Stop ends the reply at once even while the server
-  is still queueing or prefilling the request.
-* Tokens: one per streamed piece with text (what streaming servers send), corrected at the end
-  by the server's usage figures when it gives them (``stream_options.include_usage``), else by
-  a local tokenizer when one was loaded with the model.
-* Every failure (connection refused, a wrong key, an unknown model, a busy or dying server, a
-  read that takes longer than ``timeout``) becomes a :class:`ServerError` whose message says
-  what to do; the client's timeout bounds every read, so a reply can never hang.
+The server is untrusted, and so is the URL (typed from a slide), so the client holds it to what
+was asked, whatever it does:
 
-The server's text and error messages are untrusted: error text is cut to one short line here,
-and the views escape everything they show. The API key never appears in a message or a repr.
+* Keys: only ``api_key=`` or :data:`ENV_API_KEY` is sent (a ``user:password@`` in the URL as
+  HTTP Basic), never ``$OPENAI_API_KEY``, a learner's personal key. Every request goes through
+  one hook that drops any other header the ``openai`` client would add from the environment
+  (``OPENAI_ORG_ID``, ``OPENAI_CUSTOM_HEADERS``...). No key or password appears in a message, a
+  repr or :attr:`ServerEngine.url`.
+* Time: a reply that gets no new token for ``timeout`` seconds (:data:`DEFAULT_TIMEOUT`) ends with
+  an error that keeps the text so far, even while the server sends keep-alive comments (``: ping``)
+  or a byte at a time. Stop, that deadline and the end of a reply hang up the connection (the
+  server notices the client is gone and stops generating, or drops the queued request), which
+  also ends the thread that reads it within a second, before the server's headers too.
+* Length: the reply stops at ``max_new_tokens`` and at the context window, counting one token
+  per streamed piece (or per :data:`TOKEN_CHARS` characters of a longer one), whether or not the
+  server honours ``max_tokens``.
+* Figures: usage counts and context windows that no server could report (negative, beyond the
+  request or the window) are ignored. Bytes that are not UTF-8 become U+FFFD; the reply goes on.
+
+Every failure (connection refused, a wrong key, an unknown model, a busy or dying server, a
+server that stalls) becomes a :class:`ServerError` whose message says what to do. The server's
+text and error messages are cut to one short line here, and the views escape everything they show.
 """
 
 from __future__ import annotations
 
+import base64
+import codecs
+import contextlib
 import difflib
+import functools
 import math
 import os
 import queue
 import re
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gemma_widgets.engines.base import Delta, Engine, Prompt
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError, UnknownModelError
 
+#: The environment variable a server's API key is read from when ``load_model`` gets no ``api_key=``.
+#: Never ``$OPENAI_API_KEY``: that is a learner's personal key, and a URL from a slide must not get it.
+ENV_API_KEY = "GEMMA_WIDGETS_API_KEY"
+
+#: Seconds a reply may go without a new token (queueing, prefill, a stalled or pinging server)
+#: before it ends with an error; also the connect (at most 10 s) and read timeout of every request.
+#: ``load_model(url, timeout=...)`` sets it per server.
+DEFAULT_TIMEOUT = 60.0
+
 #: The context window assumed when the server does not say (Gemma 2's).
 DEFAULT_CONTEXT = 8192
 
-#: Seconds between checks of Stop while no piece arrives (so Stop answers within this).
+#: The largest context window believed (16 M tokens, past any model's): a larger figure is broken.
+MAX_CONTEXT = 1 << 24
+
+#: Characters of streamed text counted as one token at most: a server sends about one token per
+#: piece, and Gemma's longest tokens are 31 characters (runs of spaces, tabs or new lines), so a
+#: longer piece counts as several and a server cannot pass ``max_new_tokens`` in a few huge pieces.
+TOKEN_CHARS = 64
+
+#: Seconds the usage figures may take after the finish reason before the reply ends without them.
+USAGE_SECONDS = 1.0
+
+#: Seconds between checks of Stop and of the deadline while no piece arrives.
 STOP_POLL_SECONDS = 0.02
 
 #: Fields of a ``/v1/models`` entry that give the model's context: vLLM's, llama.cpp's server's
 #: (``meta.n_ctx_train``), and names other servers use.
 _CONTEXT_FIELDS = ("max_model_len", "context_length", "context_window", "max_context_length", "n_ctx")
 
+#: The request headers a server gets (plus the kit's ``Authorization``); the ``openai`` client's
+#: others (organization, project, ``$OPENAI_CUSTOM_HEADERS``, telemetry) are dropped.
+_SENT_HEADERS = frozenset({"host", "accept", "accept-encoding", "connection", "content-length", "content-type",
+                           "user-agent"})
+
 _FINISH = {"stop": "end_of_turn", "length": "max_new_tokens"}
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one (a JSON "\udc80") cannot be written as UTF-8
+
 _END = object()
+
+_reading = threading.local()  # .line: the _Line of the reply this thread requests, for the request hook
 
 
 class ServerError(GenerationError):
@@ -88,15 +133,106 @@ def _cause(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _whole(value: Any, low: int, high: int) -> int | None:
+    """``value`` if it is a whole number from ``low`` to ``high``, else None (a figure to ignore)."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
 def _context_window(entry: dict[str, Any]) -> int:
     """The context a ``/v1/models`` entry states, else :data:`DEFAULT_CONTEXT`."""
     sources = [entry, entry.get("meta") or {}]
     for source in sources:
         for key in (*_CONTEXT_FIELDS, "n_ctx_train"):
-            value = source.get(key) if isinstance(source, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            value = _whole(source.get(key) if isinstance(source, dict) else None, 1, MAX_CONTEXT)
+            if value is not None:
                 return value
     return DEFAULT_CONTEXT
+
+
+def _piece(chunk: Any) -> tuple[str, str | None]:
+    """A streamed chunk's new text (a lone surrogate, which no file or terminal can take, as
+    U+FFFD) and finish reason; a malformed chunk has neither."""
+    for choice in (getattr(chunk, "choices", None) or [])[:1]:
+        text = getattr(getattr(choice, "delta", None), "content", None)
+        reason = getattr(choice, "finish_reason", None)
+        return (_SURROGATE.sub("\ufffd", text) if isinstance(text, str) else "",
+                reason if isinstance(reason, str) else None)
+    return "", None
+
+
+def _basic_authorization(url: str) -> str | None:
+    """The HTTP Basic ``Authorization`` value for a ``user:password@`` in ``url``, else None."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def _valid_utf8(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` with every byte sequence that is not UTF-8 replaced by U+FFFD's bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in chunks:
+        yield decoder.decode(chunk).encode()
+    yield decoder.decode(b"", final=True).encode()
+
+
+class _ReplacingDecoder:
+    """The ``openai`` client's server-sent-event decoder, fed :func:`_valid_utf8` bytes: one bad
+    byte marks its place in the reply instead of failing the whole stream."""
+
+    def __init__(self, decoder: Any):
+        self._decoder = decoder
+
+    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[Any]:
+        return self._decoder.iter_bytes(_valid_utf8(iterator))
+
+
+@functools.cache
+def _client_class() -> type:
+    """``openai.OpenAI`` reading streams through :class:`_ReplacingDecoder` (imported on first use)."""
+    import openai
+
+    class Client(openai.OpenAI):
+        def _make_sse_decoder(self) -> Any:
+            return _ReplacingDecoder(super()._make_sse_decoder())
+
+    return Client
+
+
+class _Line:
+    """The socket under one reply's request, so that another thread can hang it up.
+
+    Closing a socket does not wake a thread blocked reading it; shutting it down does, at once,
+    whether the server is still to send its headers, sending ``: ping`` comments or nothing. The
+    socket comes from httpcore's ``trace`` request extension as each connection is made.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.hung_up = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's callback: keep each new connection's socket (and hang it up if it is too late)."""
+        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete", ".start_tls.complete")):
+            stream = info.get("return_value")
+            with self._lock:
+                self._socket = stream.get_extra_info("socket") if stream is not None else None
+                if self.hung_up:
+                    self._shutdown()
+
+    def hang_up(self) -> None:
+        with self._lock:
+            self.hung_up = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # closed already: the reply ended
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)  # not ssl's: no TLS state touched
 
 
 class ServerEngine(Engine):
@@ -104,9 +240,11 @@ class ServerEngine(Engine):
 
     ``model=None`` picks the model the server serves (the first, if it lists several); a name it
     does not serve is an :class:`~gemma_widgets.errors.UnknownModelError` listing what it does.
-    ``api_key`` defaults to ``$OPENAI_API_KEY`` (servers started without a key accept any).
-    ``timeout`` (seconds) bounds connecting and every read of the stream. ``model`` (the
-    attribute) is the ``openai.OpenAI`` client, for lessons that show the API.
+    ``api_key`` defaults to ``$GEMMA_WIDGETS_API_KEY`` (:data:`ENV_API_KEY`; servers started
+    without a key accept any); a ``user:password@`` in ``url`` logs in with HTTP Basic instead.
+    ``timeout`` (seconds) bounds connecting (at most 10 s), every read, and the wait for each new
+    token of a reply. ``url`` (the attribute) is the URL without credentials; ``model`` is the
+    ``openai.OpenAI`` client, for lessons that show the API.
     """
 
     name = "server"
@@ -115,7 +253,7 @@ class ServerEngine(Engine):
     why_no_scores = "the server returns no log-probabilities through this client"
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 60.0, tokenizer: Any = None):
+                 timeout: float = DEFAULT_TIMEOUT, tokenizer: Any = None):
         import openai
 
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
@@ -123,12 +261,16 @@ class ServerEngine(Engine):
             raise ServerError(f"timeout must be a number of seconds > 0, not {timeout!r}.")
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise UnknownModelError(f"model must be the name of a model the server serves, not {model!r}.")
-        self.url = url.rstrip("/")
+        url = url.rstrip("/")
+        self.url = display_url(url)
         self.timeout = float(timeout)
         self.tokenizer = tokenizer
-        self.model = openai.OpenAI(
-            base_url=self.url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-            timeout=openai.Timeout(self.timeout, connect=min(self.timeout, 10.0)), max_retries=0)
+        key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        self._authorization = _basic_authorization(url) or (f"Bearer {key}" if key else None)
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
+        self.model = _client_class()(  # the client's key is a placeholder: _on_request sets the header
+            base_url=self.url, api_key="set-by-gemma-widgets", http_client=http, max_retries=0,
+            timeout=openai.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
         self._extras_ok = True  # cleared when the server rejects top_k / repetition penalty
         self._usage_ok = True  # cleared when the server rejects stream_options
         served = self.served_models()
@@ -150,7 +292,20 @@ class ServerEngine(Engine):
     @property
     def where(self) -> str:
         """The server's URL as messages show it (no credentials)."""
-        return display_url(self.url)
+        return self.url
+
+    def _on_request(self, request: Any) -> None:
+        """Every request, as it leaves: the kit's key and nothing else from the environment, and a
+        connection of its own (``Connection: close``), so hanging up ends this request only. A
+        reply's request also reports its socket to the reply's :class:`_Line`."""
+        for name in {name.lower() for name in request.headers} - _SENT_HEADERS:
+            del request.headers[name]
+        request.headers["Connection"] = "close"
+        if self._authorization:
+            request.headers["Authorization"] = self._authorization
+        line = getattr(_reading, "line", None)
+        if line is not None:
+            request.extensions["trace"] = line.trace
 
     def served_models(self) -> list[dict[str, Any]]:
         """The server's ``/v1/models`` entries, as plain data."""
@@ -160,6 +315,13 @@ class ServerEngine(Engine):
             raise self.error(exc, "listing its models") from exc
 
     # --- errors ----------------------------------------------------------------------------
+    def _stalled(self) -> ServerError:
+        """The error of a reply that got no new token for ``timeout`` seconds."""
+        return ServerError(
+            f"The server at {self.where} sent no new token within {self.timeout:g} s: it may be busy with "
+            "other requests, stuck, or only keeping the connection open. The text so far is kept; send "
+            "again, or load it with a longer timeout=...")
+
     def error(self, exc: BaseException, doing: str,
               streamed: bool = False) -> ServerError | UnknownModelError:
         """``exc`` from the ``openai`` client as a clear, one-line error: what happened, what to do."""
@@ -167,6 +329,8 @@ class ServerEngine(Engine):
 
         where = self.where
         if isinstance(exc, openai.APITimeoutError):
+            if doing != "listing its models":
+                return self._stalled()
             return ServerError(
                 f"The server at {where} did not answer within {self.timeout:g} s while {doing}: it may be "
                 "overloaded or stuck. Try again, or load it with a longer timeout=...")
@@ -180,9 +344,11 @@ class ServerEngine(Engine):
                 f"Could not reach the server at {where} ({_cause(exc)}). Check that it is running and that "
                 "the URL is its API root (usually ending in /v1).")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            what = "refused the API key" if self._authorization else "wants an API key"
             return ServerError(
-                f"The server at {where} refused the API key (HTTP {exc.status_code}): pass the workshop's "
-                "key with load_model(url, api_key=...) or set OPENAI_API_KEY.")
+                f"The server at {where} {what} (HTTP {exc.status_code}): pass the server's key with "
+                f"load_model(url, api_key=...) or set {ENV_API_KEY}. The kit never sends $OPENAI_API_KEY, "
+                "a personal key, to a server.")
         if isinstance(exc, openai.NotFoundError):
             if doing == "listing its models":
                 return ServerError(
@@ -215,6 +381,11 @@ class ServerEngine(Engine):
                            f"{type(exc).__name__}: {_one_line(exc)}")
 
     # --- generation --------------------------------------------------------------------------
+    def _reply_limit(self, prompt: Prompt, settings: Any) -> int:
+        """The most new tokens a reply to ``prompt`` may have: ``max_new_tokens``, within what the
+        context window leaves after the prompt (counted when a local tokenizer was loaded)."""
+        return max(1, min(int(settings.max_new_tokens), self.context_window - len(prompt.input_ids)))
+
     def request(self, prompt: Prompt, settings: Any) -> dict[str, Any]:
         """The keyword arguments of ``client.chat.completions.create`` for ``prompt``."""
         if not prompt.messages:
@@ -223,7 +394,7 @@ class ServerEngine(Engine):
         greedy = settings.greedy
         request: dict[str, Any] = {
             "model": self.model_name, "messages": [dict(m) for m in prompt.messages], "stream": True,
-            "max_tokens": int(settings.max_new_tokens),
+            "max_tokens": self._reply_limit(prompt, settings),
             "temperature": 0.0 if greedy else float(settings.temperature),
             "top_p": 1.0 if greedy else float(settings.top_p)}
         extras: dict[str, Any] = {}
@@ -263,24 +434,26 @@ class ServerEngine(Engine):
             return stream
         raise AssertionError("unreachable")
 
-    def _chunks(self, request: dict[str, Any], stop: threading.Event) -> Iterator[Any]:
-        """The stream's chunks, read in a thread of their own, so this returns within
-        :data:`STOP_POLL_SECONDS` of Stop even while the server is still queueing or prefilling.
-        The reading thread closes the connection on its next wake-up, which stops the server."""
+    def _chunks(self, request: dict[str, Any], stop: threading.Event) -> Generator[Any, None, None]:
+        """The stream's chunks, read in a thread of their own, and None every
+        :data:`STOP_POLL_SECONDS` that brings none (so the caller keeps its deadline). It ends
+        when ``stop`` is set; ending or closing it hangs up the connection, which ends the
+        reading thread at once, whatever the server is doing."""
         items: queue.Queue[Any] = queue.Queue()
-        finished = threading.Event()  # this reader is done (stopped, failed or abandoned)
+        line = _Line()
 
         def read() -> None:
+            _reading.line = line
             try:
-                stream = self._open(request)
-                with stream:  # closing the response tells the server the client is gone
+                with self._open(request) as stream:
                     for chunk in stream:
-                        if finished.is_set() or stop.is_set():
-                            break
+                        if line.hung_up:
+                            return
                         items.put(chunk)
-            except BaseException as exc:  # raised in the reader below
-                items.put(exc if isinstance(exc, GemmaWidgetsError)
-                          else self.error(exc, "streaming the reply", streamed=True))
+            except BaseException as exc:  # raised in the reader below, unless it hung up
+                if not line.hung_up:
+                    items.put(exc if isinstance(exc, GemmaWidgetsError)
+                              else self.error(exc, "streaming the reply", streamed=True))
             finally:
                 items.put(_END)
 
@@ -290,6 +463,7 @@ class ServerEngine(Engine):
                 try:
                     item = items.get(timeout=STOP_POLL_SECONDS)
                 except queue.Empty:
+                    yield None
                     continue
                 if item is _END:
                     return
@@ -297,36 +471,51 @@ class ServerEngine(Engine):
                     raise item
                 yield item
         finally:
-            finished.set()
+            line.hang_up()
 
     def stream(self, prompt: Prompt, settings: Any, stop: threading.Event) -> Iterator[Delta]:
         request = self.request(prompt, settings)
+        limit = request["max_tokens"]
         counted, text, finish, usage = 0, "", None, None
-        for chunk in self._chunks(request, stop):
-            if getattr(chunk, "usage", None) is not None:
-                usage = chunk.usage
-            for choice in chunk.choices[:1]:
-                piece = getattr(choice.delta, "content", None) or ""
+        last = time.monotonic()  # when the last token (or the request) went out
+        with contextlib.closing(self._chunks(request, stop)) as chunks:
+            for chunk in chunks:
+                if chunk is None:
+                    patience = self.timeout if finish is None else min(self.timeout, USAGE_SECONDS)
+                    if time.monotonic() - last <= patience:
+                        continue
+                    if finish is None:
+                        raise self._stalled()
+                    break  # the reply is whole; the server only kept the stream open
+                usage = getattr(chunk, "usage", None) or usage
+                piece, reason = _piece(chunk)
                 if piece:
-                    counted += 1
+                    tokens = -(-len(piece) // TOKEN_CHARS)
+                    room = limit - counted
+                    if tokens > room:  # the server ignores max_tokens: keep what fits, then hang up
+                        if room:
+                            text += piece[:room * TOKEN_CHARS]
+                            yield Delta(piece[:room * TOKEN_CHARS], room)
+                        counted, finish = limit, "max_new_tokens"
+                        break
+                    counted += tokens
                     text += piece
-                    yield Delta(piece, 1)
-                if choice.finish_reason:
-                    finish = _FINISH.get(choice.finish_reason, "end_of_turn")
-            if stop.is_set():
-                break
+                    last = time.monotonic()
+                    yield Delta(piece, tokens)
+                if reason:
+                    finish = _FINISH.get(reason, "end_of_turn")
+                    last = time.monotonic()
         if finish is None and stop.is_set():
             finish = "stopped"
         elif finish is None:
             raise ServerError(f"The server at {self.where} ended the stream without finishing the reply (no "
                               "finish reason): another request may have interrupted it, or it restarted. "
                               "The text so far is kept; send again.")
-        total = getattr(usage, "completion_tokens", None)
-        if not isinstance(total, int) and self.tokenizer is not None and text:
+        total = _whole(getattr(usage, "completion_tokens", None), 1 if text else 0, limit)
+        if total is None and self.tokenizer is not None and text:
             total = len(self.tokenizer(text, add_special_tokens=False).input_ids)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        yield Delta(tokens=total - counted if isinstance(total, int) else 0, finish=finish,
-                    prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None)
+        yield Delta(tokens=total - counted if total is not None else 0, finish=finish,
+                    prompt_tokens=_whole(getattr(usage, "prompt_tokens", None), 1, self.context_window))
 
     def __repr__(self) -> str:
         return f"<ServerEngine {self.model_name!r} at {self.where}>"
