@@ -424,6 +424,11 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     variants = list(variants) if variants else default_variants(preset.name)
     if not variants:
         raise GemmaWidgetsError(f"No variant of {preset.name} can run on this machine.")
+    if any("api_key" in parse_variant(variant)[1] for variant in variants):
+        from gemma_widgets.engines.server import ENV_API_KEY
+
+        raise GemmaWidgetsError(f"A variant's name is kept with its results (tables, CSV, JSON): give the "
+                                f"server's key in ${ENV_API_KEY}, not as api_key= in the variant.")
     reference = reference or default_reference(variants)
     order = [reference] + [v for v in variants if v != reference] if reference in variants else variants
     cancel = cancel or threading.Event()

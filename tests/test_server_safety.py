@@ -23,6 +23,7 @@ from gemma_widgets import bench, load_model  # noqa: E402
 from gemma_widgets.__main__ import main  # noqa: E402
 from gemma_widgets.engines import server  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402
+from gemma_widgets.errors import GemmaWidgetsError  # noqa: E402
 from gemma_widgets.generation import ChatSession, SamplingSettings  # noqa: E402
 
 PERSONAL = "sk-personal-openai-key-0000"
@@ -114,6 +115,15 @@ def test_bench_through_a_url_with_a_password_logs_in_and_shows_it_nowhere():
                               quality=False, timeout_s=60)
     assert result.status == "ok", result.error  # the worker logged in
     assert result.model == url  # what the results table and files show
+
+
+def test_bench_keeps_no_key_in_a_variant_name():
+    from gemma_widgets.llamacpp_server import free_port
+
+    with pytest.raises(GemmaWidgetsError, match=f"{ENV_API_KEY}, not as api_key=") as info:
+        bench.run(model=f"http://127.0.0.1:{free_port()}/v1", variants=[f"served+api_key={SECRET}"],
+                  quality=False, repeats=1, warmup=0, timeout_s=60)
+    assert SECRET not in str(info.value)
 
 
 # --- 3: a reply that makes no progress, and Stop ------------------------------------------------
