@@ -120,10 +120,13 @@ def test_output_kinds_ignore_what_varies_between_runs():
                new.new_output("stream", name="stdout", text="done\n"),
                new.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Image>"}),
                new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "VBox(" + "x" * 300}),
-               new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "bench:   0%| 0/5"})]
+               new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "bench:   0%| 0/5"}),
+               new.new_output("display_data", data={"text/plain": "Applying Weight Compression ━━ 100%",
+                                                    "text/html": store_outputs.RICH_HTML + '">━━</pre>'}),
+               new.new_output("display_data", data={"text/html": "<table></table>", "text/plain": "table"})]
     assert store_outputs.output_kinds(outputs) == ["stdout", "display_data:image/png,text/plain",
-                                                   "display_data:text/plain"]
-    for widget in outputs[-2:]:
+                                                   "display_data:text/html,text/plain"]
+    for widget in outputs[4:6]:
         store_outputs._for_a_file(widget)
         assert widget["data"] == {"text/plain": store_outputs.WIDGET_PLACEHOLDER}
 

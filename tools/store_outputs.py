@@ -30,6 +30,7 @@ CELL_TIMEOUT_S = 600  # nbval's, from pyproject's addopts
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MAX_BYTES = 1_000_000
 WIDGET_PLACEHOLDER = "[a widget: run the notebook to use it]"
+RICH_HTML = '<pre style="white-space:pre;overflow-x:auto;line-height:normal;'  # rich.jupyter's format
 
 
 def source_hash(cell) -> str:
@@ -46,17 +47,21 @@ def run_signature() -> dict:
 def output_kinds(outputs) -> list[str]:
     """What kinds of output a cell made, in order: stdout, each display's MIME types, an error.
 
-    stderr (warnings, progress bars) and widget views are left out: they depend on caches and on
-    the front end. Consecutive repeats count once.
+    stderr (warnings, progress bars), widget views (tqdm's bars among them) and rich's terminal
+    renderings (nncf's progress bar while it compresses) are left out: they depend on caches (a
+    first export shows them, a cached one not) and on the front end. Consecutive repeats count once.
     """
     kinds: list[str] = []
     for out in outputs:
+        data = out.get("data", {})
         if out["output_type"] == "stream":
             kind = "" if out["name"] == "stderr" else "stdout"
         elif out["output_type"] == "error":
             kind = "error"
+        elif WIDGET in data or str(data.get("text/html", "")).startswith(RICH_HTML):
+            kind = ""
         else:
-            kind = out["output_type"] + ":" + ",".join(sorted(m for m in out.get("data", {}) if m != WIDGET))
+            kind = out["output_type"] + ":" + ",".join(sorted(data))
         if kind and (not kinds or kinds[-1] != kind):
             kinds.append(kind)
     return kinds
