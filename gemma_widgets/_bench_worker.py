@@ -5,7 +5,8 @@ stdin (a :class:`~gemma_widgets.bench_protocol.Scenario`) and reads one event pe
 its stdout (:mod:`gemma_widgets.bench_protocol`). A process of its own per variant
 means the peak memory it reports is that variant's alone, and a crash or an out-of-memory
 kill ends this process, not the run. Anything a library prints goes to stderr, so the
-event stream stays clean.
+event stream stays clean. The worker dies with the process that started it
+(:mod:`gemma_widgets._lifeline`): a killed ``bench`` or a dead kernel leaves no worker decoding.
 
 With ``prepare_only`` in the scenario it only loads the variant (building any cache, such as an
 OpenVINO export) and exits. The scenario, in order: load; warm-up; prefill repeats (generate
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gemma_widgets import bench_protocol as protocol
+from gemma_widgets._lifeline import hold
 from gemma_widgets.engines.base import Engine, Prompt
 
 Emit = Callable[[protocol.Event], None]
@@ -157,7 +159,8 @@ def measure(scenario: protocol.Scenario, emit: Emit) -> None:
 
 
 def main() -> int:
-    """Read the spec from stdin, measure, and report events on (the original) stdout."""
+    """Read the spec from stdin, measure, and report events on (the original) stdout; die with the parent."""
+    hold()  # first: a worker whose parent is gone must not load a model and decode for nobody
     scenario = protocol.Scenario.from_json(sys.stdin.read())
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets import _lifeline as lifeline
 from gemma_widgets._files import READ_LIMIT, read_limited, write_atomic
 from gemma_widgets.bench_protocol import (
     Done,
@@ -209,9 +210,10 @@ class _Worker:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        # A session of its own: Ctrl-C in a terminal cancels the run (see main), not the worker.
-        self.proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env, start_new_session=True)
+        # A session of its own: Ctrl-C in a terminal cancels the run (see main), not the worker. The
+        # lifeline ends the worker when this process ends, killed or not (a hung-up terminal, a dead kernel).
+        self.proc = lifeline.popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=self.stderr, text=True, env=env, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
         assert self.proc.stdin is not None
         self.proc.stdin.write(scenario.to_json())

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import orphans
 import pytest
 
 from gemma_widgets import bench
@@ -151,6 +152,37 @@ def test_a_stuck_worker_times_out(monkeypatch):
     monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", sleeper])
     (result,) = bench.run(TINY, ["fp32"], timeout_s=1, **FAST)
     assert result.status == "failed" and "timed out" in result.error
+
+
+WORKER_PARENT = """
+import time
+from gemma_widgets import bench
+from gemma_widgets.bench_protocol import Scenario
+# the hostile run's --new-tokens 1000000000: a warm-up that decodes for ever without a word to the parent
+# (a worker that writes an event after its parent died is ended by the broken pipe)
+worker = bench._Worker(Scenario("tiny-random-gemma2", "fp32", "Hi", 10**9, repeats=1, warmup=1, quality=False))
+events = [type(worker.events.get(timeout=120)).__name__ for _ in range(2)]  # Loaded, PromptSize: now silent
+print(worker.proc.pid, *events, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed():
+    """The hostile test: ``timeout 120 ... bench`` (or a dead kernel) left the worker decoding under PID 1.
+    Here the parent is SIGKILLed while its worker decodes its warm-up: the worker must go too."""
+    worker = 0
+    with orphans.parent_process(WORKER_PARENT) as parent:
+        try:
+            line = orphans.first_line(parent, 180)
+            assert line.endswith(" Loaded PromptSize"), f"the worker did not load the tiny model: {line!r}"
+            worker = int(line.split()[0])
+            assert orphans.alive(worker)
+            parent.kill()
+            parent.wait(10)
+            assert orphans.gone_within(worker, 5), "the worker outlived its killed parent"
+        finally:
+            if worker:
+                orphans.kill_if_ours(worker, "gemma_widgets._bench_worker")
 
 
 def test_cancel_inside_a_measurement_returns_what_finished():
