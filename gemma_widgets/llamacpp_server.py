@@ -13,15 +13,24 @@ The server listens on 127.0.0.1 on a free port, uses every core but one (:func:`
 renders Gemma's chat template (``--chat_format gemma``: the same prompt as the kit's template) and
 serves requests one after another (``--interrupt_requests False``: llama-cpp-python's default cuts a
 streaming reply short when another request arrives).
-Leaving the ``with`` block stops it by its process id (terminate, then kill).
+Leaving the ``with`` block stops it by its process id (terminate, then kill), and the server dies
+with the process that started it (:mod:`gemma_widgets._lifeline`): a killed notebook kernel leaves no
+server holding its port. A port another program holds is refused before anything starts, and the
+server is reported ready only when the process answering is the one this started.
+
+Upstream answers any web page (CORS ``*``) and asks for no key: bound to anything but loopback (a
+workshop's ``host="0.0.0.0"``), the server gets an API key, printed once for the instructor; the
+readiness probe sends the key, whether the kit made it or ``api_key=``/``--api_key`` gave it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,10 +40,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_widgets import _lifeline as lifeline
 from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
 
 #: The name the server gives the bundled model (``load_model(url, model=MODEL_ALIAS)``).
@@ -43,6 +53,10 @@ MODEL_ALIAS = "gemma-3-270m"
 #: What ``python -m llama_cpp.server`` imports (llama-cpp-python's ``[server]`` extra), and the client.
 _NEEDS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
           "openai")
+
+#: Environment variables llama-cpp-python's server reads over its command line (``HOST``, ``PORT``,
+#: ``CONFIG_FILE`` in its ``__main__``; ``API_KEY`` as a setting): the launcher's options win.
+_OVERRIDES = ("HOST", "PORT", "CONFIG_FILE", "API_KEY")
 
 
 def unavailable_reason() -> str | None:
@@ -85,6 +99,8 @@ class LlamaCppServer:
     model: str
     process: subprocess.Popen
     log: Path
+    #: The key clients send (``load_model(url, api_key=...)``); None when the server asks for none.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -117,21 +133,92 @@ class LlamaCppServer:
             self.process.wait(10)
 
 
-def _models_answer(url: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``127.0.0.1``, ``::1``, ``localhost``): nobody else can connect."""
+    if host == "localhost":
+        return True
     try:
-        with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-            return response.status == 200 and bool(json.load(response).get("data"))
-    except (OSError, ValueError, urllib.error.URLError):
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to an address others reach
         return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise if something already listens on ``host:port`` (the server would die there with EADDRINUSE
+    while the other program answered its readiness probe). SO_REUSEADDR as uvicorn binds: a port
+    left in TIME_WAIT by a server that just stopped counts as free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise GemmaWidgetsError(
+                f"Port {port} on {host} is already in use ({exc.strerror}): another server holds it. Stop that "
+                "server, pick another port, or leave port=None for a free one.") from exc
+
+
+def _models_answer(url: str, api_key: str | None) -> list[str]:
+    """The model names ``url`` serves (``/models``), sending the key if there is one; [] if no answer."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers=headers), timeout=2) as response:
+            data = json.load(response).get("data") if response.status == 200 else None
+    except (OSError, ValueError, AttributeError, urllib.error.URLError):
+        return []
+    return [str(entry.get("id")) for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on ``port`` (so an answer there is its own, not another's);
+    True where the system does not say (the model name check must then do)."""
+    import psutil
+
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="inet"))
+    except psutil.AccessDenied:
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``name`` in ``args`` (``--name value`` or ``--name=value``), or None."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _api_key(host: str, port: int, api_key: str | None, extra_args: Sequence[str]) -> str | None:
+    """The key the server will ask for: ``api_key``, or ``--api_key`` in ``extra_args``, or (bound beyond
+    loopback) a new one, printed once for the instructor to hand out."""
+    given = _option(extra_args, "--api_key")
+    if api_key is not None and given is not None and api_key != given:
+        raise GemmaWidgetsError("Two different API keys: api_key=... and --api_key in extra_args. Give one.")
+    key = api_key if api_key is not None else given
+    if key is None and not is_loopback(host):
+        key = secrets.token_urlsafe(24)
+        print(f"The llama.cpp server listens on {host}, beyond this machine, so it asks for an API key: {key}\n"
+              f"Learners connect with load_model('http://<this machine>:{port}/v1', "
+              "api_key='<the key>'). It is printed only this once.")
+    return key
 
 
 def launch(gguf: str | Path | None = None, *, model: str = MODEL_ALIAS, n_ctx: int = 2048,
            n_threads: int | None = None, host: str = "127.0.0.1", port: int | None = None,
-           startup_timeout_s: float = 120.0, extra_args: Sequence[str] = ()) -> LlamaCppServer:
-    """Start the server on ``gguf`` (default: the bundled model's file) and wait until ``/v1/models``
-    answers; raise :class:`GemmaWidgetsError` with the end of its output if it does not within
-    ``startup_timeout_s``. The caller stops it (:meth:`LlamaCppServer.stop`); prefer
-    :func:`start_llamacpp_server`, which always does."""
+           startup_timeout_s: float = 120.0, api_key: str | None = None,
+           extra_args: Sequence[str] = ()) -> LlamaCppServer:
+    """Start the server on ``gguf`` (default: the bundled model's file) and wait until it answers
+    ``/v1/models`` with ``model``; raise :class:`GemmaWidgetsError` with the end of its output if it
+    does not within ``startup_timeout_s``, and before starting anything if ``port`` is taken.
+
+    ``api_key`` (or ``--api_key`` in ``extra_args``) makes the server ask for that key; bound to
+    anything but loopback it gets a new one by default, printed once. The caller stops the server
+    (:meth:`LlamaCppServer.stop`); prefer :func:`start_llamacpp_server`, which always does."""
     reason = unavailable_reason()
     if reason:
         raise PrecisionUnavailableError(f"A local llama.cpp server cannot start here: {reason}.")
@@ -140,24 +227,35 @@ def launch(gguf: str | Path | None = None, *, model: str = MODEL_ALIAS, n_ctx: i
 
         gguf = bundled_gguf()
     threads = n_threads or default_threads()
-    port = port or free_port(host)
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model,
-               "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-               "--n_threads_batch", str(threads), "--chat_format", "gemma", "--interrupt_requests", "False",
-               "--logits_all", "False", "--verbose", "False", *extra_args]
+    if port:
+        _check_port_free(host, port)
+    else:
+        port = free_port(host)
+    key = _api_key(host, port, api_key, extra_args)
+    key_args = ["--api_key", key] if key is not None and _option(extra_args, "--api_key") is None else []
+    command = [sys.executable, "-m", "gemma_widgets._lifeline", "llama_cpp.server", "--model", str(gguf),
+               "--model_alias", model, "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
+               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--chat_format", "gemma",
+               "--interrupt_requests", "False", "--logits_all", "False", "--verbose", "False", *key_args,
+               *extra_args]
+    env = {name: value for name, value in os.environ.items() if name not in _OVERRIDES}
     log_fd, log_name = tempfile.mkstemp(prefix="llamacpp-server-", suffix=".log")
     with os.fdopen(log_fd, "wb") as log_file:  # a file, not a pipe: a full pipe would block the server
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    server = LlamaCppServer(f"http://{host}:{port}/v1", model, process, Path(log_name))
+        process = lifeline.popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                 env=env, start_new_session=True)
+    where = f"[{host}]" if ":" in host else host
+    server = LlamaCppServer(f"http://{where}:{port}/v1", model, process, Path(log_name), key)
     deadline = time.monotonic() + startup_timeout_s
-    while not _models_answer(server.url):
+    # ready: our process is alive, serves ``model`` and is the one listening (not another server on the port)
+    while not (model in _models_answer(server.url, key) and server.alive() and _listens_on(server.pid, port)):
         if not server.alive() or time.monotonic() > deadline:
             why = (f"exited with status {process.returncode}" if not server.alive()
                    else f"did not answer within {startup_timeout_s:g} s")
             tail = server.log_tail()
             _discard(server)
-            raise GemmaWidgetsError(f"The llama.cpp server on {Path(gguf).name} {why}. Its output ended "
+            hint = (f" Port {port} was taken meanwhile by another program: try again, or leave port=None."
+                    if "address already in use" in tail.lower() else "")
+            raise GemmaWidgetsError(f"The llama.cpp server on {Path(gguf).name} {why}.{hint} Its output ended "
                                     f"with:\n{tail}")
         time.sleep(0.25)
     return server

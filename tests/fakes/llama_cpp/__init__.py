@@ -1,0 +1,1 @@
+"""A stand-in for llama-cpp-python in the launcher tests (see server/__main__.py)."""

@@ -1,0 +1,1 @@
+"""The stand-in server (see __main__.py)."""
