@@ -17,6 +17,10 @@ likely the reference found each token the challenger wrote (what the arena's vie
 An engine that gives no logits leaves the figures that need it ``None``; ``unavailable`` says
 which and why. :class:`ArenaRun` is the same in a background thread, for a view.
 
+A reply is cut at ``max_new_tokens`` (a server may ignore the limit and send 100k characters),
+Stop ends scoring between chunks of logits, and a run still going when Python exits is stopped
+and waited for, so no thread is left inside torch while the interpreter shuts down.
+
 >>> from gemma_widgets import load_model                                      # doctest: +SKIP
 >>> ref, q4 = load_model("bundled", "bf16"), load_model("bundled", "ov-int4", engine="optimum")  # doctest: +SKIP
 >>> result = compare(ref, q4, "Name three colours.")                         # doctest: +SKIP
@@ -26,8 +30,10 @@ which and why. :class:`ArenaRun` is the same in a background thread, for a view.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +41,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gemma_widgets.conversation import Conversation, PromptPlan
-from gemma_widgets.engines.base import SCORE_CHUNK, CapabilityError, Engine
+from gemma_widgets.engines.base import SCORE_CHUNK, CapabilityError, Delta, Engine, Prompt
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 from gemma_widgets.generation import Background, Generation, SamplingSettings
 from gemma_widgets.models import LoadedModel
@@ -45,6 +51,17 @@ SIDES = ("reference", "challenger")
 
 #: The arena's default: greedy, and short enough to read side by side.
 DEFAULT_SETTINGS = SamplingSettings(temperature=0.0, max_new_tokens=32)
+
+#: Characters a reply may reach per allowed token before the arena stops it: no token of Gemma's
+#: vocabularies is longer than 31 characters, so a reply past twice that has passed its limit.
+MAX_TOKEN_CHARS = 64
+
+#: Seconds Python's exit waits for a run it stopped (a chunk of scoring to finish).
+EXIT_WAIT_S = 10.0
+
+
+class Stopped(GemmaWidgetsError):
+    """Stop was pressed while the replies were scored: nothing is scored."""
 
 
 def label(loaded: LoadedModel) -> str:
@@ -126,18 +143,22 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def log_prob_blocks(engine: Engine, ids: Sequence[int], start: int) -> Iterator[Any]:
+def log_prob_blocks(engine: Engine, ids: Sequence[int], start: int,
+                    stop: threading.Event | None = None) -> Iterator[Any]:
     """Log-softmax of ``engine``'s next-token logits over ``ids`` from row ``start`` on, in float32
     blocks of :data:`SCORE_CHUNK` rows (the last may be shorter), whatever chunks the engine gives.
 
     Memory stays at a block per side (a 512-token reply's logits whole would be 0.5 GB on a
-    262k vocabulary: too much beside two models on Binder).
+    262k vocabulary: too much beside two models on Binder). Raises :class:`Stopped` after the
+    engine's current chunk once ``stop`` is set.
     """
     import torch
 
     pending: list[Any] = []
     held = seen = 0
     for chunk in engine.score(ids):
+        if stop is not None and stop.is_set():
+            raise Stopped("Stopped while scoring: nothing was scored.")
         if seen + len(chunk) > start:
             pending.append(chunk[max(0, start - seen):])
             held += len(pending[-1])
@@ -151,9 +172,9 @@ def log_prob_blocks(engine: Engine, ids: Sequence[int], start: int) -> Iterator[
 
 
 def _scored(engine: Engine, ids: Sequence[int], start: int, unavailable: dict[str, str],
-            figures: Sequence[str]) -> Iterator[Any] | None:
+            figures: Sequence[str], stop: threading.Event | None) -> Iterator[Any] | None:
     """:func:`log_prob_blocks`, or None when ``engine`` gives no logits (``figures`` get its reason)."""
-    blocks = log_prob_blocks(engine, ids, start)
+    blocks = log_prob_blocks(engine, ids, start, stop)
     try:
         first = next(blocks)
     except CapabilityError as exc:
@@ -170,8 +191,10 @@ def _picked(log_probs: Any, tokens: Sequence[int]) -> list[float]:
     return log_probs[torch.arange(len(index)), index].exp().tolist()
 
 
-def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids: Sequence[int]) -> ArenaResult:
-    """``result`` with the figures from both engines' logits (see the module docstring)."""
+def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids: Sequence[int],
+          stop: threading.Event | None = None) -> ArenaResult:
+    """``result`` with the figures from both engines' logits (see the module docstring); raises
+    :class:`Stopped` when ``stop`` is set before it is done."""
     import torch
 
     ref_ids, chal_ids = list(result.reference_ids), list(result.challenger_ids)
@@ -180,9 +203,9 @@ def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids
     forced = [*prompt_ids, *ref_ids]  # n + 1 rows from start: the last predicts past the reply
     unavailable: dict[str, str] = {}
     ref_blocks = _scored(reference, forced, start, unavailable, ("agreement", "kl", "reference_probs",
-                                                                  "reference_sure"))
+                                                                  "reference_sure"), stop)
     chal_blocks = _scored(challenger, forced, start, unavailable, ("agreement", "kl", "challenger_probs",
-                                                                    "challenger_sure"))
+                                                                    "challenger_sure"), stop)
     top1: dict[str, list[int]] = {"reference": [], "challenger": []}
     kl: list[float] = []
     picked: dict[str, list[float]] = {"reference": [], "challenger": []}  # P(reference token j)
@@ -213,7 +236,7 @@ def score(result: ArenaResult, reference: Engine, challenger: Engine, prompt_ids
         figures["reference_probs"] = tuple(picked["reference"])
         if d is not None:  # the challenger's own reply through the reference
             own: list[float] = []
-            for block in log_prob_blocks(reference, [*prompt_ids, *chal_ids], start):
+            for block in log_prob_blocks(reference, [*prompt_ids, *chal_ids], start, stop):
                 own += _picked(block[:len(chal_ids) - len(own)], chal_ids[len(own):len(own) + len(block)])
             figures["reference_probs"] = tuple(own)
     return replace(result, **figures, unavailable=MappingProxyType(unavailable))
@@ -255,6 +278,23 @@ def _plans(reference: LoadedModel, challenger: LoadedModel, prompt: str,
     return ref_plan, chal_plan
 
 
+class _Capped(Engine):
+    """``engine``'s stream, stopped once it passes ``limit`` tokens or ``limit`` tokens' worth of
+    characters: a server may ignore ``max_tokens``, and what comes after the limit is cut anyway."""
+
+    def __init__(self, engine: Engine, limit: int):
+        self.engine, self.limit = engine, limit
+        self.name = engine.name  # type: ignore[misc]
+
+    def stream(self, prompt: Prompt, settings: Any, stop: threading.Event) -> Iterator[Delta]:
+        tokens = chars = 0
+        for delta in self.engine.stream(prompt, settings, stop):
+            yield delta
+            tokens, chars = tokens + delta.tokens, chars + len(delta.text)
+            if tokens > self.limit or chars > self.limit * MAX_TOKEN_CHARS:
+                stop.set()  # the engine ends its reply as after Stop (a server's connection is closed)
+
+
 class ArenaRun(Background):
     """One comparison in a background thread: the reference streams, then the challenger, then scoring.
 
@@ -262,8 +302,9 @@ class ArenaRun(Background):
 
     ``on_text(side, text_so_far)`` is called as each reply grows and ``on_finish(run)`` once at the
     end (from the thread). Then ``result`` holds the :class:`ArenaResult`, or ``error`` the
-    exception (a model raised), or ``stopped`` is True (:meth:`stop`: nothing is scored).
-    ``done`` is set in every case, so :meth:`wait` never hangs.
+    exception (a model raised), or ``stopped`` is True (:meth:`stop`, while generating or scoring:
+    nothing is scored). ``done`` is set in every case, so :meth:`wait` never hangs. A reply that
+    goes past ``max_new_tokens`` (a server that ignores it) is stopped there and cut to it.
     """
 
     def __init__(self, reference: LoadedModel, challenger: LoadedModel, prompt: str,
@@ -284,6 +325,7 @@ class ArenaRun(Background):
 
     def start(self) -> ArenaRun:
         """Start the comparison in its thread (the prompt was checked when the run was made)."""
+        _RUNNING.add(self)
         self._thread.start()
         return self
 
@@ -300,7 +342,8 @@ class ArenaRun(Background):
             if self._on_text is not None:
                 self._on_text(side, text)
 
-        self.generation = Generation(self.models[side].engine, plan, self.settings, on_text=on_text)
+        engine = _Capped(self.models[side].engine, int(self.settings.max_new_tokens))
+        self.generation = Generation(engine, plan, self.settings, on_text=on_text)
         if self._stop.is_set():
             self.generation.stop()
         self.generation.wait()
@@ -310,12 +353,21 @@ class ArenaRun(Background):
                                   f"{error}") from error
         return self.generation
 
-    def _ids(self, side: str, generation: Generation) -> tuple[int, ...]:
-        if generation.token_ids or not generation.text:
-            return tuple(generation.token_ids)
-        # a server streams text only: count its tokens with the reference's tokenizer
+    def _reply(self, side: str, generation: Generation) -> tuple[str, tuple[int, ...], str | None]:
+        """The reply's text and ids, cut at ``max_new_tokens``, and a note on how they were had (or None)."""
+        notes = []
+        ids = tuple(generation.token_ids)
+        text = generation.text
         tokenizer = self.models["reference"].tokenizer
-        return tuple(tokenizer(generation.text, add_special_tokens=False).input_ids)
+        if text and not ids:  # a server streams text only: count its tokens with the reference's tokenizer
+            ids = tuple(tokenizer(text, add_special_tokens=False).input_ids)
+            notes.append("re-tokenized from its text (the engine streams text, not token ids)")
+        limit = int(self.settings.max_new_tokens)
+        if len(ids) > limit:
+            notes.append(f"cut at max_new_tokens={limit}: the engine sent {len(ids)} tokens or more")
+            ids = ids[:limit]
+            text = self.texts[side] = tokenizer.decode(list(ids))
+        return text, ids, "; ".join(notes) or None
 
     def _run(self) -> None:
         try:
@@ -327,19 +379,22 @@ class ArenaRun(Background):
             if self._stop.is_set():
                 return
             ref, chal = done["reference"], done["challenger"]
-            ref_ids, chal_ids = self._ids("reference", ref), self._ids("challenger", chal)
-            retokenized = {f"{side}_ids": "re-tokenized from its text (the engine streams text, not token ids)"
-                           for side, g in done.items() if g.text and not g.token_ids}
+            (ref_text, ref_ids, ref_note), (chal_text, chal_ids, chal_note) = (
+                self._reply("reference", ref), self._reply("challenger", chal))
+            notes = {f"{side}_ids": note for side, note in (("reference", ref_note), ("challenger", chal_note))
+                     if note}
             assert ref.stats is not None and chal.stats is not None  # set before a Generation is done
             unscored = ArenaResult(
                 self.prompt, label(self.models["reference"]), label(self.models["challenger"]),
-                ref.text, chal.text, ref_ids, chal_ids, first_difference(ref_ids, chal_ids),
+                ref_text, chal_text, ref_ids, chal_ids, first_difference(ref_ids, chal_ids),
                 ref.stats.tokens_per_second, chal.stats.tokens_per_second)
             result = score(unscored, self.models["reference"].engine, self.models["challenger"].engine,
-                           self.plans[0].input_ids)
-            if retokenized:
-                result = replace(result, unavailable=MappingProxyType({**result.unavailable, **retokenized}))
+                           self.plans[0].input_ids, self._stop)
+            if notes:
+                result = replace(result, unavailable=MappingProxyType({**result.unavailable, **notes}))
             self.result = result
+        except Stopped:  # Stop while scoring: like a Stop while generating, nothing is compared
+            pass
         except BaseException as exc:  # shown by the view; compare() raises it
             self.error = exc
         finally:
@@ -347,7 +402,25 @@ class ArenaRun(Background):
                 if self._on_finish is not None:
                     self._on_finish(self)
             finally:
+                _RUNNING.discard(self)
                 self._done.set()
+
+
+#: Runs started and not yet done, stopped and waited for when Python exits.
+_RUNNING: weakref.WeakSet[ArenaRun] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running() -> None:
+    """Stop every run still going and wait for it (at most :data:`EXIT_WAIT_S` in all): a thread left
+    inside torch while the interpreter shuts down ends the process with "terminate called without an
+    active exception"."""
+    runs = list(_RUNNING)
+    for run in runs:
+        run.stop()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for run in runs:
+        run.wait(max(0.0, deadline - time.monotonic()))
 
 
 def compare(reference: LoadedModel, challenger: LoadedModel, prompt: str,

@@ -62,3 +62,23 @@ class ScriptedModel:
 def fake_loaded(tiny: LoadedModel, model: Any) -> LoadedModel:
     """A LoadedModel around a fake model, with the tiny model's tokenizer."""
     return LoadedModel(TransformersEngine(model, tiny.tokenizer, tiny.path), tiny.preset, "fp32")
+
+
+class Scorer(TransformersEngine):
+    """The tiny model's engine, scoring one row at a time: ``delay`` seconds a row (a long scoring to
+    stop, ``scoring`` set at its first row), and refusing more than ``limit`` positions (a reply
+    that was never cut)."""
+
+    def __init__(self, tiny: LoadedModel, delay: float = 0.0, limit: int | None = None):
+        super().__init__(tiny.model, tiny.tokenizer, tiny.path)
+        self.delay, self.limit = delay, limit
+        self.scoring = threading.Event()
+
+    def score(self, ids: Any, keep_generator: bool = True) -> Any:
+        if self.limit is not None and len(ids) > self.limit:
+            raise AssertionError(f"asked to score {len(ids)} positions, more than the {self.limit} a reply allows")
+        for chunk in super().score(ids, keep_generator):
+            for row in chunk.split(1):
+                self.scoring.set()
+                time.sleep(self.delay)
+                yield row

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
-from chat_fakes import ScriptedModel, fake_loaded
+from chat_fakes import Scorer, ScriptedModel, fake_loaded
 
 from gemma_widgets import arena
 from gemma_widgets.engines.base import Delta, Engine
@@ -148,6 +151,82 @@ def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
     assert "re-tokenized from its text" in result.unavailable["challenger_ids"]
     assert result.kl is None and "text-only cannot score text" in result.unavailable["kl"]
     assert result.reference_probs is not None and len(result.reference_probs) == len(result.challenger_ids)
+
+
+class Flood(Engine):
+    """Like the hostile server: ignores max_tokens and sends 100k characters, 100 a piece."""
+
+    name = "flood"
+    context_window = 1024
+
+    def __init__(self):
+        self.sent = 0
+
+    def stream(self, prompt, settings, stop):
+        for _ in range(1000):
+            if stop.is_set():
+                yield Delta(finish="stopped")
+                return
+            self.sent += 1
+            yield Delta("word " * 20, 1)
+        yield Delta(finish="end_of_turn")
+
+
+def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut(tiny):
+    """The hostile test: a server challenger replying 100k characters was still being scored after 90 s."""
+    from gemma_widgets.models import LoadedModel
+
+    flood = LoadedModel(Flood(), tiny.preset, "server")
+    reference = replace(tiny, engine=Scorer(tiny, limit=200))  # the prompt and a 16-token reply fit
+    result = arena.compare(reference, flood, "Name three colours.", SHORT)
+    assert len(result.challenger_ids) == SHORT.max_new_tokens
+    assert result.challenger_text == tiny.tokenizer.decode(list(result.challenger_ids))
+    assert result.challenger_text.startswith("word word")
+    note = result.unavailable["challenger_ids"]
+    assert "re-tokenized from its text" in note and "cut at max_new_tokens=16" in note
+    assert flood.engine.sent < 1000  # stopped once past the limit, not read to the end
+    assert len(result.reference_probs) == SHORT.max_new_tokens
+
+
+def test_stop_while_scoring_ends_the_run_and_leaves_no_thread(tiny):
+    """The hostile test: after Stop, wait(10) was still False: scoring ignored Stop."""
+    slow = replace(tiny, engine=Scorer(tiny, delay=1.0))  # about 25 s of scoring for a 16-token reply
+    run = arena.ArenaRun(slow, tiny, "Hi", SHORT).start()
+    try:
+        assert slow.engine.scoring.wait(60)
+        run.stop()
+        assert run.wait(10), "scoring went on after Stop"
+        assert run.stopped and run.result is None and run.error is None
+        run._thread.join(5)
+        assert not run._thread.is_alive() and not run.generation._thread.is_alive()
+    finally:
+        slow.engine.delay = 0.0
+        run.wait(60)
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from dataclasses import replace
+from chat_fakes import Scorer
+from gemma_widgets import arena, load_model
+from gemma_widgets.generation import SamplingSettings
+
+tiny = load_model("tiny-random-gemma2", precision="fp32")
+slow = replace(tiny, engine=Scorer(tiny, delay=1.0))
+finished = lambda run: print("finished", "stopped" if run.stopped else "not stopped", run.result, flush=True)
+arena.ArenaRun(slow, tiny, "Hi", SamplingSettings(temperature=0, max_new_tokens=16), on_finish=finished).start()
+assert slow.engine.scoring.wait(120)
+print("scoring", flush=True)
+"""  # the main thread ends here, with the run still scoring
+
+
+def test_a_run_still_scoring_when_python_exits_is_stopped_and_ends_cleanly():
+    """The hostile test: at exit, "terminate called without an active exception" (a thread inside torch)."""
+    script = EXIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.stdout.splitlines() == ["scoring", "finished stopped None"], done.stderr[-2000:]
+    assert done.returncode == 0 and "terminate called" not in done.stderr
 
 
 def test_an_empty_or_too_long_prompt_is_refused_with_a_reason(tiny):
