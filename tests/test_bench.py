@@ -37,6 +37,7 @@ def test_variant_names_carry_loader_flags():
         "ov-int4", {"group_size": 32, "all_layers": True, "sym": False, "ratio": 0.8, "engine": "optimum"})
 
 
+@pytest.mark.slow
 def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
     results, _ = tiny_run
     assert [r.variant for r in results] == ["fp32", "bf16", "no-such-precision"]
@@ -59,6 +60,7 @@ def test_every_variant_is_measured_and_the_reference_runs_first(tiny_run):
     assert results[1].recipe == "embedding bf16, output bf16; body: 14 bf16"
 
 
+@pytest.mark.slow
 def test_interleaved_rounds_report_the_noise_floor_and_compare_with_the_reference(tiny_run):
     results, seen = tiny_run
     fp32, bf16 = results[:2]
@@ -185,6 +187,7 @@ def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed():
                 orphans.kill_if_ours(worker, "gemma_widgets._bench_worker")
 
 
+@pytest.mark.slow
 def test_cancel_inside_a_measurement_returns_what_finished():
     cancel = threading.Event()
 
@@ -197,6 +200,7 @@ def test_cancel_inside_a_measurement_returns_what_finished():
     assert results[1].load_s is not None and results[1].decode_tps is None
 
 
+@pytest.mark.slow
 def test_cancel_between_variants_stops_before_the_next():
     cancel = threading.Event()
     results = bench.run(TINY, ["fp32", "bf16"], cancel=cancel, on_result=lambda r: cancel.set(), **FAST)
@@ -261,6 +265,7 @@ def test_cli_compares_two_variants_of_the_bundled_model(tmp_path):
 
 @pytest.mark.skipif(bool(PRECISIONS["ov-int4-optimum"].unavailable_reason(PRESETS[TINY])),
                     reason="OpenVINO export unavailable (no optimum-intel)")
+@pytest.mark.slow
 def test_openvino_engines_are_measured_and_genai_is_scored_on_the_same_ir():
     results = bench.run(TINY, ["ov-int4", "ov-int4-optimum"], reference="ov-int4-optimum", **FAST)
     by = {r.variant: r for r in results}
