@@ -5,7 +5,9 @@ a prompt, new tokens and repeats; Run measures each variant in its own process i
 background thread, with a progress bar per variant and a Cancel button; each result shows up
 as its variant finishes: the table, four charts (PNG images), the outputs side by side and a
 recommendation. Export writes CSV, JSON or PNG; Load shows a saved results file without
-measuring anything (a GPU run, say, on a laptop).
+measuring anything (a GPU run, say, on a laptop). The view shows the first :data:`MAX_ROWS` rows
+and says so, and a row whose figures cannot be drawn (:func:`gemma_widgets.plots.problem`) is
+named in the notice and left out of the charts and the recommendation.
 
 Everything the buttons do has a Python call, for tests and notebooks:
 
@@ -18,7 +20,7 @@ True
 
 CSS classes for browser tests: ``gw-dashboard`` (the whole view), ``gw-run`` (the Run button),
 ``gw-cancel``, ``gw-results-table`` (the table), ``gw-plot`` (each chart image),
-``gw-outputs``, ``gw-recommendation``.
+``gw-outputs``, ``gw-recommendation``, ``gw-notice`` (rows not shown or not drawn).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from gemma_widgets._display import WidgetView
 from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import PRESETS
+
+#: Rows the view shows (table, charts, outputs): drawing takes about a second per 30 rows, and a file of
+#: 600 blocked the kernel for 22 s. The results, export included, keep every row.
+MAX_ROWS = 24
 
 
 class PrecisionDashboard(WidgetView):
@@ -75,6 +81,7 @@ class PrecisionDashboard(WidgetView):
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
         self.status = w.HTML()
+        self.notice = w.HTML()
         self.progress = w.VBox()
         self.table = w.HTML()
         self.images = {name: w.Image(format="png", layout=w.Layout(width="48%"))
@@ -91,6 +98,7 @@ class PrecisionDashboard(WidgetView):
         self.table.add_class("gw-results-table")
         self.outputs.add_class("gw-outputs")
         self.recommendation.add_class("gw-recommendation")
+        self.notice.add_class("gw-notice")
         for image in self.images.values():
             image.add_class("gw-plot")
 
@@ -106,7 +114,7 @@ class PrecisionDashboard(WidgetView):
             self.model, w.Label("Variants:"), self.variant_box, self.prompt,
             w.HBox([self.new_tokens, self.repeats, self.rounds]),
             w.HBox([self.run_button, self.cancel_button]), self.status, self.progress,
-            self.table, w.HBox(list(self.images.values()), layout=w.Layout(flex_flow="row wrap")),
+            self.notice, self.table, w.HBox(list(self.images.values()), layout=w.Layout(flex_flow="row wrap")),
             self.recommendation, self.outputs,
             w.HBox([self.path, *self.export_buttons, self.load_button]),
         ])
@@ -169,14 +177,18 @@ class PrecisionDashboard(WidgetView):
         return not self.running
 
     def show(self, results: Sequence[Result]) -> None:
-        """Show ``results`` (table, charts, outputs, recommendation) without measuring."""
+        """Show ``results`` (table, charts, outputs, recommendation) without measuring: the first
+        :data:`MAX_ROWS`, the figures that cannot be drawn named in the notice."""
         self._results = list(results)
-        self.table.value = results_table_html(self._results)
-        for name, png in plots.charts(self._results).items():
+        shown = self._results[:MAX_ROWS]
+        self.table.value = results_table_html(shown)
+        for name, png in plots.charts(shown).items():
             self.images[name].value = png
-        self.outputs.value = outputs_html(self._results)
-        self.recommendation.value = (f"<b>Recommendation:</b> {html.escape(bench.recommend(self._results))}"
-                                     if self._results else "")
+        self.outputs.value = outputs_html(shown)
+        drawable = [r for r in shown if plots.problem(r) is None]
+        self.recommendation.value = (f"<b>Recommendation:</b> {html.escape(bench.recommend(drawable))}"
+                                     if drawable else "")
+        self.notice.value = notice_html(self._results)
 
     def load(self, path: str | os.PathLike) -> list[Result]:
         """Show a results file saved by :func:`gemma_widgets.bench.save` (CSV or JSON)."""
@@ -190,8 +202,8 @@ class PrecisionDashboard(WidgetView):
         if not self._results:
             raise GemmaWidgetsError("Nothing to export yet: run the dashboard or load a results file.")
         path = Path(path)
-        if path.suffix == ".png":
-            saved = plots.save_png(self._results, path)
+        if path.suffix == ".png":  # the charts as shown
+            saved = plots.save_png(self._results[:MAX_ROWS], path)
         else:
             saved = bench.save(self._results, path)
         self.status.value = f"Saved {html.escape(str(saved))}."
@@ -266,6 +278,19 @@ def results_table_html(results: Sequence[Result]) -> str:
                         f"<td colspan='{len(COLUMNS) - 2}' style='color:#b00'>{html.escape(row[2])}</td></tr>")
     return (f"<table class='gw-table'><thead><tr>{header}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def notice_html(results: Sequence[Result]) -> str:
+    """What the view leaves out: the rows past :data:`MAX_ROWS`, and each shown row it cannot draw, and why."""
+    lines = []
+    if len(results) > MAX_ROWS:
+        lines.append(f"Showing the first {MAX_ROWS} of {len(results)} rows (the results and an export keep "
+                     "them all).")
+    for r in results[:MAX_ROWS]:
+        why = plots.problem(r)
+        if why:
+            lines.append(f"{r.variant}: {why}: left out of the charts and the recommendation.")
+    return "<br>".join(f"<span style='color:#b00'>{html.escape(line)}</span>" for line in lines)
 
 
 def outputs_html(results: Sequence[Result]) -> str:

@@ -1,8 +1,9 @@
 """Charts of benchmark results: PNG bytes from matplotlib's Agg canvas, no pyplot state.
 
 Each chart is a function of a list of :class:`~gemma_widgets.bench.Result`; only variants
-that finished are drawn. :func:`charts` gives the dashboard its four images, and
-:func:`summary_png` puts them on one page for an export.
+that finished, with every figure a finite number in its sane range (:func:`problem`), are drawn:
+a results file is untrusted, and ``decode_tps: 1e308`` made matplotlib raise. :func:`charts`
+gives the dashboard its four images, and :func:`summary_png` puts them on one page for an export.
 
 >>> from gemma_widgets import bench, plots                                  # doctest: +SKIP
 >>> png = plots.summary_png(bench.load("results.json"))                     # doctest: +SKIP
@@ -48,8 +49,35 @@ def to_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+#: The range each drawn figure must lie in: (lowest, highest, unit). Beyond it a figure is a broken or
+#: hand-edited file, not a measurement; drawn, it would raise or squash every other bar flat.
+SANE_RANGES: dict[str, tuple[float, float, str]] = {
+    **dict.fromkeys(("decode_tps", "decode_tps_p10", "decode_tps_p90"), (0.0, 1e6, " tok/s")),
+    "ttft_ms": (0.0, 1e7, " ms"),
+    **dict.fromkeys(("weights_mb", "peak_rss_mb", "peak_cuda_mb"), (0.0, 1e8, " MB")),
+    "perplexity": (1.0, 1e12, ""),
+    "top1_agreement": (0.0, 1.0, ""),
+}
+
+
+def problem(result: Result) -> str | None:
+    """Why ``result`` cannot be drawn (a figure that is not a number in :data:`SANE_RANGES`, or a p10-p90
+    range that does not hold the median), or None when it can."""
+    for name, (low, high, unit) in SANE_RANGES.items():
+        value = getattr(result, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+            return f"{name} = {shown} is not a figure from {low:g} to {high:g}{unit}"  # NaN fails the test too
+    tps, p10, p90 = result.decode_tps, result.decode_tps_p10, result.decode_tps_p90
+    if tps is not None and not (p10 if p10 is not None else tps) <= tps <= (p90 if p90 is not None else tps):
+        return f"decode_tps = {tps:g} lies outside its own p10-p90 range ({p10} to {p90})"
+    return None
+
+
 def _finished(results: Sequence[Result]) -> list[Result]:
-    return [r for r in results if r.ok and r.decode_tps]
+    return [r for r in results if r.ok and r.decode_tps and problem(r) is None]
 
 
 def _empty(ax: Any, title: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -184,3 +185,41 @@ def test_run_measures_the_tiny_model_through_the_python_api():
     assert "<td>bf16</td>" in dash.table.value
     assert all(_is_png(image.value) for image in dash.images.values())
     assert "Recommendation" in dash.recommendation.value
+
+
+@pytest.mark.parametrize("rows", [600, 3000])
+def test_a_results_file_of_many_rows_shows_the_first_ones_and_says_so(tmp_path, rows):
+    """The hostile test: 600 and 3,000 rows blocked the kernel for 22 s and 91 s, drawing every one."""
+    from gemma_widgets import PrecisionDashboard
+
+    fp32, bf16 = _results()[:2]
+    many = [dataclasses.replace((fp32, bf16)[i % 2], variant=f"v{i}") for i in range(rows)]
+    path = bench.save(many, tmp_path / "many.json")
+    dash = PrecisionDashboard(results=path)
+    shown = dash.table.value.count("<tr><td>")
+    assert 0 < shown < rows and f"Showing the first {shown} of {rows} rows" in dash.notice.value
+    assert "<td>v0</td>" in dash.table.value and f"<td>v{rows - 1}</td>" not in dash.table.value
+    assert len(dash.results) == rows  # only the view is bounded: an export keeps every row
+    assert all(_is_png(image.value) for image in dash.images.values())
+
+
+def test_figures_that_cannot_be_drawn_are_reported_not_raised(tmp_path):
+    """The hostile test: ``decode_tps: 1e308`` in a results file raised matplotlib's ValueError from the
+    constructor. Such a row is named, with the figure, and left out of the charts and the recommendation."""
+    from gemma_widgets import PrecisionDashboard
+
+    results = _results()
+    results[1].decode_tps = 1e308
+    dash = PrecisionDashboard(results=bench.save(results, tmp_path / "bad.json"))
+    assert "bf16: decode_tps = 1e+308 is not a figure from 0 to 1e+06 tok/s" in dash.notice.value
+    assert "<td>bf16</td>" in dash.table.value and "bf16" not in dash.recommendation.value
+    assert all(_is_png(image.value) for image in dash.images.values())
+
+    for name, value in (("perplexity", float("nan")), ("peak_rss_mb", -5.0), ("top1_agreement", 1.5),
+                        ("decode_tps_p10", 19.0)):  # above the median: a negative whisker
+        odd = _results()
+        setattr(odd[1], name, value)
+        assert plots.problem(odd[1]) is not None and plots.problem(odd[0]) is None
+        dash.show(odd)
+        assert "bf16: " in dash.notice.value and "fp32" not in dash.notice.value
+        assert _is_png(plots.summary_png(odd))
