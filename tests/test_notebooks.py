@@ -124,11 +124,12 @@ def test_output_kinds_ignore_what_varies_between_runs():
                new.new_output("display_data", data={"text/plain": "Applying Weight Compression ━━ 100%",
                                                     "text/html": store_outputs.RICH_HTML + '">━━</pre>'}),
                new.new_output("display_data", data={"text/html": "<table></table>", "text/plain": "table"})]
-    assert store_outputs.output_kinds(outputs) == ["stdout", "display_data:image/png,text/plain",
-                                                   "display_data:text/html,text/plain"]
+    kinds = ["stdout", "display_data:image/png,text/plain", "display_data:text/html,text/plain"]
+    assert store_outputs.output_kinds(outputs) == kinds
     for widget in outputs[4:6]:
         store_outputs._for_a_file(widget)
         assert widget["data"] == {"text/plain": store_outputs.WIDGET_PLACEHOLDER}
+    assert store_outputs.output_kinds(outputs) == kinds  # a stored file's placeholders count as the widgets did
 
 
 CORE_CELL_LINES = 15

@@ -58,7 +58,8 @@ def output_kinds(outputs) -> list[str]:
             kind = "" if out["name"] == "stderr" else "stdout"
         elif out["output_type"] == "error":
             kind = "error"
-        elif WIDGET in data or str(data.get("text/html", "")).startswith(RICH_HTML):
+        elif WIDGET in data or data.get("text/plain") == WIDGET_PLACEHOLDER or \
+                str(data.get("text/html", "")).startswith(RICH_HTML):
             kind = ""
         else:
             kind = out["output_type"] + ":" + ",".join(sorted(data))
