@@ -5,10 +5,16 @@ Gemma's chat template; ``tests/test_llamacpp.py`` checks that llama.cpp's own to
 same ids), so a row of the dashboard compares runtimes, not prompts. ``Llama.generate`` yields
 one token id per step and never stops on its own: the engine ends at an end-of-turn id, at
 ``max_new_tokens`` or when Stop is set.
+
+A fine-tuned model runs as the base file plus a LoRA adapter GGUF (``lora``, made by
+:mod:`gemma_widgets._gguf_lora`): llama.cpp adds ``B (A x)`` to each targeted matrix's product at run
+time, so the base file's quantized weights stay as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,6 +23,7 @@ from typing import Any
 
 from gemma_widgets._probe import cpu_flags, probe
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine
+from gemma_widgets.errors import PrecisionUnavailableError
 from gemma_widgets.templates import end_of_turn_ids
 
 #: Tokens of context the engine allocates by default: the KV cache grows with it (Gemma 3 270M:
@@ -25,11 +32,13 @@ DEFAULT_CONTEXT = 4096
 
 
 #: A two-token greedy decode: the first call into llama.cpp's CPU kernels, where a build for
-#: instructions this CPU lacks dies.
+#: instructions this CPU lacks dies; with the LoRA adapter the engine will load (``sys.argv[2]``), if any,
+#: so the adapter's float32 products run too.
 _PROBE = """
 import sys
 from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+lora = sys.argv[2] if len(sys.argv) > 2 else None
+llm = Llama(model_path=sys.argv[1], lora_path=lora, n_ctx=64, n_threads=1, verbose=False)
 for count, _ in enumerate(llm.generate(llm.tokenize(b"Bees make"), temp=0.0, top_k=1), start=1):
     if count == 2:
         break
@@ -41,11 +50,11 @@ REBUILD = ("rebuild it for this machine: `make install-llamacpp` in the kit's ch
            "pip install --force-reinstall --no-cache-dir llama-cpp-python")
 
 
-def unavailable_reason(gguf: str) -> str | None:
-    """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` in a child process
-    first (once per build and CPU, :mod:`gemma_widgets._probe`), so a build that crashes here is
-    reported instead of killing the kernel."""
-    reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf)
+def unavailable_reason(gguf: str, lora: str | None = None) -> str | None:
+    """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` (with the LoRA adapter
+    GGUF ``lora``, as the engine will load it) in a child process first (once per build, CPU and files,
+    :mod:`gemma_widgets._probe`), so a build that crashes here is reported instead of killing the kernel."""
+    reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf, *([lora] if lora else []))
     if reason is None:
         return None
     flags = cpu_flags()
@@ -59,29 +68,48 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def open_llama(path: str, lora: str | None = None, **params: Any) -> Any:
+    """``llama_cpp.Llama`` on ``path`` with the LoRA adapter GGUF ``lora`` applied (None: without).
+
+    With an adapter, llama.cpp's log is kept out of the output (a line per matrix whose adapter cannot
+    use the repacked-weights buffer, harmless) and becomes the message if the adapter is refused: the
+    exception alone says only "Failed to initialize LoRA adapter"."""
+    from llama_cpp import Llama
+
+    if lora is None:
+        return Llama(model_path=path, verbose=False, **params)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(log):  # llama-cpp-python prints llama.cpp's log to sys.stderr
+            return Llama(model_path=path, lora_path=lora, verbose=False, **params)
+    except (RuntimeError, ValueError) as exc:
+        said = [line for line in log.getvalue().splitlines() if "lora" in line.lower()][-2:]
+        raise PrecisionUnavailableError(f"llama.cpp could not apply the LoRA adapter {Path(lora).name} to "
+                                        f"{Path(path).name}: {exc}. " + " ".join(said)) from exc
+
+
 class LlamaCppEngine(LocalEngine):
-    """A ``llama_cpp.Llama`` on one GGUF file."""
+    """A ``llama_cpp.Llama`` on one GGUF file, with a LoRA adapter GGUF or without."""
 
     name = "llama.cpp"
     can_score = True
 
-    def __init__(self, llm: Any, tokenizer: Any, path: str):
+    def __init__(self, llm: Any, tokenizer: Any, path: str, lora: str | None = None):
         self.model = llm
         self.tokenizer = tokenizer
         self.path = path
+        self.lora = lora
         self.stop_ids = end_of_turn_ids(tokenizer)
         self.context_window = int(llm.n_ctx())
 
     @classmethod
     def from_gguf(cls, path: str, tokenizer: Any, n_threads: int | None = None,
-                  n_ctx: int | None = None) -> LlamaCppEngine:
-        """llama.cpp on the GGUF file at ``path``, with ``tokenizer`` (the same vocabulary) for the chat."""
-        from llama_cpp import Llama
-
+                  n_ctx: int | None = None, lora: str | None = None) -> LlamaCppEngine:
+        """llama.cpp on the GGUF file at ``path`` (plus the LoRA adapter GGUF ``lora``, if given), with
+        ``tokenizer`` (the same vocabulary) for the chat."""
         threads = n_threads or default_threads()
-        llm = Llama(model_path=path, n_ctx=n_ctx or DEFAULT_CONTEXT, n_threads=threads,
-                    n_threads_batch=threads, verbose=False)
-        return cls(llm, tokenizer, path)
+        llm = open_llama(path, lora, n_ctx=n_ctx or DEFAULT_CONTEXT, n_threads=threads, n_threads_batch=threads)
+        return cls(llm, tokenizer, path, lora)
 
     def _fresh(self) -> Any:
         """The model with no evaluated tokens. ``Llama.generate`` otherwise reuses the longest cached
@@ -111,24 +139,29 @@ class LlamaCppEngine(LocalEngine):
         return made
 
     def score(self, ids: Sequence[int], keep_generator: bool = True) -> Iterator[Any]:
-        """llama.cpp's own logits over ``ids``: a second context on the same (memory-mapped) file
+        """llama.cpp's own logits over ``ids``: a second context on the same file (memory-mapped; read
+        into memory with an adapter, which llama-cpp-python loads without mmap) and the same adapter,
         that keeps every position's logits (``logits_all``), read in chunks of rows."""
         import torch
-        from llama_cpp import Llama
 
         if not keep_generator:
             self.model = None
         threads = default_threads()
-        scorer = Llama(model_path=self.path, n_ctx=len(ids), n_batch=min(512, len(ids)), logits_all=True,
-                       n_threads=threads, n_threads_batch=threads, verbose=False)
+        scorer = open_llama(self.path, self.lora, n_ctx=len(ids), n_batch=min(512, len(ids)), logits_all=True,
+                            n_threads=threads, n_threads_batch=threads)
         scorer.eval(list(ids))
         for start in range(0, len(ids), SCORE_CHUNK):
             yield torch.from_numpy(scorer.scores[start:min(start + SCORE_CHUNK, len(ids))].copy())
 
     def weights_bytes(self) -> int:
-        return Path(self.path).stat().st_size
+        return Path(self.path).stat().st_size + (Path(self.lora).stat().st_size if self.lora else 0)
 
     def recipe(self) -> str:
         from gemma_widgets.recipe import describe, gguf_rows
 
-        return describe(gguf_rows(self.path))
+        base = describe(gguf_rows(self.path))
+        if not self.lora:
+            return base
+        factors = gguf_rows(self.lora)  # two per adapted matrix: lora_a and lora_b
+        types = "/".join(sorted({precision for _, _, precision in factors}))
+        return f"{base}; LoRA adapter on {len(factors) // 2} matrices ({types})"
