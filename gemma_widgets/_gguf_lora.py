@@ -83,12 +83,12 @@ def _read_config(adapter_dir: Path) -> dict[str, Any]:
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def base_tensors(base_gguf: Path) -> tuple[str, int, dict[str, tuple[int, ...]]]:
-    """The base file's architecture, block count and tensor shapes (GGUF ``ne`` order), read from its
-    header alone: gguf-py's ``GGUFReader`` parses the 262k-entry vocabulary too (12 s here)."""
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """A GGUF file's scalar and string metadata, and its tensors' shapes (GGUF ``ne`` order), read from
+    the header alone: gguf-py's ``GGUFReader`` parses the 262k-entry vocabulary too (12 s here)."""
     import struct
 
-    with open(base_gguf, "rb") as fh:
+    with open(path, "rb") as fh:
         def take(fmt: str) -> Any:
             return struct.unpack("<" + fmt, fh.read(struct.calcsize("<" + fmt)))[0]
 
@@ -98,7 +98,7 @@ def base_tensors(base_gguf: Path) -> tuple[str, int, dict[str, tuple[int, ...]]]
         def value(kind: int) -> Any:
             if kind == 8:
                 return string()
-            if kind == 9:
+            if kind == 9:  # arrays are skipped
                 item, count = take("I"), take("Q")
                 if item in _SCALARS:
                     fh.seek(count * struct.calcsize("<" + _SCALARS[item]), 1)
@@ -108,20 +108,64 @@ def base_tensors(base_gguf: Path) -> tuple[str, int, dict[str, tuple[int, ...]]]
                 return None
             return take(_SCALARS[kind])
 
-        if fh.read(4) != b"GGUF" or take("I") < 2:
-            raise GemmaWidgetsError(f"{base_gguf} is not a GGUF file of version 2 or later.")
-        n_tensors, n_kv = take("Q"), take("Q")
-        fields = {}
-        for _ in range(n_kv):
-            key = string()
-            fields[key] = value(take("I"))
-        shapes = {}
-        for _ in range(n_tensors):
-            name, dims = string(), take("I")
-            shapes[name] = tuple(take("Q") for _ in range(dims))
-            fh.seek(4 + 8, 1)  # type and offset
+        try:
+            if fh.read(4) != b"GGUF" or take("I") < 2:
+                raise ValueError("no GGUF magic")
+            n_tensors, n_kv = take("Q"), take("Q")
+            fields = {}
+            for _ in range(n_kv):
+                key = string()
+                fields[key] = value(take("I"))
+            shapes = {}
+            for _ in range(n_tensors):
+                name, dims = string(), take("I")
+                shapes[name] = tuple(take("Q") for _ in range(dims))
+                fh.seek(4 + 8, 1)  # type and offset
+        except (ValueError, KeyError, struct.error) as exc:
+            raise GemmaWidgetsError(f"{path} is not a GGUF file of version 2 or later ({exc}).") from exc
+    return fields, shapes
+
+
+def base_tensors(base_gguf: Path) -> tuple[str, int, dict[str, tuple[int, ...]]]:
+    """The base file's architecture, block count and tensor shapes (GGUF ``ne`` order)."""
+    fields, shapes = read_header(base_gguf)
     arch = str(fields.get("general.architecture"))
     return arch, int(fields.get(f"{arch}.block_count") or 0), shapes
+
+
+def lora_mismatch(base_gguf: str | Path, lora: str | Path) -> str | None:
+    """Why llama.cpp would refuse the LoRA adapter GGUF ``lora`` for ``base_gguf``, or None: the checks of
+    its ``llama_adapter_lora_init``, made first because llama-cpp-python 0.3.36 misses a refusal (a NULL
+    adapter is a ctypes pointer, not None) and the first decode then dies with SIGSEGV."""
+    base_fields, base_shapes = read_header(Path(base_gguf))
+    fields, shapes = read_header(Path(lora))
+    name = Path(lora).name
+    if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":
+        return f"{name} is not a LoRA adapter GGUF (general.type 'adapter', adapter.type 'lora')"
+    if fields.get("general.architecture") != base_fields.get("general.architecture"):
+        return (f"{name} is an adapter for {fields.get('general.architecture')}, the model is "
+                f"{base_fields.get('general.architecture')}")
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for tensor, shape in shapes.items():
+        base, _, factor = tensor.rpartition(".")
+        if factor in ("lora_a", "lora_b"):
+            pairs.setdefault(base, {})[factor] = shape
+        elif not tensor.endswith("_norm.weight"):  # llama.cpp skips norms, refuses anything else
+            return f"{name} has a tensor that is no LoRA factor: {tensor}"
+    for base, factors in sorted(pairs.items()):
+        if len(factors) != 2:
+            return f"{name} lacks one factor of {base}"
+        if base not in base_shapes:
+            return f"{name} adapts {base}, which the model does not have: an adapter for another model"
+        a, b, weight = factors["lora_a"], factors["lora_b"], base_shapes[base]
+        if base.endswith("token_embd.weight"):
+            fits = weight[0] == b[1] and weight[1] == a[1]
+        else:
+            fits = weight[0] == a[0] and weight[1] == b[1] and a[1] == b[0]
+        if not fits:
+            return (f"{name} has {base} factors of shapes {list(a)} and {list(b)} for a {list(weight)} matrix: "
+                    "an adapter for another model")
+    return None
 
 
 def _factors(adapter_dir: Path) -> dict[str, Any]:
@@ -220,3 +264,30 @@ def lora_gguf(adapter_dir: Path, base_gguf: Path | None = None) -> Path:
         return {**info, "adapter": str(adapter_dir), "base": base_gguf.name}
 
     return build_once(cache_root() / f"gguf-lora-{key}", build, FORMAT_VERSION) / FILE_NAME
+
+
+def bundled_lora() -> Path:
+    """The kit's chat adapter (:func:`gemma_widgets._bundled.chat_adapter_dir`) as a llama.cpp LoRA GGUF
+    for the bundled file: what makes llama.cpp run the ``bundled`` (chat) model."""
+    from gemma_widgets._bundled import chat_adapter_dir
+
+    return lora_gguf(chat_adapter_dir())
+
+
+def bundled_reason(chat: bool) -> str | None:
+    """Why llama.cpp cannot run the bundled model here (``chat``: with the kit's chat adapter), or None.
+
+    The base file is tried first, so a build that crashes on this CPU is named as such whatever the
+    adapter; then the adapter is converted (once) and tried with it, in a child process too."""
+    from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets.engines.llamacpp import unavailable_reason
+
+    gguf = str(bundled_gguf())
+    reason = unavailable_reason(gguf)
+    if reason or not chat:
+        return reason
+    try:
+        lora = bundled_lora()
+    except GemmaWidgetsError as exc:
+        return f"the chat adapter cannot be converted for llama.cpp: {exc}"
+    return unavailable_reason(gguf, str(lora))

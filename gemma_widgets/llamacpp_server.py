@@ -1,8 +1,10 @@
 """A local llama.cpp server (llama-cpp-python's ``python -m llama_cpp.server``) for lessons and tests.
 
 A workshop runs one OpenAI-compatible server that every learner's panel talks to; this starts
-the same kind of server on this machine, on the bundled GGUF file, so notebook 06, the tests and
-``benchmarks/chat_bench.py`` can show and check the server engine without a network:
+the same kind of server on this machine, on the bundled model (the package's GGUF file with the kit's
+chat adapter as a llama.cpp LoRA, :mod:`gemma_widgets._gguf_lora`: the ``bundled`` chat model), so
+notebook 06, the tests and ``benchmarks/chat_bench.py`` can show and check the server engine without
+a network:
 
 >>> from gemma_widgets import ChatPanel, load_model                          # doctest: +SKIP
 >>> with start_llamacpp_server() as server:                                  # doctest: +SKIP
@@ -59,17 +61,17 @@ _NEEDS = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context
 _OVERRIDES = ("HOST", "PORT", "CONFIG_FILE", "API_KEY")
 
 
-def unavailable_reason() -> str | None:
-    """Why a local llama.cpp server cannot start here (a package missing, or llama.cpp crashing on
-    this CPU: :func:`gemma_widgets.engines.llamacpp.unavailable_reason`), or None."""
+def unavailable_reason(chat: bool = True) -> str | None:
+    """Why a local llama.cpp server cannot start here (a package missing, llama.cpp crashing on this
+    CPU; with ``chat``, the bundled chat model's adapter missing or refused:
+    :func:`gemma_widgets._gguf_lora.bundled_reason`), or None."""
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
                 "(pip install 'llama-cpp-python[server]' openai)")
-    from gemma_widgets._bundled import bundled_gguf
-    from gemma_widgets.engines.llamacpp import unavailable_reason as llamacpp_reason
+    from gemma_widgets._gguf_lora import bundled_reason
 
-    return llamacpp_reason(str(bundled_gguf()))
+    return bundled_reason(chat)
 
 
 def default_threads() -> int:
@@ -208,24 +210,30 @@ def _api_key(host: str, port: int, api_key: str | None, extra_args: Sequence[str
     return key
 
 
-def launch(gguf: str | Path | None = None, *, model: str = MODEL_ALIAS, n_ctx: int = 2048,
-           n_threads: int | None = None, host: str = "127.0.0.1", port: int | None = None,
+def launch(gguf: str | Path | None = None, *, lora: str | Path | None = None, model: str = MODEL_ALIAS,
+           n_ctx: int = 2048, n_threads: int | None = None, host: str = "127.0.0.1", port: int | None = None,
            startup_timeout_s: float = 120.0, api_key: str | None = None,
            extra_args: Sequence[str] = ()) -> LlamaCppServer:
-    """Start the server on ``gguf`` (default: the bundled model's file) and wait until it answers
+    """Start the server on ``gguf`` with the LoRA adapter GGUF ``lora`` and wait until it answers
     ``/v1/models`` with ``model``; raise :class:`GemmaWidgetsError` with the end of its output if it
     does not within ``startup_timeout_s``, and before starting anything if ``port`` is taken.
+
+    By default it serves the bundled chat model: the package's file with the kit's chat adapter
+    (:func:`gemma_widgets._gguf_lora.bundled_lora`). Name a file to serve it as it is: the bundled base
+    model is ``launch(bundled_gguf())`` (:func:`gemma_widgets._bundled.bundled_gguf`).
 
     ``api_key`` (or ``--api_key`` in ``extra_args``) makes the server ask for that key; bound to
     anything but loopback it gets a new one by default, printed once. The caller stops the server
     (:meth:`LlamaCppServer.stop`); prefer :func:`start_llamacpp_server`, which always does."""
-    reason = unavailable_reason()
+    reason = unavailable_reason(chat=gguf is None)
     if reason:
         raise PrecisionUnavailableError(f"A local llama.cpp server cannot start here: {reason}.")
     if gguf is None:
         from gemma_widgets._bundled import bundled_gguf
+        from gemma_widgets._gguf_lora import bundled_lora
 
-        gguf = bundled_gguf()
+        gguf, lora = bundled_gguf(), lora or bundled_lora()
+    lora_args = ["--lora_path", str(lora)] if lora is not None else []
     threads = n_threads or default_threads()
     if port:
         _check_port_free(host, port)
@@ -236,8 +244,8 @@ def launch(gguf: str | Path | None = None, *, model: str = MODEL_ALIAS, n_ctx: i
     command = [sys.executable, "-m", "gemma_widgets._lifeline", "llama_cpp.server", "--model", str(gguf),
                "--model_alias", model, "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
                "--n_threads", str(threads), "--n_threads_batch", str(threads), "--chat_format", "gemma",
-               "--interrupt_requests", "False", "--logits_all", "False", "--verbose", "False", *key_args,
-               *extra_args]
+               "--interrupt_requests", "False", "--logits_all", "False", "--verbose", "False", *lora_args,
+               *key_args, *extra_args]
     env = {name: value for name, value in os.environ.items() if name not in _OVERRIDES}
     log_fd, log_name = tempfile.mkstemp(prefix="llamacpp-server-", suffix=".log")
     with os.fdopen(log_fd, "wb") as log_file:  # a file, not a pipe: a full pipe would block the server

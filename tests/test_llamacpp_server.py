@@ -24,7 +24,7 @@ FAKES = str(Path(__file__).parent / "fakes")
 @pytest.fixture
 def stand_in(monkeypatch):
     """``launch`` starts the stand-in ``llama_cpp.server`` from tests/fakes, whatever is installed."""
-    monkeypatch.setattr(llamacpp_server, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(llamacpp_server, "unavailable_reason", lambda chat=True: None)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [FAKES, os.environ.get("PYTHONPATH")])))
 
 
@@ -114,10 +114,32 @@ def test_a_server_bound_beyond_loopback_gets_a_key_printed_once(stand_in, capsys
         _stopped(local)
 
 
+def test_the_default_server_runs_the_bundled_chat_model_and_a_named_file_runs_as_it_is(stand_in, monkeypatch):
+    """launch() serves the package's file with the chat adapter (--lora_path), and asks whether that can
+    run here; launch(file) serves the file alone, or with the adapter it is given."""
+    from gemma_widgets import _bundled, _gguf_lora
+
+    asked = []
+    monkeypatch.setattr(llamacpp_server, "unavailable_reason", lambda chat=True: asked.append(chat))
+    monkeypatch.setattr(_bundled, "bundled_gguf", lambda: Path("/cache/gguf/bundled.gguf"))
+    monkeypatch.setattr(_gguf_lora, "bundled_lora", lambda: Path("/cache/gguf-lora-1/lora-adapter-f32.gguf"))
+    for args, options, expected in [((), {}, "--lora_path /cache/gguf-lora-1/lora-adapter-f32.gguf"),
+                                    (("model.gguf",), {}, None),
+                                    (("model.gguf",), {"lora": "mine.gguf"}, "--lora_path mine.gguf")]:
+        server = launch(*args, startup_timeout_s=15, **options)
+        try:
+            command = server.log_tail()
+            assert ("--model /cache/gguf/bundled.gguf" in command) == (not args)
+            assert (expected in command) if expected else "--lora_path" not in command
+        finally:
+            _stopped(server)
+    assert asked == [True, False, False]
+
+
 LAUNCHER = """
 import time
 from gemma_widgets import llamacpp_server
-llamacpp_server.unavailable_reason = lambda: None
+llamacpp_server.unavailable_reason = lambda chat=True: None
 server = llamacpp_server.launch("model.gguf", startup_timeout_s=60)
 print(server.pid, server.url.rsplit(":", 1)[1].split("/")[0], flush=True)
 time.sleep(300)

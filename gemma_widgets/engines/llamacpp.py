@@ -39,6 +39,8 @@ import sys
 from llama_cpp import Llama
 lora = sys.argv[2] if len(sys.argv) > 2 else None
 llm = Llama(model_path=sys.argv[1], lora_path=lora, n_ctx=64, n_threads=1, verbose=False)
+if lora and not getattr(llm, "_lora_adapter", True):  # refused, yet not raised: decoding would crash
+    sys.exit("llama.cpp refused the LoRA adapter")
 for count, _ in enumerate(llm.generate(llm.tokenize(b"Bees make"), temp=0.0, top_k=1), start=1):
     if count == 2:
         break
@@ -51,10 +53,20 @@ REBUILD = ("rebuild it for this machine: `make install-llamacpp` in the kit's ch
 
 
 def unavailable_reason(gguf: str, lora: str | None = None) -> str | None:
-    """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` (with the LoRA adapter
-    GGUF ``lora``, as the engine will load it) in a child process first (once per build, CPU and files,
-    :mod:`gemma_widgets._probe`), so a build that crashes here is reported instead of killing the kernel."""
-    reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf, *([lora] if lora else []))
+    """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` in a child process
+    first (once per build, CPU and file, :mod:`gemma_widgets._probe`), so a build that crashes here is
+    reported instead of killing the kernel; then, given the LoRA adapter GGUF ``lora``, with it, as
+    the engine will load it (its float32 products are other kernels)."""
+    reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf)
+    if reason is None and lora:
+        from gemma_widgets._gguf_lora import lora_mismatch
+
+        mismatch = lora_mismatch(gguf, lora)
+        if mismatch:
+            return f"llama.cpp would refuse the LoRA adapter: {mismatch}"
+        reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf, lora)
+        # the base file decodes: the adapter is what fails, and rebuilding would not help
+        return f"with the LoRA adapter {Path(lora).name}, {reason}" if reason else None
     if reason is None:
         return None
     flags = cpu_flags()
@@ -71,21 +83,31 @@ def default_threads() -> int:
 def open_llama(path: str, lora: str | None = None, **params: Any) -> Any:
     """``llama_cpp.Llama`` on ``path`` with the LoRA adapter GGUF ``lora`` applied (None: without).
 
-    With an adapter, llama.cpp's log is kept out of the output (a line per matrix whose adapter cannot
-    use the repacked-weights buffer, harmless) and becomes the message if the adapter is refused: the
-    exception alone says only "Failed to initialize LoRA adapter"."""
+    An adapter llama.cpp would refuse is refused here first, with the reason: llama-cpp-python 0.3.36
+    does not notice llama.cpp's refusal (its NULL adapter is a ctypes pointer, not None), logs nothing
+    at ``verbose=False`` and the first decode then dies (SIGSEGV), taking the kernel with it. A refusal
+    this check misses is caught after loading. llama.cpp's log while it loads an adapter (a line per
+    matrix whose adapter cannot use the repacked-weights buffer, harmless) is kept out of the output."""
     from llama_cpp import Llama
 
     if lora is None:
         return Llama(model_path=path, verbose=False, **params)
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(log):  # llama-cpp-python prints llama.cpp's log to sys.stderr
-            return Llama(model_path=path, lora_path=lora, verbose=False, **params)
-    except (RuntimeError, ValueError) as exc:
-        said = [line for line in log.getvalue().splitlines() if "lora" in line.lower()][-2:]
-        raise PrecisionUnavailableError(f"llama.cpp could not apply the LoRA adapter {Path(lora).name} to "
-                                        f"{Path(path).name}: {exc}. " + " ".join(said)) from exc
+    from gemma_widgets._gguf_lora import lora_mismatch
+
+    problem = lora_mismatch(path, lora)
+    if problem is None:
+        with contextlib.redirect_stderr(io.StringIO()):  # llama-cpp-python prints llama.cpp's log there
+            try:
+                llm = Llama(model_path=path, lora_path=lora, verbose=False, **params)
+            except (RuntimeError, ValueError) as exc:
+                problem = str(exc)
+            else:
+                if getattr(llm, "_lora_adapter", True):
+                    return llm
+                llm.close()
+                problem = "llama.cpp refused it"
+    raise PrecisionUnavailableError(f"llama.cpp cannot apply the LoRA adapter {Path(lora).name} to "
+                                    f"{Path(path).name}: {problem}.")
 
 
 class LlamaCppEngine(LocalEngine):
