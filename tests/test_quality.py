@@ -82,3 +82,61 @@ def test_the_bundled_model_predicts_the_passage_far_better_than_chance(bundled):
     vocab = bundled.model.config.vocab_size
     assert scores.perplexity < vocab / 1000, scores.perplexity
     assert len(scores.top1) == scores.tokens - 1
+
+
+# -- the quality gate ---------------------------------------------------------------------------
+
+def test_every_precision_that_stores_weights_has_a_scheme_whose_range_holds_its_nominal_bytes():
+    from gemma_widgets.precisions import PRECISIONS
+
+    for name, precision in PRECISIONS.items():
+        scheme = quality.scheme_of(name)
+        if name == "served":
+            assert scheme is None
+            continue
+        low, high = scheme.bytes_range
+        assert low <= precision.bytes_per_param <= high, name
+
+
+def test_bytes_ranges_tell_the_schemes_apart_where_a_broken_export_would_hide():
+    ranges = {name: quality.SCHEMES[name].bytes_range for name in ("ov-int4", "ov-int8", "bf16")}
+    assert ranges["ov-int4"][1] < 1.0 < ranges["ov-int8"][1]  # an int4 export that stayed int8 fails
+    assert ranges["ov-int8"][1] < 2.0  # an int8 export that stayed 16-bit fails
+    assert ranges["ov-int4"][0] < 0.5 < ranges["ov-int4"][1]  # 4 bits, and a little slack for scales
+    assert quality.scheme_of("ov-int4-optimum") is quality.scheme_of("ov-int4")
+    assert quality.scheme_of("bf16+compile") is quality.scheme_of("bf16")
+
+
+def test_the_gate_names_what_failed_with_its_figures():
+    """Issue 28's export: an 18 MB .bin for 268 M weights, and gibberish."""
+    result = quality.judge("ov-int4", agreement=0.03, bytes_per_weight=18e6 / 268e6)
+    assert not result.passed and result.status == "failed"
+    assert len(result.failures) == 2
+    assert "top-1 agreement 3.0% is under 50%" in str(result)
+    assert "0.067 bytes/weight is outside this scheme's 0.475-0.98" in str(result)
+
+
+def test_a_lossy_scheme_passes_under_85_percent_only_marked_and_only_above_its_floor():
+    marked = quality.judge("ov-int4", agreement=0.7, bytes_per_weight=0.83)
+    assert marked.passed and marked.status == "marked" and "under 85% by design" in str(marked)
+    assert quality.judge("ov-int4", agreement=0.9, bytes_per_weight=0.83).status == "passed"
+    assert quality.judge("ov-int4", agreement=0.4, bytes_per_weight=0.83).status == "failed"
+    # a scheme that is not lossy by design is held to 85%
+    failed = quality.judge("ov-int8", agreement=0.7, bytes_per_weight=1.0)
+    assert failed.failures == ("top-1 agreement 70.0% is under 85%",)
+
+
+def test_the_gate_judges_what_it_is_given():
+    assert quality.judge("bf16", agreement=None, bytes_per_weight=3.0).failures  # bytes alone
+    assert quality.judge("served", agreement=0.9, bytes_per_weight=None).status == "passed"  # no scheme
+    assert quality.judge("served", agreement=0.6, bytes_per_weight=None).status == "failed"
+    as_int8 = quality.judge("ov-int4", 0.95, 1.005, scheme=quality.SCHEMES["ov-int8"])
+    assert as_int8.passed
+
+
+def test_gate_scores_the_candidate_against_a_reference_model(tiny):
+    result = quality.gate(tiny, tiny, scheme="bf16")  # fp32 weights held to bf16's bytes
+    assert result.agreement == 1.0 and result.perplexity == result.reference_perplexity > 1
+    assert result.bytes_per_weight == pytest.approx(4.0, rel=0.01)
+    assert result.failures == ("4.000 bytes/weight is outside this scheme's 1.9-2.1",)
+    assert str(result).startswith("bf16 FAILS the quality gate (top-1 agreement 100.0%, 4.000 bytes/weight")
