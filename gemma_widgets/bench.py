@@ -10,7 +10,8 @@ Per variant: load time, weights footprint, peak resident memory (and peak CUDA m
 GPU), time to first token (a prefill that generates one token), decode tok/s (a generate with
 ``min_new_tokens == max_new_tokens``, minus the prefill, so ``(n - 1) / (t_n - ttft)``), after a
 warm-up, over ``repeats`` runs with median, p10 and p90; perplexity on the package passage and
-top-1 agreement with the reference variant; the generated text.
+top-1 agreement with the reference variant, and the quality gate's verdict on those figures and the
+weights' bytes per parameter (:func:`gemma_widgets.quality.judge`: no second scoring); the generated text.
 
 The call the notebooks use:
 
@@ -64,13 +65,12 @@ from gemma_widgets.bench_protocol import (
 )
 from gemma_widgets.errors import GemmaWidgetsError, UnknownPrecisionError
 from gemma_widgets.machine import Machine, noise_probe
-from gemma_widgets.quality import top1_agreement
+from gemma_widgets.quality import MIN_AGREEMENT, judge, top1_agreement
 
 DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
-#: Quality bound for the recommendation: perplexity at most this multiple of the reference's...
+#: Quality bound for the recommendation: perplexity at most this multiple of the reference's, and the
+#: quality gate's share of top-1 predictions equal to the reference's (``MIN_AGREEMENT``).
 MAX_PERPLEXITY_RATIO = 1.10
-#: ...and at least this share of top-1 predictions equal to the reference's.
-MIN_AGREEMENT = 0.85
 _MB = 1024 * 1024
 
 
@@ -100,6 +100,8 @@ class Result:
     perplexity: float | None = None
     top1_agreement: float | None = None
     reference: str = ""
+    gate: str = ""  # the quality gate's verdict: "passed", "marked" or "failed" ("" when not judged)
+    gate_reason: str = ""  # what failed, or why a marked variant may agree less than MIN_AGREEMENT
     text: str = ""
     recipe: str = ""  # which weights at which precision (gemma_widgets.recipe)
     rounds: int = 1  # interleaved rounds the timed runs come from
@@ -359,6 +361,15 @@ def _measure(scenario: Scenario, index: int, total: int, cancel: threading.Event
     return measured
 
 
+def _judge(result: Result, precision: str, params: int) -> None:
+    """Fill ``result``'s quality gate from its figures: top-1 agreement, and weights over ``params``."""
+    weights = result.weights_mb * _MB / params if result.weights_mb and params else None
+    if result.top1_agreement is None and weights is None:
+        return
+    verdict = judge(precision, result.top1_agreement, weights)
+    result.gate, result.gate_reason = verdict.status, "; ".join(verdict.failures) or verdict.mark
+
+
 def _fill_timings(result: Result, prefill: list[float], decode: list[Step]) -> None:
     """TTFT from the prefills; decode tok/s per run as ``(n - 1) / (t_run - ttft)``, with the run's own
     ttft when it was read from a stream, else the median prefill."""
@@ -415,6 +426,7 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         One :class:`Result` per variant measured, in the order run (the reference first); a
         variant that failed or could not run has ``status`` and ``error`` saying why.
     """
+    from gemma_widgets import precisions
     from gemma_widgets.models import resolve_preset
 
     if new_tokens < 2 or repeats < 1 or warmup < 0 or rounds < 1:
@@ -460,6 +472,8 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
     def finish(m: _Measured) -> None:
         result = m.result
         _fill_timings(result, m.prefill, m.decode)
+        if result.ok:
+            _judge(result, precisions.resolve(parse_variant(result.variant)[0], preset).name, preset.params)
         result.noise_floor = noise_floor(probes)
         results.append(result)
         compare_with_reference(results)
@@ -724,6 +738,7 @@ COLUMNS = (
     Column("vs ref", _versus),
     Column("perplexity", lambda r: _fmt(r.perplexity, ".2f")),
     Column("top-1 agree", _agreement),
+    Column("gate", lambda r: r.gate or "-"),
 )
 
 
@@ -758,9 +773,12 @@ def recipes(results: Sequence[Result]) -> list[tuple[str, str]]:
 def within_quality_bound(result: Result, reference: Result | None,
                          max_perplexity_ratio: float = MAX_PERPLEXITY_RATIO,
                          min_agreement: float = MIN_AGREEMENT) -> bool:
-    """True if ``result``'s quality is close enough to ``reference``'s (or nothing says otherwise)."""
+    """True if ``result``'s quality is close enough to ``reference``'s (or nothing says otherwise); never
+    for a variant that failed the quality gate."""
     if reference is None or result is reference:
         return True
+    if result.gate == "failed":
+        return False
     if result.perplexity and reference.perplexity:
         if result.perplexity > max_perplexity_ratio * reference.perplexity:
             return False
@@ -870,6 +888,9 @@ def main(args: Any) -> int:
     print(format_table(results))
     for variant, recipe in recipes(results):
         print(f"recipe of {variant}: {recipe}")
+    for r in results:
+        if r.gate_reason:
+            print(f"quality gate: {r.variant} {r.gate}: {r.gate_reason}")
     print(recommend(results))
     if args.out:
         print(f"saved {save(results, args.out)}")

@@ -222,7 +222,7 @@ class GateResult:
         if self.bytes_per_weight is not None:
             figures.append(f"{self.bytes_per_weight:.3f} bytes/weight")
         if self.perplexity is not None and self.reference_perplexity is not None:
-            figures.append(f"perplexity {self.perplexity:.2f} (reference {self.reference_perplexity:.2f})")
+            figures.append(f"perplexity {self.perplexity:.4g} (reference {self.reference_perplexity:.4g})")
         head = f"{self.variant} {'FAILS' if self.failures else 'passes'} the quality gate ({', '.join(figures)})"
         if self.failures:
             return f"{head}: {'; '.join(self.failures)}"
