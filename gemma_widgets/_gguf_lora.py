@@ -33,7 +33,7 @@ from typing import Any
 from gemma_widgets.cache import build_once, cache_root, file_digest
 from gemma_widgets.errors import GemmaWidgetsError
 
-#: Raise when :func:`_write` changes what it writes: older cached files are then rebuilt.
+#: Raise when :func:`write_lora_gguf` changes what it writes: older cached files are then rebuilt.
 FORMAT_VERSION = 1
 
 #: The file's name inside its cache folder.
