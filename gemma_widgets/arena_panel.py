@@ -6,6 +6,7 @@ redrawn token by token as escaped spans, the challenger's shaded by how likely t
 found each token, the first diverging token marked ``gw-diverge``, and a one-line summary below.
 Stable CSS classes: ``gw-arena``, ``gw-arena-input``, ``gw-send``, ``gw-stop``, ``gw-arena-ref``,
 ``gw-arena-challenger``, ``gw-tok``, ``gw-diverge``, ``gw-arena-summary``, ``gw-notice``.
+:meth:`PrecisionArena.snapshot` is the arena as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
 
 >>> arena = PrecisionArena(models=["bf16", "ov-int4"])   # doctest: +SKIP
 >>> arena                                                 # doctest: +SKIP
@@ -21,29 +22,31 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from gemma_widgets._display import WidgetView, with_class
+from gemma_widgets._display import WidgetView, html_snapshot, with_class
 from gemma_widgets._markdown import escape_text
 from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaResult, ArenaRun, label
-from gemma_widgets.chat import LIVE_INTERVAL
+from gemma_widgets.chat import LIVE_INTERVAL, STYLES
 from gemma_widgets.engines.base import IncrementalDecoder
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.generation import SamplingSettings
 from gemma_widgets.loading import load_model
 from gemma_widgets.models import LoadedModel
 
-CSS = """<style>
-.gw-arena .gw-col { flex: 1 1 0; min-width: 0; border: 1px solid rgba(128,128,128,.3); border-radius: 6px;
-  padding: 4px 8px; margin: 2px; }
-.gw-arena .gw-reply { white-space: pre-wrap; line-height: 1.6; }
-.gw-arena .gw-who { font-weight: 600; font-size: 85%; opacity: .7; }
-.gw-arena .gw-special { font-size: 75%; opacity: .6; }
-.gw-arena .gw-diverge { outline: 2px solid #c5221f; border-radius: 2px; }
-.gw-arena .gw-notice { color: #c5221f; }
-.gw-arena .gw-legend { font-size: 85%; opacity: .8; }
+#: Styles that carry meaning sit inline in the replies' HTML (a stored snapshot keeps them where a
+#: sanitizer drops the ``<style>`` block): the shading, the divergence mark, the columns.
+COLUMN_STYLE = "flex: 1 1 0; min-width: 0; border: 1px solid rgba(128,128,128,.3); border-radius: 6px; " \
+               "padding: 4px 8px; margin: 2px;"
+DIVERGE_STYLE = "outline: 2px solid #c5221f; border-radius: 2px;"
+SPECIAL_STYLE = "font-size: 75%; opacity: .6;"
+
+CSS = f"""<style>
+.gw-arena .gw-col {{ {COLUMN_STYLE} }}
+.gw-arena .gw-notice {{ {STYLES["error"]} }}
 </style>"""
 
 LEGEND = ("Challenger tokens are shaded by how unlikely the reference found them (darker = less likely; hover "
           "for the figures); the red box is the first token where the replies part.")
+LEGEND_HTML = f'<div class="gw-legend" style="font-size: 85%; opacity: .8;">{escape_text(LEGEND)}</div>'
 
 
 def _load(models: Sequence[str | LoadedModel], model: str | None) -> list[LoadedModel]:
@@ -80,22 +83,27 @@ def tokens_html(tokenizer: Any, ids: Sequence[int], divergence: int | None,
     spans = []
     for j, token in enumerate(ids):
         piece = decoder.feed([token])
-        classes = "gw-tok" + (" gw-diverge" if j == divergence else "")
-        if not piece and token in getattr(tokenizer, "all_special_ids", ()):
-            piece, classes = tokenizer.convert_ids_to_tokens(int(token)), classes + " gw-special"
         p = probs[j] if probs is not None and j < len(probs) else None
+        classes, style = "gw-tok", _shade(p)
+        if j == divergence:
+            classes, style = classes + " gw-diverge", style + DIVERGE_STYLE
+        if not piece and token in getattr(tokenizer, "all_special_ids", ()):
+            piece = tokenizer.convert_ids_to_tokens(int(token))
+            classes, style = classes + " gw-special", style + SPECIAL_STYLE
         hover = [] if p is None else [f"reference p = {p:.3f}"]
         if kl is not None and j < len(kl) and (divergence is None or j <= divergence):
             hover.append(f"KL = {kl[j]:.4f}")
         title = f' title="{escape_text(" · ".join(hover))}"' if hover else ""
-        spans.append(f'<span class="{classes}" style="{_shade(p)}"{title}>{escape_text(piece)}</span>')
+        spans.append(f'<span class="{classes}" style="{style}"{title}>{escape_text(piece)}</span>')
     if divergence is not None and divergence >= len(ids):
-        spans.append('<span class="gw-tok gw-diverge gw-special">(ended)</span>')
+        spans.append(f'<span class="gw-tok gw-diverge gw-special" style="{DIVERGE_STYLE}{SPECIAL_STYLE}">'
+                     "(ended)</span>")
     return "".join(spans)
 
 
 def column_html(title: str, body: str) -> str:
-    return f'<div class="gw-who">{escape_text(title)}</div><div class="gw-reply">{body or "…"}</div>'
+    return (f'<div class="gw-who" style="{STYLES["who"]}">{escape_text(title)}</div>'
+            f'<div class="gw-reply" style="white-space: pre-wrap; line-height: 1.6;">{body or "…"}</div>')
 
 
 class PrecisionArena(WidgetView):
@@ -160,8 +168,19 @@ class PrecisionArena(WidgetView):
             widgets.HBox([self.ref_column, self.challenger_column]),
             self.summary,
             self.notice,
-            widgets.HTML(f'<div class="gw-legend">{escape_text(LEGEND)}</div>'),
+            widgets.HTML(LEGEND_HTML),
         ]), "gw-arena")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The arena as it looks now, for a file: the prompt, both columns side by side, summary, notice."""
+        with self._lock:
+            prompt = f"<div><b>Prompt:</b> {escape_text(self.run.prompt)}</div>" if self.run is not None else ""
+            columns = "".join(f'<div class="gw-col gw-arena-{side}" style="{COLUMN_STYLE}">{column.value}</div>'
+                              for side, column in (("ref", self.ref_column), ("challenger", self.challenger_column)))
+            body = (f'{prompt}<div style="display: flex;">{columns}</div>'
+                    f'<div class="gw-arena-summary">{self.summary.value}</div>'
+                    f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>{LEGEND_HTML}')
+        return [html_snapshot(self, "gw-arena", CSS, body)]
 
     def _title(self, side: str) -> str:
         return f"{side}: {label(self.reference if side == 'reference' else self.challenger)}"

@@ -4,7 +4,8 @@ The panel only shows the session and forwards clicks to it. While a reply stream
 reader thread sets the reply widget's value to escaped plain text (at most every
 ``LIVE_INTERVAL`` seconds after the first token); when it ends, the reply is rendered once
 as safe markdown. Widgets carry stable CSS classes (``gw-chat``, ``gw-input``, ``gw-send``,
-``gw-stop``, ``gw-message``, ``gw-status``...) for browser tests and styling.
+``gw-stop``, ``gw-message``, ``gw-status``...) for browser tests and styling. :meth:`ChatPanel.snapshot`
+is the panel as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
 
 >>> panel = ChatPanel(model="bundled", precision="bf16")  # doctest: +SKIP
 >>> panel                                                  # doctest: +SKIP
@@ -21,7 +22,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from gemma_widgets._display import WidgetView
+from gemma_widgets._display import WidgetView, html_snapshot
 from gemma_widgets._display import with_class as _with_class
 from gemma_widgets._files import parse_json, write_atomic
 from gemma_widgets._markdown import escape_text, render_markdown
@@ -34,38 +35,55 @@ from gemma_widgets.models import LoadedModel
 #: Seconds between repaints of a streaming reply (the first token is painted at once).
 LIVE_INTERVAL = 0.05
 
-CSS = """<style>
-.gw-chat .gw-transcript { border: 1px solid rgba(128,128,128,.3); border-radius: 6px; padding: 4px; }
-.gw-chat .gw-msg { padding: 4px 8px; margin: 2px 0; border-radius: 6px; line-height: 1.4; }
-.gw-chat .gw-user { background: rgba(66,133,244,.10); }
-.gw-chat .gw-assistant { background: rgba(128,128,128,.08); }
-.gw-chat .gw-who { font-weight: 600; font-size: 85%; opacity: .7; }
-.gw-chat .gw-plain { white-space: pre-wrap; }
-.gw-chat .gw-body pre { white-space: pre-wrap; }
-.gw-chat .gw-note { font-size: 85%; font-style: italic; opacity: .8; }
-.gw-chat .gw-error, .gw-chat .gw-notice { color: #c5221f; }
+#: The transcript's styles, inline on each message (a stored snapshot keeps them where a sanitizer drops
+#: the ``<style>`` block); the block holds those of the live widgets and of markdown inside a message.
+STYLES = {
+    "msg": "padding: 4px 8px; margin: 2px 0; border-radius: 6px; line-height: 1.4;",
+    "user": "background: rgba(66,133,244,.10);",
+    "assistant": "background: rgba(128,128,128,.08);",
+    "who": "font-weight: 600; font-size: 85%; opacity: .7;",
+    "plain": "white-space: pre-wrap;",
+    "note": "font-size: 85%; font-style: italic; opacity: .8;",
+    "error": "color: #c5221f;",
+    "transcript": "border: 1px solid rgba(128,128,128,.3); border-radius: 6px; padding: 4px;",
+}
+
+CSS = f"""<style>
+.gw-chat .gw-transcript {{ {STYLES["transcript"]} }}
+.gw-chat .gw-plain {{ {STYLES["plain"]} }}
+.gw-chat .gw-body pre {{ white-space: pre-wrap; }}
+.gw-chat .gw-notice {{ {STYLES["error"]} }}
 </style>"""
+
+
+def _who(name: str) -> str:
+    return f'<div class="gw-who" style="{STYLES["who"]}">{name}</div>'
+
+
+def _message(role: str, body: str) -> str:
+    return f'<div class="gw-msg gw-{role}" style="{STYLES["msg"]} {STYLES[role]}">{body}</div>'
 
 
 def message_html(message: Message) -> str:
     """A transcript message as safe HTML: user text verbatim, replies as markdown."""
     who = "You" if message.role == "user" else "Gemma"
     if message.role == "user":
-        body = f'<div class="gw-body gw-plain">{escape_text(message.content)}</div>'
+        body = f'<div class="gw-body gw-plain" style="{STYLES["plain"]}">{escape_text(message.content)}</div>'
     else:
         body = f'<div class="gw-body">{render_markdown(message.content)}</div>'
     notes = ""
     if message.stopped:
-        notes += '<div class="gw-note">stopped by the user: the reply is partial</div>'
+        notes += f'<div class="gw-note" style="{STYLES["note"]}">stopped by the user: the reply is partial</div>'
     if message.error:
-        notes += f'<div class="gw-note gw-error">error: {escape_text(message.error)}</div>'
-    return f'<div class="gw-msg gw-{message.role}"><div class="gw-who">{who}</div>{body}{notes}</div>'
+        notes += (f'<div class="gw-note gw-error" style="{STYLES["note"]} {STYLES["error"]}">'
+                  f"error: {escape_text(message.error)}</div>")
+    return _message(message.role, _who(who) + body + notes)
 
 
 def live_html(text: str) -> str:
     """A reply that is still streaming: escaped plain text, no markdown yet."""
-    return ('<div class="gw-msg gw-assistant"><div class="gw-who">Gemma</div>'
-            f'<div class="gw-body gw-plain">{escape_text(text) or "…"}</div></div>')
+    return _message("assistant", _who("Gemma") +
+                    f'<div class="gw-body gw-plain" style="{STYLES["plain"]}">{escape_text(text) or "…"}</div>')
 
 
 class ChatPanel(WidgetView):
@@ -191,6 +209,16 @@ class ChatPanel(WidgetView):
                           self.save_button, self.upload]),
             self.settings_panel,
         ]), "gw-chat")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The panel as it looks now, for a file: the title, the transcript as shown, status and notice."""
+        with self._lock:
+            transcript = "".join(widget.value for widget in self.transcript.children)
+        body = (f'<div>{self.title.value} · {self.meter_label.value}</div>'
+                f'<div class="gw-transcript" style="{STYLES["transcript"]}">{transcript}</div>'
+                f'<div class="gw-status">{self.status.value}</div>'
+                f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>')
+        return [html_snapshot(self, "gw-chat", CSS, body)]
 
     def _ui(self, action: Any, *args: Any) -> None:
         """Run a button's action; a problem the user can fix becomes the notice, not a traceback."""

@@ -21,6 +21,7 @@ True
 CSS classes for browser tests: ``gw-dashboard`` (the whole view), ``gw-run`` (the Run button),
 ``gw-cancel``, ``gw-results-table`` (the table), ``gw-plot`` (each chart image),
 ``gw-outputs``, ``gw-recommendation``, ``gw-notice`` (rows not shown or not drawn).
+:meth:`PrecisionDashboard.snapshot` is the view as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import ipywidgets as w
 
 from gemma_widgets import bench, plots
-from gemma_widgets._display import WidgetView
+from gemma_widgets._display import WidgetView, html_snapshot, png_snapshot
 from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.models import PRESETS
@@ -43,6 +44,7 @@ from gemma_widgets.models import PRESETS
 #: Rows the view shows (table, charts, outputs): drawing takes about a second per 30 rows, and a file of
 #: 600 blocked the kernel for 22 s. The results, export included, keep every row.
 MAX_ROWS = 24
+TITLE = "<h3>Precision dashboard</h3>"
 
 
 class PrecisionDashboard(WidgetView):
@@ -110,7 +112,7 @@ class PrecisionDashboard(WidgetView):
         self.model.observe(lambda _: self._guard(self._refresh_variants), names="value")
 
         self.widget = w.VBox([
-            w.HTML("<h3>Precision dashboard</h3>"),
+            w.HTML(TITLE),
             self.model, w.Label("Variants:"), self.variant_box, self.prompt,
             w.HBox([self.new_tokens, self.repeats, self.rounds]),
             w.HBox([self.run_button, self.cancel_button]), self.status, self.progress,
@@ -208,6 +210,18 @@ class PrecisionDashboard(WidgetView):
             saved = bench.save(self._results, path)
         self.status.value = f"Saved {html.escape(str(saved))}."
         return saved
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The dashboard as it looks now, for a file: status, notice and table; the charts as one PNG;
+        the recommendation and the outputs side by side."""
+        shown = self._results[:MAX_ROWS]
+        top = "".join(f"<div>{part}</div>" for part in (self.status.value, self.notice.value, self.table.value))
+        outputs = [html_snapshot(self, "gw-dashboard", "", TITLE + top)]
+        if shown:
+            outputs += [png_snapshot(plots._small_png(plots.summary_figure(shown)), "the dashboard's charts"),
+                        html_snapshot(self, "gw-dashboard", "", self.recommendation.value + self.outputs.value,
+                                      note=False)]
+        return outputs
 
     # -- the view ------------------------------------------------------------------------------
 

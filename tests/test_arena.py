@@ -261,6 +261,14 @@ def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny
     assert view.ref_column.value.count("gw-diverge") == 1
     assert view.send_button.disabled is False and view.stop_button.disabled is True
 
+    # A stored notebook shows the prompt, both columns as drawn (shading and mark inline) and the summary.
+    (bundle,) = view.snapshot()
+    snapshot = bundle["text/html"]
+    assert view.ref_column.value in snapshot and challenger in snapshot and view.summary.value in snapshot
+    assert "<b>Prompt:</b> Name three colours." in snapshot
+    assert 'gw-diverge" style="background: rgba(' in challenger and "outline: 2px solid" in challenger
+    assert parse(snapshot)[0] <= {"style", "div", "span", "b"} and XSS in parse(snapshot)[1]
+
     # An empty prompt is refused with a notice, and the last comparison stays on show.
     view.input.value = "  "
     view._ui(view._send_input)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import subprocess
@@ -99,6 +100,21 @@ def test_css_classes_for_the_browser_test():
     assert "gw-run" in dash.run_button._dom_classes
     assert "gw-results-table" in dash.table._dom_classes
     assert all("gw-plot" in image._dom_classes for image in dash.images.values())
+
+
+def test_the_snapshot_is_the_table_one_small_png_of_the_charts_and_the_outputs():
+    """What a stored notebook shows: the view's own table and outputs (escaped), and the charts as an
+    image/png output of their own (an untrusted JupyterLab drops data: images inside HTML)."""
+    from gemma_widgets.dashboard import PrecisionDashboard
+
+    assert [sorted(b) for b in PrecisionDashboard(results=[]).snapshot()] == [["text/html", "text/plain"]]
+    dash = PrecisionDashboard(results=_results())
+    top, charts, bottom = dash.snapshot()
+    assert dash.table.value in top["text/html"] and "&lt;CUDA&gt;" in top["text/html"]
+    png = base64.b64decode(charts["image/png"])
+    assert _is_png(png) and len(png) < 100_000
+    assert dash.recommendation.value in bottom["text/html"] and dash.outputs.value in bottom["text/html"]
+    assert "&lt;b&gt;sweeps&lt;/b&gt;" in bottom["text/html"] and "<img" not in top["text/html"] + bottom["text/html"]
 
 
 def test_unavailable_variants_are_disabled_with_their_reason(monkeypatch):
