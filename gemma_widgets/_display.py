@@ -62,7 +62,8 @@ def html_snapshot(view: WidgetView, css_class: str, css: str, body: str, note: b
     view's ``<style>`` block ``css``, opening with :data:`SNAPSHOT_NOTE` if ``note``."""
     caption = f'<div class="gw-snapshot-note" style="font-size: 85%; font-style: italic; opacity: .7;">' \
               f"{escape_text(SNAPSHOT_NOTE)}</div>" if note else ""
-    return {"text/html": f'{css}<div class="{css_class} gw-snapshot">{caption}{body}</div>',
+    lines = [css, f'<div class="{css_class} gw-snapshot">{caption}', body, "</div>"]  # diffable lines
+    return {"text/html": "\n".join(line for line in lines if line),
             "text/plain": f"[{type(view).__name__}: {SNAPSHOT_NOTE}]"}
 
 

@@ -175,11 +175,11 @@ class PrecisionArena(WidgetView):
         """The arena as it looks now, for a file: the prompt, both columns side by side, summary, notice."""
         with self._lock:
             prompt = f"<div><b>Prompt:</b> {escape_text(self.run.prompt)}</div>" if self.run is not None else ""
-            columns = "".join(f'<div class="gw-col gw-arena-{side}" style="{COLUMN_STYLE}">{column.value}</div>'
-                              for side, column in (("ref", self.ref_column), ("challenger", self.challenger_column)))
-            body = (f'{prompt}<div style="display: flex;">{columns}</div>'
-                    f'<div class="gw-arena-summary">{self.summary.value}</div>'
-                    f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>{LEGEND_HTML}')
+            columns = "\n".join(f'<div class="gw-col gw-arena-{side}" style="{COLUMN_STYLE}">{column.value}</div>'
+                                for side, column in (("ref", self.ref_column), ("challenger", self.challenger_column)))
+            body = (f'{prompt}\n<div style="display: flex;">\n{columns}\n</div>\n'
+                    f'<div class="gw-arena-summary">{self.summary.value}</div>\n'
+                    f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>\n{LEGEND_HTML}')
         return [html_snapshot(self, "gw-arena", CSS, body)]
 
     def _title(self, side: str) -> str:

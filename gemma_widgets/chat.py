@@ -213,10 +213,10 @@ class ChatPanel(WidgetView):
     def snapshot(self) -> list[dict[str, Any]]:
         """The panel as it looks now, for a file: the title, the transcript as shown, status and notice."""
         with self._lock:
-            transcript = "".join(widget.value for widget in self.transcript.children)
-        body = (f'<div>{self.title.value} · {self.meter_label.value}</div>'
-                f'<div class="gw-transcript" style="{STYLES["transcript"]}">{transcript}</div>'
-                f'<div class="gw-status">{self.status.value}</div>'
+            transcript = "\n".join(widget.value for widget in self.transcript.children)  # a line each: diffable
+        body = (f'<div>{self.title.value} · {self.meter_label.value}</div>\n'
+                f'<div class="gw-transcript" style="{STYLES["transcript"]}">\n{transcript}\n</div>\n'
+                f'<div class="gw-status">{self.status.value}</div>\n'
                 f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>')
         return [html_snapshot(self, "gw-chat", CSS, body)]
 

@@ -215,11 +215,11 @@ class PrecisionDashboard(WidgetView):
         """The dashboard as it looks now, for a file: status, notice and table; the charts as one PNG;
         the recommendation and the outputs side by side."""
         shown = self._results[:MAX_ROWS]
-        top = "".join(f"<div>{part}</div>" for part in (self.status.value, self.notice.value, self.table.value))
-        outputs = [html_snapshot(self, "gw-dashboard", "", TITLE + top)]
+        top = "\n".join(f"<div>{part}</div>" for part in (self.status.value, self.notice.value, self.table.value))
+        outputs = [html_snapshot(self, "gw-dashboard", "", f"{TITLE}\n{top}")]
         if shown:
             outputs += [png_snapshot(plots._small_png(plots.summary_figure(shown)), "the dashboard's charts"),
-                        html_snapshot(self, "gw-dashboard", "", self.recommendation.value + self.outputs.value,
+                        html_snapshot(self, "gw-dashboard", "", f"{self.recommendation.value}\n{self.outputs.value}",
                                       note=False)]
         return outputs
 
