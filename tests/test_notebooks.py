@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -59,13 +60,51 @@ def test_notebooks_are_stored_with_the_outputs_of_their_current_cells(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stored_notebooks_are_small_and_hold_no_secret(path):
-    """Under 1 MB, no widget state (a widget cannot be shown from a file), no Hugging Face token."""
+    """Under 1 MB, no widget state (``tools/store_outputs.py`` says why), no Hugging Face token."""
     text = path.read_text()
     assert len(text.encode()) < store_outputs.MAX_BYTES
     nb = nbformat.reads(text, as_version=4)
     assert "widgets" not in nb.metadata, f"no widget state in {path.name}"
-    assert store_outputs.WIDGET not in text
     assert not re.search(r"hf_[A-Za-z0-9]{30,}", text), f"{path.name} holds what looks like a token"
+
+
+#: What ``make outputs`` stored for a widget before it stored snapshots.
+OLD_PLACEHOLDER = "[a widget: run the notebook to use it]"
+
+
+def runs_code(html: str) -> list[str]:
+    """What in ``html`` a browser would run: script-like tags, event handlers, ``javascript:`` URLs."""
+    found: list[str] = []
+
+    def start(tag: str, attrs: list) -> None:
+        found.extend([tag] if tag in ("script", "iframe", "object", "embed") else [])
+        found.extend(name for name, value in attrs
+                     if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"))
+
+    parser = HTMLParser()
+    parser.handle_starttag = start  # type: ignore[method-assign]
+    parser.feed(html)
+    parser.close()
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_notebooks_show_each_widget_as_the_run_left_it(path):
+    """Every widget is stored as its snapshot: HTML or a PNG, never a view a file cannot show (nor the
+    old placeholder line), and a kit view's snapshot is the view's own HTML, with nothing that runs."""
+    nb = nbformat.read(path, as_version=4)
+    outputs = [(i, out) for i, cell in enumerate(nb.cells) for out in cell.get("outputs", [])]
+    views = [i for i, out in outputs if store_outputs.WIDGET in out.get("data", {})]
+    placeholders = [i for i, out in outputs if out.get("data", {}).get("text/plain") == OLD_PLACEHOLDER]
+    assert not views and not placeholders, (
+        f"cells {views + placeholders} of {path.name} hold a widget with no snapshot: run `make outputs`")
+    for i, out in outputs:
+        tag = out.get("metadata", {}).get(store_outputs.METADATA_KEY, {})
+        if tag.get("snapshot"):
+            html = out["data"].get("text/html", "")
+            assert html or "image/png" in out["data"], f"cell {i}: a snapshot with nothing to see"
+            assert not runs_code(html), f"cell {i}: a snapshot with markup that runs"
+            assert "view" not in tag or "image/png" in out["data"] or "gw-snapshot" in html
 
 
 def test_setup_cells_and_badges_come_from_the_one_repository_url():
@@ -115,21 +154,56 @@ def test_the_core_path_fits_a_90_minute_workshop():
 
 def test_output_kinds_ignore_what_varies_between_runs():
     new = nbformat.v4
+    tag = {store_outputs.METADATA_KEY: {"view": "PrecisionDashboard"}}
     outputs = [new.new_output("stream", name="stdout", text="3.1 tok/s\n"),
                new.new_output("stream", name="stderr", text="Loading 50%\r"),
                new.new_output("stream", name="stdout", text="done\n"),
                new.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Image>"}),
-               new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "VBox(" + "x" * 300}),
-               new.new_output("display_data", data={store_outputs.WIDGET: {}, "text/plain": "bench:   0%| 0/5"}),
+               new.new_output("display_data", data={store_outputs.WIDGET: {"model_id": "dash"}, "text/plain": "VBox("},
+                              metadata=tag),
+               new.new_output("display_data", data={store_outputs.WIDGET: {"model_id": "bar"}, "text/plain": "bench:"}),
                new.new_output("display_data", data={"text/plain": "Applying Weight Compression ━━ 100%",
                                                     "text/html": store_outputs.RICH_HTML + '">━━</pre>'}),
+               new.new_output("display_data", data={store_outputs.WIDGET: {"model_id": "closed"}, "text/plain": ""}),
                new.new_output("display_data", data={"text/html": "<table></table>", "text/plain": "table"})]
-    kinds = ["stdout", "display_data:image/png,text/plain", "display_data:text/html,text/plain"]
+    kinds = ["stdout", "display_data:image/png,text/plain", "widget:PrecisionDashboard",
+             "display_data:text/html,text/plain"]
     assert store_outputs.output_kinds(outputs) == kinds
-    for widget in outputs[4:6]:
-        store_outputs._for_a_file(widget)
-        assert widget["data"] == {"text/plain": store_outputs.WIDGET_PLACEHOLDER}
-    assert store_outputs.output_kinds(outputs) == kinds  # a stored file's placeholders count as the widgets did
+    snapshots = {"dash": [{"text/html": "<table></table>", "text/plain": "[x]"}, {"image/png": "iVBOR"}],
+                 "bar": [{"text/html": "<pre>bench: 100%</pre>", "text/plain": "bench: 100%"}], "closed": []}
+    stored = store_outputs.for_a_file(outputs, snapshots)
+    assert len(stored) == len(outputs)  # the dashboard's two outputs, and none for the closed widget
+    assert [out["data"] for out in stored[4:7]] == [*snapshots["dash"], *snapshots["bar"]]
+    assert all(out["metadata"][store_outputs.METADATA_KEY]["snapshot"] for out in stored[4:7])
+    assert store_outputs.output_kinds(stored) == kinds  # a stored snapshot counts as its widget did
+
+
+@pytest.mark.slow
+def test_store_keeps_each_widget_as_the_run_left_it(tmp_path, monkeypatch):
+    """``store`` on a notebook of its own (the tiny model): the panel's transcript after a later cell
+    sent a message, a tqdm bar's last line, nothing for a widget that was closed; no view, no state."""
+    monkeypatch.delenv("MEM_LIMIT", raising=False)  # store() sets Binder's for its kernel: undone after
+    cells = ['from gemma_widgets import ChatPanel\nfrom gemma_widgets.generation import SamplingSettings\n'
+             'panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", '
+             'settings=SamplingSettings(temperature=0, max_new_tokens=4))\npanel',
+             'from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc="steps"):\n    pass',
+             'import ipywidgets\ngone = ipywidgets.Label("gone")\ndisplay(gone)\ngone.close()',
+             'panel.send("<b>bold</b> & <script>alert(1)</script>").wait(120)']
+    path = tmp_path / "widgets.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
+                                            metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                     "display_name": "Python 3"}}), path)
+    store_outputs.store(path)
+    nb = nbformat.read(path, as_version=4)
+    assert "widgets" not in nb.metadata and store_outputs.WIDGET not in path.read_text()
+    (panel,), (bar,), closed = (cell.outputs for cell in nb.cells[:3])
+    assert panel.metadata[store_outputs.METADATA_KEY] == {"view": "ChatPanel", "snapshot": True}
+    html = panel.data["text/html"]
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;" in html and "<script" not in html
+    assert html.count('class="gw-msg gw-assistant"') == 1 and "tok/s" in html
+    assert "steps: 100%|██████████| 3/3" in bar.data["text/plain"].replace("\u2007", " ")
+    assert closed == []
+    assert store_outputs.output_kinds([panel]) == ["widget:ChatPanel"] and store_outputs.output_kinds([bar]) == []
 
 
 CORE_CELL_LINES = 15
