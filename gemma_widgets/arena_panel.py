@@ -103,7 +103,8 @@ def tokens_html(tokenizer: Any, ids: Sequence[int], divergence: int | None,
 
 def column_html(title: str, body: str) -> str:
     return (f'<div class="gw-who" style="{STYLES["who"]}">{escape_text(title)}</div>'
-            f'<div class="gw-reply" style="white-space: pre-wrap; line-height: 1.6;">{body or "…"}</div>')
+            f'<div class="gw-reply" style="white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.6;">'
+            f'{body or "…"}</div>')
 
 
 class PrecisionArena(WidgetView):
