@@ -1,9 +1,10 @@
 """The widgets in a real browser: JupyterLab on loopback, driven by headless Debian Chromium.
 
-Runs ``notebooks/06_chat_panel.ipynb``, ``notebooks/07_precision_dashboard.ipynb`` and a one-cell
-notebook with the precision arena with "Run All Cells", then uses the widgets as a learner would:
-types, presses Send and Stop, sends markup that must stay text, and waits for the dashboard's table
-and plot and the arena's divergence mark.
+Runs one-cell notebooks with the chat panel, the dashboard and the precision arena with "Run All
+Cells", then uses the widgets as a learner would: types, presses Send and Stop, sends markup that
+must stay text, and waits for the dashboard's table and plot and the arena's divergence mark. And
+opens, without running it, a notebook stored by ``make outputs``'s code, as a learner who has just
+cloned the course does: each widget shows as the run left it.
 Screenshots go to ``artifacts/browser/``. Without Chromium the test skips locally and
 fails in CI (``CI=true``), where ``.ci/run`` installs it.
 """
@@ -12,15 +13,21 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from _lab import chromium_browser, chromium_missing_reason, lab_server, new_page
 
+from gemma_widgets import bench
+
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import store_outputs  # noqa: E402
+
 ARTIFACTS = REPO / "artifacts" / "browser"
 CHAT_NOTEBOOK = "chat_check.ipynb"
 CHAT_CELL = """from gemma_widgets import ChatPanel, load_model
@@ -270,3 +277,52 @@ def check_arena(page, server) -> None:
     page.screenshot(path=ARTIFACTS / "arena_compared.png", full_page=True)
     assert page.locator("[onerror]").count() == 0 and view.locator("img").count() == 0
     assert page.dialogs == [], f"a dialog opened: {page.dialogs}"
+
+
+STORED_NOTEBOOK = "stored_check.ipynb"
+STORED_CELL = f"""from gemma_widgets import ChatPanel, PrecisionArena, PrecisionDashboard, bench
+from gemma_widgets.generation import SamplingSettings
+
+panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", settings=SamplingSettings(max_new_tokens=8))
+display(panel)
+panel.send("Repeat: {XSS}").wait(120)
+arena = PrecisionArena(models=["fp32", "bf16"], model="tiny-random-gemma2")
+arena.compare("Explain what a lighthouse does.")
+display(arena)
+PrecisionDashboard(results=bench.reference_run())"""
+
+
+def test_a_stored_notebook_shows_each_widget_as_the_run_left_it(lab, page, monkeypatch):
+    """``make outputs``'s code stores a notebook with the three views (the tiny model); JupyterLab opens it
+    untrusted, as a clone, and sanitizes its HTML (no <style> blocks, no data: images), yet shows the
+    transcript, the arena's shaded columns and divergence mark, the dashboard's table and charts."""
+    server = lab[0]
+    path = server.root / STORED_NOTEBOOK
+    write_notebook(path, STORED_CELL)
+    monkeypatch.delenv("MEM_LIMIT", raising=False)  # store() sets Binder's for its kernel: undone after
+    store_outputs.store(path)
+    page.goto(server.lab_url(STORED_NOTEBOOK))
+    page.locator(".jp-NotebookPanel:visible").first.wait_for(timeout=120_000)
+    snapshots = page.locator(".gw-snapshot")
+    snapshots.first.wait_for(timeout=60_000)
+    assert snapshots.count() == 4  # the panel, the arena, the dashboard's table and its outputs
+    assert page.locator(".jp-OutputArea style").count() == 0, "the notebook is untrusted: sanitized"
+
+    assert XSS in page.locator(".gw-snapshot .gw-msg.gw-user").inner_text()
+    assert page.locator(".gw-snapshot .gw-msg.gw-assistant").count() == 1
+    assert page.locator(".gw-snapshot .gw-msg.gw-user").evaluate("e => getComputedStyle(e).backgroundColor") \
+        != "rgba(0, 0, 0, 0)"
+    columns = page.locator(".gw-snapshot .gw-col")
+    assert columns.count() == 2 and columns.first.bounding_box()["y"] == columns.last.bounding_box()["y"]
+    shaded = page.locator(".gw-snapshot .gw-arena-challenger .gw-tok").evaluate_all(
+        "spans => spans.filter(s => getComputedStyle(s).backgroundColor !== 'rgba(0, 0, 0, 0)').length")
+    assert shaded > 0
+    summary = page.locator(".gw-snapshot .gw-arena-summary").inner_text()
+    if "identical: all" not in summary:
+        mark = page.locator(".gw-snapshot .gw-arena-challenger .gw-diverge")
+        assert mark.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    assert page.locator(".gw-snapshot table tbody tr").count() == len(bench.reference_run())
+    page.wait_for_function("() => [...document.querySelectorAll('.jp-RenderedImage img')]"
+                           ".some(img => img.complete && img.naturalWidth > 1000)", timeout=30_000)
+    assert page.locator("[onerror]").count() == 0 and page.dialogs == []
+    page.screenshot(path=ARTIFACTS / "stored_widgets.png", full_page=True)
