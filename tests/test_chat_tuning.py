@@ -73,8 +73,8 @@ def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
     assert (folder / "adapter_model.safetensors").stat().st_size < 20_000_000
     config = json.loads((folder / "adapter_config.json").read_text())
     assert set(config["target_modules"]) == set(chat_tuning.TARGET_MODULES)
-    record = json.loads((folder / "training.json").read_text())
-    assert record["losses"][-1] < record["losses"][0] / 2
+    losses = json.loads((folder / "training.json").read_text())["losses"]
+    assert sum(losses[-10:]) < sum(losses[:10]) / 3  # it learned (the record is the shipped adapter's)
 
 
 @pytest.mark.integration
