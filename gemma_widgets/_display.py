@@ -35,7 +35,8 @@ _shown: weakref.WeakValueDictionary[str, WidgetView] = weakref.WeakValueDictiona
 
 
 class WidgetView:
-    """A Python object that shows as its ``widget`` when it ends a cell or is passed to ``display``."""
+    """A Python object that shows as its ``widget`` when it ends a cell or is passed to ``display``, and
+    gives a :meth:`snapshot` of it for a stored notebook."""
 
     widget: Any
 
@@ -86,7 +87,7 @@ def widget_text(widget: Any) -> str:
     value = getattr(widget, "value", None)
     if not isinstance(value, str):
         return ""
-    return html.unescape(re.sub(r"<[^>]*>", "", value)) if isinstance(widget, ipywidgets.HTML) else value
+    return html.unescape(re.sub(r"<[^<>]*>", "", value)) if isinstance(widget, ipywidgets.HTML) else value  # linear
 
 
 def snapshot_of(model_id: str) -> list[dict[str, Any]]:
