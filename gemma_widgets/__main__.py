@@ -56,7 +56,7 @@ def _train_chat(args: argparse.Namespace) -> int:
     print(f"adapter saved in {out}")
     if args.out:  # the shipped adapter is what `bundled` merges; another folder is evaluated by hand
         return 0
-    args.model, args.precision, args.max_new_tokens, args.show = ["bundled", "bundled-base"], "fp32", 48, 5
+    args.model, args.precision, args.max_new_tokens, args.show = ["bundled", "bundled-base"], "bf16", 48, 5
     return chat_eval.main(args)
 
 

@@ -92,7 +92,7 @@ def evaluate(loaded: LoadedModel, max_new_tokens: int = 48, limit: int | None = 
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--model", action="append", help="preset to evaluate (repeatable; default: bundled)")
-    parser.add_argument("--precision", default="fp32", help="precision to load each model in (default: fp32)")
+    parser.add_argument("--precision", default="bf16", help="precision to load each model in (default: bf16)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--show", type=int, default=5, help="print this many replies that miss each target")
 
@@ -109,7 +109,8 @@ def main(args: Any) -> int:
         print(result.summary())
         for key in TARGETS:
             for row in result.misses(key)[:args.show]:
-                print(f"  not {key}: {printable(row['question'])!r} -> {printable(row['reply'])!r}")
+                label = key if key == "echoed" else f"not {key}"
+                print(f"  {label}: {printable(row['question'])!r} -> {printable(row['reply'])!r}")
         if name == "bundled":
             failed = any(result.share(k) < t if k != "echoed" else result.share(k) > t
                          for k, t in TARGETS.items())
