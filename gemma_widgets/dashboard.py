@@ -218,7 +218,7 @@ class PrecisionDashboard(WidgetView):
         top = "\n".join(f"<div>{part}</div>" for part in (self.status.value, self.notice.value, self.table.value))
         outputs = [html_snapshot(self, "gw-dashboard", "", f"{TITLE}\n{top}")]
         if shown:
-            outputs += [png_snapshot(plots._small_png(plots.summary_figure(shown)), "the dashboard's charts"),
+            outputs += [png_snapshot(plots.small_png(plots.summary_figure(shown)), "the dashboard's charts"),
                         html_snapshot(self, "gw-dashboard", "", f"{self.recommendation.value}\n{self.outputs.value}",
                                       note=False)]
         return outputs

@@ -208,7 +208,7 @@ def arena_png(result: ArenaResult, width: float = 8.0, height: float = 3.0) -> b
         ax.text(0.5, 0.5, _label(f"no figures: {reasons}"), ha="center", va="center", transform=ax.transAxes,
                 wrap=True)
         ax.set_axis_off()
-        return _small_png(fig)
+        return small_png(fig)
     if result.reference_probs is not None:
         ax.bar(range(1, len(result.reference_probs) + 1), result.reference_probs, color=_COLOR, alpha=0.8,
                label="reference's probability of the challenger's token")
@@ -225,10 +225,10 @@ def arena_png(result: ArenaResult, width: float = 8.0, height: float = 3.0) -> b
     ax.set_xlabel("token of the reply")
     handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=3, frameon=False)
-    return _small_png(fig)
+    return small_png(fig)
 
 
-def _small_png(fig: Any) -> bytes:
+def small_png(fig: Any) -> bytes:
     """The figure as a PNG of at most 64 colours (a third of the bytes: notebooks store it)."""
     from PIL import Image
 
@@ -282,7 +282,7 @@ def chat_tokens_png(tokens: Sequence[str], special: Sequence[bool], row_chars: i
     ax.set_ylim(-len(rows) + 0.4, 0.6)
     ax.set_axis_off()
     ax.set_title(f"{len(tokens)} tokens · dark red: special tokens · a dot is a space, \\n a newline", fontsize=12)
-    return _small_png(fig)
+    return small_png(fig)
 
 
 #: IEEE-style layouts: (sign bits, exponent bits, mantissa bits, smallest normal, largest finite).
@@ -333,7 +333,7 @@ def float_formats_png(activation_range: tuple[float, float], model_name: str = "
     range_ax.invert_yaxis()
     range_ax.set_xlabel("|value| (log scale): smallest normal to largest finite", fontsize=12)
     fig.legend(*range_ax.get_legend_handles_labels(), fontsize=11, loc="outside lower center", frameon=False)
-    return _small_png(fig)
+    return small_png(fig)
 
 
 # Course pictures (notebooks 04, 05, 06): plain numbers measured in a notebook in, a PNG readable on a
@@ -368,7 +368,7 @@ def error_vs_bits_png(points: Mapping[str, tuple[float, float]], title: str = "Q
     zoom.set_title("under 6 bits, zoomed in", fontsize=_BIG)
     if points:
         fig.legend(fontsize=_BIG - 2, loc="outside right center", frameon=False)
-    return _small_png(fig)
+    return small_png(fig)
 
 
 def compile_png(tokens_per_second: Mapping[str, float], warmup_s: Mapping[str, float],
@@ -383,7 +383,7 @@ def compile_png(tokens_per_second: Mapping[str, float], warmup_s: Mapping[str, f
         ax.set_title(title, fontsize=_BIG + 1)
         ax.set_ylabel(unit, fontsize=_BIG)
         ax.tick_params(labelsize=_BIG - 2)
-    return _small_png(fig)
+    return small_png(fig)
 
 
 def timeline_png(arrivals_s: Sequence[float], sizes: Sequence[int], first_s: float | None = None,
@@ -404,7 +404,7 @@ def timeline_png(arrivals_s: Sequence[float], sizes: Sequence[int], first_s: flo
     ax.set_ylabel(f"reply so far ({unit})", fontsize=_BIG)
     ax.tick_params(labelsize=_BIG - 2)
     ax.grid(True, alpha=0.3)
-    return _small_png(fig)
+    return small_png(fig)
 
 
 def cache_layers_png(layouts: Mapping[str, Sequence[tuple[int, bool]]], width: float = 11.0,
@@ -444,4 +444,4 @@ def cache_layers_png(layouts: Mapping[str, Sequence[tuple[int, bool]]], width: f
         ax.set_ylabel("KV slots", fontsize=_BIG)
         ax.tick_params(labelsize=_BIG - 2)
         ax.legend(fontsize=_BIG - 2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    return _small_png(fig)
+    return small_png(fig)
