@@ -12,10 +12,12 @@ from gemma_widgets import _bundled, load_model
 from gemma_widgets._bundled import (
     FORMAT_VERSION,
     TOKENIZER_PROBES,
+    base_dir,
     bundled_dir,
+    chat_adapter_dir,
     sentencepiece_ids,
 )
-from gemma_widgets.cache import is_complete, read_manifest
+from gemma_widgets.cache import folder_digest, is_complete, read_manifest
 from gemma_widgets.models import PRESETS
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN
 from gemma_widgets.tokenizer import read_tokenizer
@@ -31,8 +33,9 @@ PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mar
 def test_the_cache_is_complete_and_current(bundled):
     folder = bundled_dir()
     assert bundled.path == str(folder)
-    assert is_complete(folder, FORMAT_VERSION)
-    assert read_manifest(folder)["sha256"]
+    assert is_complete(folder, FORMAT_VERSION) and is_complete(base_dir(), FORMAT_VERSION)
+    assert read_manifest(base_dir())["sha256"]  # the base model: the package's GGUF, converted
+    assert read_manifest(folder)["adapter"] == folder_digest(chat_adapter_dir())  # merged with this adapter
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "tokenizer.json", "tokenizer.model", "config.json"} <= names
     assert "gguf_pieces.model" not in names
@@ -114,11 +117,12 @@ def test_greedy_chat_generation_is_real_text(bundled):
     assert sum(c.isalpha() for c in text) > len(text) / 2, "mostly letters, not symbols"
 
 
-def test_loading_from_the_cache_does_not_convert_again(bundled, monkeypatch):
+def test_loading_from_the_cache_does_not_convert_or_merge_again(bundled, monkeypatch):
     def convert(out):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(_bundled, "_convert", convert)
+    monkeypatch.setattr(_bundled, "_merge", convert)
     start = time.perf_counter()
     loaded = load_model("bundled", precision="bf16")
     seconds = time.perf_counter() - start
