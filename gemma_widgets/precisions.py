@@ -38,7 +38,7 @@ from gemma_widgets.tokenizer import load_tokenizer
 #: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
 #: prompts (notebook 03 measures ~1e5), so in fp16 it turns to inf, then NaN, and greedy decoding
 #: picks token 0, ``<pad>``, forever. For Gemma 2, Hugging Face's guidance is that fp16 works for
-#: 2B and 9B (the 9B card offers a ``float16`` revision) and is erratic for 27B.
+#: 9B (its card offers a ``float16`` revision) and is erratic for 27B; 2B is undocumented, and allowed with a note.
 FP16_MAX = 65504.0
 
 
@@ -131,7 +131,7 @@ def _check_torch(bytes_per_param: float) -> Callable[[Preset], str | None]:
 
 
 def _check_fp16(preset: Preset) -> str | None:
-    """fp16 per family: Gemma 2 2B/9B allowed (Hugging Face's guidance); 27B and Gemma 3 refused."""
+    """fp16 per family: Gemma 2 9B (documented) and 2B (undocumented) allowed; 27B and Gemma 3 refused."""
     reason = _check_torch(2)(preset)
     if reason:
         return reason
@@ -239,7 +239,7 @@ def _load_torch_dtype(variant: Precision, preset: Preset, path: str, **options: 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map,
                                                  **attention_options(path, options))
     model.eval()
-    notes = ["float16: Gemma 2 2B/9B are documented to work in it; watch for inf/NaN logits (notebook 03)"
+    notes = ["float16: documented for Gemma 2 9B, not for 2B; watch for inf/NaN logits (notebook 03)"
              ] if variant.name == "fp16" else []
     return LoadedModel(_torch_engine(model, path), preset, variant.name, notes=notes)
 

@@ -66,8 +66,8 @@ def test_available_lists_every_variant_with_a_reason_or_none():
 
 @pytest.mark.slow
 def test_fp16_is_decided_per_family_with_the_reason_shown(monkeypatch):
-    """Gemma 3 (the bundled model) overflows float16, measured; Gemma 2 2B/9B are documented to work
-    in it and 27B to be erratic."""
+    """Gemma 3 (the bundled model) overflows float16, measured; Gemma 2 9B is documented to work in it (2B is
+    allowed) and 27B to be erratic."""
     monkeypatch.setattr(precisions, "_too_big", lambda preset, bytes_per_param: None)
     reason = PRECISIONS["fp16"].unavailable_reason(PRESETS["bundled"])
     assert reason and f"{FP16_MAX:.0f}" in reason and "bf16" in reason
