@@ -75,6 +75,10 @@ STACK_TESTS=(tests/test_bundled.py tests/test_templates.py tests/test_models.py 
              tests/test_chat.py tests/test_arena.py tests/test_dashboard.py tests/test_environment.py
              tests/test_quality.py)
 status=0
+# The bundled models converted (and merged) by transformers 5 first, in a process of their own: 02 asks the
+# base and the chat model the same question whatever GEMMA_MODEL is, and converting inside a kernel held to
+# Binder's 2 GB peaks over it (2.1 GB); test_bundled below needs them anyway. On Colab itself (12 GB) 01 converts.
+"$PY" -m gemma_widgets prepare >/dev/null || status=$?
 GEMMA_MODEL=${COLAB_NOTEBOOK_MODEL:-tiny-random-gemma2} "$PY" -m pytest -p no:cacheprovider notebooks \
     "$@" || status=$?
 "$PY" -m pytest -p no:cacheprovider "${STACK_TESTS[@]}" -m "not browser" --durations=10 "$@" || status=$?
