@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="measure speed, memory and quality across precisions")
     bench_arguments(bench)
     bench.set_defaults(func=_bench)
-    train = sub.add_parser("train-chat", help="fine-tune the chat adapter of the bundled model (LoRA; ~15 min)")
+    train = sub.add_parser("train-chat", help="fine-tune the chat adapter of the bundled model (LoRA; ~9 min)")
     train.add_argument("--out", help="where to save the adapter (default: the package's, which `bundled` merges)")
     train.add_argument("--epochs", type=int, help="passes over the training set (default: the shipped adapter's)")
     train.set_defaults(func=_train_chat)
