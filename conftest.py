@@ -1,7 +1,7 @@
 """nbval runs every notebook as on Binder: told the memory budget, and held to it.
 
 Each notebook's kernel starts with ``MEM_LIMIT`` set to Binder's 2 GiB (the variable JupyterHub
-spawners, Binder's included, set; ``gemma_widgets.environment.setup`` reads it), so it takes the
+spawners, Binder's included, set; ``gemma_widgets.course.environment.setup`` reads it), so it takes the
 path a Binder learner gets, and a watcher fails the notebook if it uses more. At the repository
 root so that it applies however the notebooks are collected (``pytest``, ``pytest notebooks/``).
 """

@@ -42,12 +42,12 @@ import psutil
 import torch
 
 from gemma_widgets import load_model
-from gemma_widgets._native import free_memory
-from gemma_widgets.chat import ChatPanel
 from gemma_widgets.conversation import Conversation
 from gemma_widgets.engines import Prompt
-from gemma_widgets.generation import SamplingSettings
-from gemma_widgets.models import locate
+from gemma_widgets.host.native import free_memory
+from gemma_widgets.presets import locate
+from gemma_widgets.session import SamplingSettings
+from gemma_widgets.widgets.chat import ChatPanel
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -163,7 +163,7 @@ def server_main(args: argparse.Namespace) -> int:
     """Stop latency and decode speed of the panel over an OpenAI-compatible server."""
     from contextlib import nullcontext
 
-    from gemma_widgets.llamacpp_server import start_llamacpp_server
+    from gemma_widgets.engines.llamacpp_server import start_llamacpp_server
 
     n = args.tokens
     context = nullcontext() if args.url else start_llamacpp_server()

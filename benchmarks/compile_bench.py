@@ -30,7 +30,7 @@ def random_model(folder: str, precision: str, device: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gemma_widgets.models import LoadedModel, resolve_preset
+    from gemma_widgets.presets import LoadedModel, resolve_preset
     from gemma_widgets.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from gemma_widgets.bench_compile import format_records, measure
+    from gemma_widgets.bench.compiled import format_records, measure
     from gemma_widgets.compilation import default_mode, use_inductor_cache
 
     print("inductor cache:", use_inductor_cache(args.inductor_cache), flush=True)

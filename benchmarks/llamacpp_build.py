@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 
-from gemma_widgets._bundled import bundled_gguf
+from gemma_widgets.offline.bundled import bundled_gguf
 
 #: One fresh process: load, one warm-up call, then ``repeats`` timed calls; prints JSON.
 TIMED = """

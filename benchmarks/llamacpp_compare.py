@@ -27,9 +27,9 @@ import sys
 
 from bandwidth import read_bandwidth
 
-from gemma_widgets import bench
-from gemma_widgets.models import resolve_preset
+from gemma_widgets.bench import runner as bench
 from gemma_widgets.precisions import resolve
+from gemma_widgets.presets import resolve_preset
 
 LLAMACPP = "gguf-q4_k_m"
 TARGET_SPEED, MAX_PERPLEXITY, MIN_AGREEMENT, MIN_BANDWIDTH = 1.15, 1.02, 0.90, 0.60

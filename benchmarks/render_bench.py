@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 
-from gemma_widgets._markdown import render_markdown
+from gemma_widgets.widgets.markdown import render_markdown
 
 PATHOLOGICAL = {
     "nested list '- ' x 1000": "- " * 1000 + "x",

@@ -8,7 +8,7 @@ The table of contents:
 * :class:`PrecisionArena`: one prompt, two precisions side by side, and where their replies part.
 """
 
-from gemma_widgets._native import bound_native_memory
+from gemma_widgets.host.native import bound_native_memory
 
 bound_native_memory()  # before torch builds its first oneDNN kernel and a reply starts a thread
 
@@ -22,7 +22,7 @@ from gemma_widgets.errors import (  # noqa: E402
     UnknownPrecisionError,
 )
 from gemma_widgets.loading import load_model  # noqa: E402
-from gemma_widgets.models import PRESETS, LoadedModel  # noqa: E402
+from gemma_widgets.presets import PRESETS, LoadedModel  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -43,9 +43,9 @@ __version__ = "0.1.0"
 
 #: Widgets load on first use, so ``import gemma_widgets`` does not import ipywidgets.
 _LAZY = {
-    "ChatPanel": "gemma_widgets.chat",
-    "PrecisionDashboard": "gemma_widgets.dashboard",
-    "PrecisionArena": "gemma_widgets.arena_panel",
+    "ChatPanel": "gemma_widgets.widgets.chat",
+    "PrecisionDashboard": "gemma_widgets.widgets.dashboard",
+    "PrecisionArena": "gemma_widgets.widgets.arena",
 }
 
 

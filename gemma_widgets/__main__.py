@@ -10,9 +10,9 @@ from gemma_widgets.errors import GemmaWidgetsError
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from gemma_widgets.bench import check_variant
+    from gemma_widgets.bench.runner import check_variant
     from gemma_widgets.loading import load_model
-    from gemma_widgets.models import locate, resolve_preset
+    from gemma_widgets.presets import locate, resolve_preset
 
     preset = resolve_preset(args.model)
     for precision in args.precision or ():  # every name checked before anything is built
@@ -33,13 +33,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from gemma_widgets import terminal
+    from gemma_widgets.cli import terminal
 
     return terminal.run(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gemma_widgets import bench
+    from gemma_widgets.bench import runner as bench
 
     return bench.main(args)
 
@@ -47,8 +47,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _train_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gemma_widgets import chat_eval, chat_tuning
-    from gemma_widgets._bundled import chat_adapter_dir
+    from gemma_widgets.offline.bundled import chat_adapter_dir
+    from gemma_widgets.tuning import evaluate as chat_eval
+    from gemma_widgets.tuning import train as chat_tuning
 
     out = Path(args.out) if args.out else chat_adapter_dir()
     settings = chat_tuning.TrainSettings(**({"epochs": args.epochs} if args.epochs else {}))
@@ -61,7 +62,7 @@ def _train_chat(args: argparse.Namespace) -> int:
 
 
 def _eval_chat(args: argparse.Namespace) -> int:
-    from gemma_widgets import chat_eval
+    from gemma_widgets.tuning import evaluate as chat_eval
 
     return chat_eval.main(args)
 
@@ -77,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="also compile what notebook 05 and load_model(compile=True) compile, into the "
                               "inductor cache (minutes on a small CPU; a build step such as Binder's postBuild)")
     prepare.set_defaults(func=_prepare)
-    from gemma_widgets.terminal import add_arguments as chat_arguments
+    from gemma_widgets.cli.terminal import add_arguments as chat_arguments
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal (a pipe works too)")
     chat_arguments(chat)
     chat.set_defaults(func=_chat)
-    from gemma_widgets.bench import add_arguments as bench_arguments
+    from gemma_widgets.bench.runner import add_arguments as bench_arguments
 
     bench = sub.add_parser("bench", help="measure speed, memory and quality across precisions")
     bench_arguments(bench)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", help="where to save the adapter (default: the package's, which `bundled` merges)")
     train.add_argument("--epochs", type=int, help="passes over the training set (default: the shipped adapter's)")
     train.set_defaults(func=_train_chat)
-    from gemma_widgets.chat_eval import add_arguments as eval_arguments
+    from gemma_widgets.tuning.evaluate import add_arguments as eval_arguments
 
     evaluation = sub.add_parser("eval-chat", help="how well models chat on held-out questions")
     eval_arguments(evaluation)

@@ -12,7 +12,7 @@ Two recipes, both current for transformers 4.57 and 5:
 ``HybridCache`` is deprecated in transformers 4.57 and gone in 5: :class:`transformers.StaticCache` reads
 ``config.layer_types`` and gives each sliding-window layer (Gemma 2 and 3) a window-sized
 buffer and each global layer a ``max_cache_len`` one. Timing the recipes side by side is
-:mod:`gemma_widgets.bench_compile`'s job.
+:mod:`gemma_widgets.bench.compiled`'s job.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._native import inductor_kernels_intact
 from gemma_widgets.cache import cache_root, writable_folder
 from gemma_widgets.engines.hf import greedy_exact
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.native import inductor_kernels_intact
 
 DEFAULT_CACHE_LEN = 512  # tokens of prompt plus reply that compiled generation serves without recompiling
 
@@ -85,7 +85,7 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
     it anywhere; torch's own default (``/tmp/torchinductor_<user>``, which torch writes into the
     environment the first time it imports inductor, loading a model for one) does not: it would not
     survive a reboot. A process whose inductor registered a wrapped torch function
-    (:func:`~gemma_widgets._native.inductor_kernels_intact`) compiles into a private folder instead,
+    (:func:`~gemma_widgets.host.native.inductor_kernels_intact`) compiles into a private folder instead,
     so its graphs never reach a shared cache. Returns the folder in use.
 
     On a machine of :data:`SERIAL_COMPILE_CORES` cores or fewer it also compiles in this process
@@ -277,9 +277,9 @@ def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, f
     """
     import torch
 
-    from gemma_widgets.bench_compile import measure
+    from gemma_widgets.bench.compiled import measure
     from gemma_widgets.loading import load_model
-    from gemma_widgets.models import resolve_preset
+    from gemma_widgets.presets import resolve_preset
 
     stamp = use_inductor_cache() / f".warmed-{resolve_preset(model).name}-{precision}-torch-{torch.__version__}"
     if stamp.exists():

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._files import parse_json, read_limited, write_atomic
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
+from gemma_widgets.host.files import parse_json, read_limited, write_atomic
 from gemma_widgets.templates import chat_ids, ensure_chat_template, fold_system_prompt
 
 TRANSCRIPT_FORMAT = "gemma_widgets.transcript/1"

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from gemma_widgets import precisions
-from gemma_widgets.models import LoadedModel, hub_errors, locate, resolve_preset
+from gemma_widgets.presets import LoadedModel, hub_errors, locate, resolve_preset
 
 
 def load_model(name: str | None = None, precision: str | None = None, compile: str | bool | None = None,

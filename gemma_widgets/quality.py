@@ -41,7 +41,7 @@ from typing import Any
 
 from gemma_widgets.engines.base import SCORE_CHUNK
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.presets import LoadedModel
 
 #: Top-1 agreement with the reference a variant must reach (issue 28).
 MIN_AGREEMENT = 0.85

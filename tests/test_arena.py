@@ -16,7 +16,7 @@ from gemma_widgets import arena
 from gemma_widgets.engines.base import Delta, Engine
 from gemma_widgets.engines.hf import TransformersEngine
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.session import SamplingSettings
 
 XSS = "<img src=x onerror=alert(1)>"
 SHORT = SamplingSettings(temperature=0.0, max_new_tokens=16)
@@ -140,7 +140,7 @@ class TextOnly(Engine):
 
 
 def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
-    from gemma_widgets.models import LoadedModel
+    from gemma_widgets.presets import LoadedModel
 
     server = LoadedModel(TextOnly(), tiny.preset, "server")
     result = arena.compare(tiny, server, "Name three colours.", SHORT)
@@ -174,7 +174,7 @@ class Flood(Engine):
 
 def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut(tiny):
     """The hostile test: a server challenger replying 100k characters was still being scored after 90 s."""
-    from gemma_widgets.models import LoadedModel
+    from gemma_widgets.presets import LoadedModel
 
     flood = LoadedModel(Flood(), tiny.preset, "server")
     reference = replace(tiny, engine=Scorer(tiny, limit=200))  # the prompt and a 16-token reply fit
@@ -210,7 +210,7 @@ sys.path.insert(0, {tests!r})
 from dataclasses import replace
 from chat_fakes import Scorer
 from gemma_widgets import arena, load_model
-from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.session import SamplingSettings
 
 tiny = load_model("tiny-random-gemma2", precision="fp32")
 slow = replace(tiny, engine=Scorer(tiny, delay=1.0))
@@ -245,7 +245,7 @@ def test_a_model_that_raises_becomes_a_generation_error(tiny):
 
 # --- the widget --------------------------------------------------------------------------------
 def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny, tiny_reply):
-    from gemma_widgets.arena_panel import PrecisionArena
+    from gemma_widgets.widgets.arena import PrecisionArena
 
     tail = tiny.tokenizer(XSS, add_special_tokens=False).input_ids
     view = PrecisionArena([tiny, scripted(tiny, [*tiny_reply.reference_ids[:3], *tail])], settings=SHORT)
@@ -277,7 +277,7 @@ def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny
 
 
 def test_the_arena_widget_stops_and_reports_errors_in_one_line(tiny):
-    from gemma_widgets.arena_panel import PrecisionArena
+    from gemma_widgets.widgets.arena import PrecisionArena
 
     slow = scripted(tiny, tiny.tokenizer(" one two three", add_special_tokens=False).input_ids, delay=0.05,
                     forever=True)
@@ -299,14 +299,14 @@ def test_the_arena_widget_stops_and_reports_errors_in_one_line(tiny):
 
 
 def test_the_arena_widget_needs_two_models(tiny):
-    from gemma_widgets.arena_panel import PrecisionArena
+    from gemma_widgets.widgets.arena import PrecisionArena
 
     with pytest.raises(GemmaWidgetsError, match="two models"):
         PrecisionArena([tiny])
 
 
 def test_the_arena_picture_is_a_png(tiny_reply):
-    from gemma_widgets import plots
+    from gemma_widgets.widgets import charts as plots
 
     png = plots.arena_png(tiny_reply)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

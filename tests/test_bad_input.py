@@ -7,11 +7,12 @@ import math
 
 import pytest
 
-from gemma_widgets import bench, load_model
-from gemma_widgets.bench import Result
-from gemma_widgets.bench_protocol import Step
+from gemma_widgets import load_model
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench.records import Step
+from gemma_widgets.bench.runner import Result
 from gemma_widgets.errors import GemmaWidgetsError, UnknownModelError, UnknownPrecisionError
-from gemma_widgets.generation import ChatSession, SamplingSettings
+from gemma_widgets.session import ChatSession, SamplingSettings
 
 
 @pytest.mark.parametrize("change", [{"top_k": math.nan}, {"max_new_tokens": math.inf}, {"temperature": "0.5"},
@@ -175,7 +176,7 @@ def test_a_long_generated_text_round_trips(tmp_path, name):
 
 
 def test_a_results_file_larger_than_the_read_limit_is_refused_unread(tmp_path):
-    from gemma_widgets._files import READ_LIMIT
+    from gemma_widgets.host.files import READ_LIMIT
 
     path = tmp_path / "results.json"
     path.write_text('{"results": []}' + " " * READ_LIMIT)

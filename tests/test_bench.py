@@ -11,12 +11,12 @@ import threading
 import orphans
 import pytest
 
-from gemma_widgets import bench
-from gemma_widgets.bench import Machine, Result
-from gemma_widgets.bench_protocol import parse_variant
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench.records import parse_variant
+from gemma_widgets.bench.runner import Machine, Result
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.models import PRESETS
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS
 
 TINY = "tiny-random-gemma2"
 FAST = {"new_tokens": 4, "repeats": 2, "warmup": 1, "passage_tokens": 48}
@@ -158,8 +158,8 @@ def test_a_stuck_worker_times_out(monkeypatch):
 
 WORKER_PARENT = """
 import time
-from gemma_widgets import bench
-from gemma_widgets.bench_protocol import Scenario
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench.records import Scenario
 # the hostile run's --new-tokens 1000000000: a warm-up that decodes for ever without a word to the parent
 # (a worker that writes an event after its parent died is ended by the broken pipe)
 worker = bench._Worker(Scenario("tiny-random-gemma2", "fp32", "Hi", 10**9, repeats=1, warmup=1, quality=False))
@@ -184,7 +184,7 @@ def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed():
             assert orphans.gone_within(worker, 5), "the worker outlived its killed parent"
         finally:
             if worker:
-                orphans.kill_if_ours(worker, "gemma_widgets._bench_worker")
+                orphans.kill_if_ours(worker, "gemma_widgets.bench.worker")
 
 
 @pytest.mark.slow

@@ -139,7 +139,7 @@ def test_binder_requirements_resolve(index, tmp_path):
 def test_colab_install_keeps_colabs_packages(index, tmp_path):
     """The set-up cell's install on a Colab-like environment, resolved by pip: with Colab's packages as
     constraints (as the cell gives them) it resolves, and replaces none of them nor adds CUDA libraries."""
-    from gemma_widgets.environment import COLAB_PACKAGES, EXTRAS
+    from gemma_widgets.course.environment import COLAB_PACKAGES, EXTRAS
 
     python = fake_environment(tmp_path / "colab", COLAB)
     constraints = tmp_path / "keep.txt"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _lab import chromium_browser, chromium_missing_reason, lab_server, new_page
 
-from gemma_widgets import bench
+from gemma_widgets.bench import runner as bench
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -231,7 +231,7 @@ def write_notebook(path, source: str) -> None:
 
 ARENA_NOTEBOOK = "arena_check.ipynb"
 ARENA_CELL = """from gemma_widgets import PrecisionArena
-from gemma_widgets.environment import can_run
+from gemma_widgets.course.environment import can_run
 
 arena = PrecisionArena(models=["bf16", "ov-int4"] if can_run("ov-int4-optimum") else ["fp32", "bf16"])
 arena"""
@@ -281,7 +281,7 @@ def check_arena(page, server) -> None:
 
 STORED_NOTEBOOK = "stored_check.ipynb"
 STORED_CELL = f"""from gemma_widgets import ChatPanel, PrecisionArena, PrecisionDashboard, bench
-from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.session import SamplingSettings
 
 panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", settings=SamplingSettings(max_new_tokens=8))
 display(panel)

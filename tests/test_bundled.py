@@ -8,8 +8,10 @@ import time
 import pytest
 import torch
 
-from gemma_widgets import _bundled, load_model
-from gemma_widgets._bundled import (
+from gemma_widgets import load_model
+from gemma_widgets.cache import folder_digest, is_complete, read_manifest
+from gemma_widgets.offline import bundled as _bundled
+from gemma_widgets.offline.bundled import (
     FORMAT_VERSION,
     TOKENIZER_PROBES,
     base_dir,
@@ -17,8 +19,7 @@ from gemma_widgets._bundled import (
     chat_adapter_dir,
     sentencepiece_ids,
 )
-from gemma_widgets.cache import folder_digest, is_complete, read_manifest
-from gemma_widgets.models import PRESETS
+from gemma_widgets.presets import PRESETS
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN
 from gemma_widgets.tokenizer import read_tokenizer
 
@@ -133,7 +134,7 @@ def test_loading_from_the_cache_does_not_convert_or_merge_again(bundled, monkeyp
 
 #: The first build of the tiny random Gemma 2: assembling the GGUF, converting the bundled tokenizer,
 #: building the model, each with build_once as the bundled model's conversion.
-CONVERT = "from gemma_widgets.models import PRESETS, locate; locate(PRESETS['tiny-random-gemma2'])"
+CONVERT = "from gemma_widgets.presets import PRESETS, locate; locate(PRESETS['tiny-random-gemma2'])"
 
 
 def test_an_interrupted_first_conversion_never_blocks_the_next(tmp_path, monkeypatch):

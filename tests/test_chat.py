@@ -12,10 +12,10 @@ import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets import ChatPanel
-from gemma_widgets._markdown import escape_text, render_markdown
-from gemma_widgets.chat import live_html
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.session import SamplingSettings
+from gemma_widgets.widgets.chat import live_html
+from gemma_widgets.widgets.markdown import escape_text, render_markdown
 
 XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>',
        "<iframe src=//evil></iframe>", "<svg onload=alert(1)>"]
@@ -64,7 +64,7 @@ def test_build_from_a_preset_name():
 
 def test_a_model_name_without_a_precision_gets_the_fast_one(monkeypatch, tiny):
     """Chat is speed-sensitive: ``fast`` (an OpenVINO export on openvino-genai on a CPU) by default."""
-    import gemma_widgets.chat as chat
+    import gemma_widgets.widgets.chat as chat
 
     asked = []
     monkeypatch.setattr(chat, "load_model", lambda name, precision, **kw: asked.append(precision) or tiny)
@@ -141,7 +141,7 @@ def test_html_in_user_and_model_text_is_shown_as_text(tiny, attack):
 def test_the_snapshot_is_the_transcript_as_shown_with_its_styles_inline(tiny):
     """What a stored notebook shows: the panel's own message HTML (escaped), title and status, with the
     styles that carry meaning inline (JupyterLab drops the <style> block of an untrusted notebook)."""
-    from gemma_widgets._display import SNAPSHOT_NOTE
+    from gemma_widgets.widgets.display import SNAPSHOT_NOTE
 
     panel, _ = _panel(tiny, "<script>alert(1)</script> and **bold**")
     panel.send("<img src=x onerror=alert(1)>\nsecond line").wait(10)
@@ -303,8 +303,8 @@ def test_export_and_load(tiny, tmp_path, monkeypatch):
 
 
 def test_runtime_does_not_import_ipywidgets():
-    code = ("import sys, gemma_widgets, gemma_widgets.generation, gemma_widgets.conversation, "
-            "gemma_widgets.terminal, gemma_widgets.arena; print('ipywidgets' in sys.modules)")
+    code = ("import sys, gemma_widgets, gemma_widgets.session, gemma_widgets.conversation, "
+            "gemma_widgets.cli.terminal, gemma_widgets.arena; print('ipywidgets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from gemma_widgets import chat_eval, chat_tuning
 from gemma_widgets.templates import END_OF_TURN, chat_ids
+from gemma_widgets.tuning import evaluate as chat_eval
+from gemma_widgets.tuning import train as chat_tuning
 
 
 def test_the_evaluation_shares_no_question_with_training():
@@ -67,7 +68,7 @@ def test_echo_and_answer_are_read_by_words():
 
 
 def test_the_shipped_adapter_is_small_and_says_how_it_was_made():
-    from gemma_widgets._bundled import chat_adapter_dir
+    from gemma_widgets.offline.bundled import chat_adapter_dir
 
     folder = chat_adapter_dir()
     assert (folder / "adapter_model.safetensors").stat().st_size < 20_000_000

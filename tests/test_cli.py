@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from gemma_widgets import models
+from gemma_widgets import presets as models
 from gemma_widgets.__main__ import main
-from gemma_widgets._bundled import bundled_dir
-from gemma_widgets.models import PRESETS
+from gemma_widgets.offline.bundled import bundled_dir
+from gemma_widgets.presets import PRESETS
 
 
 @pytest.mark.integration

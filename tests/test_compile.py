@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from gemma_widgets import bench_compile, compilation
+from gemma_widgets import compilation
+from gemma_widgets.bench import compiled as bench_compile
 from gemma_widgets.errors import GemmaWidgetsError
 
 PROMPTS = ("Hello there", "Hello there, how are you today, my friend?")
@@ -216,8 +217,8 @@ def test_a_process_whose_inductor_registered_a_wrapper_never_writes_the_shared_c
 EXPORT_DURING_SWAP = """
 import sys, optimum.intel
 from openvino.frontend.pytorch import patch_model
-from gemma_widgets import _openvino
-from gemma_widgets._native import inductor_kernels_intact
+from gemma_widgets.engines import openvino as _openvino
+from gemma_widgets.host.native import inductor_kernels_intact
 
 def traced(*args, **kwargs):
     patch_model._patch_torch_functions()

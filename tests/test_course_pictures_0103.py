@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_widgets import plots
+from gemma_widgets.widgets import charts as plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

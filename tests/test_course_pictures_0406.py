@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma_widgets import plots, weight_error
+from gemma_widgets.course import weight_error
+from gemma_widgets.widgets import charts as plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

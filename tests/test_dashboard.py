@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
-from gemma_widgets import bench, plots
-from gemma_widgets.bench import Machine, Result
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench.runner import Machine, Result
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.widgets import charts as plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MACHINE = Machine("Test CPU", 2, 2, 24.0, "", "Linux", "3.11", {"torch": "2.13.0"})
@@ -41,7 +42,7 @@ def _is_png(data) -> bool:
 
 def test_importing_the_package_does_not_import_ipywidgets():
     code = ("import sys, gemma_widgets; assert 'ipywidgets' not in sys.modules; "
-            "import gemma_widgets.bench, gemma_widgets.plots; assert 'ipywidgets' not in sys.modules; "
+            "import gemma_widgets.bench.runner, gemma_widgets.widgets.charts; assert 'ipywidgets' not in sys.modules; "
             "assert gemma_widgets.PrecisionDashboard.__name__ == 'PrecisionDashboard'; "
             "assert 'ipywidgets' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -105,7 +106,7 @@ def test_css_classes_for_the_browser_test():
 def test_the_snapshot_is_the_table_one_small_png_of_the_charts_and_the_outputs():
     """What a stored notebook shows: the view's own table and outputs (escaped), and the charts as an
     image/png output of their own (an untrusted JupyterLab drops data: images inside HTML)."""
-    from gemma_widgets.dashboard import PrecisionDashboard
+    from gemma_widgets.widgets.dashboard import PrecisionDashboard
 
     assert [sorted(b) for b in PrecisionDashboard(results=[]).snapshot()] == [["text/html", "text/plain"]]
     dash = PrecisionDashboard(results=_results())

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from gemma_widgets.engines.base import CapabilityError, Engine, LocalEngine, Prompt, threaded
-from gemma_widgets.generation import SamplingSettings
+from gemma_widgets.session import SamplingSettings
 
 
 def test_threaded_hands_ids_over_in_order_and_reraises_a_failure():

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from gemma_widgets import environment, machine
-from gemma_widgets.models import resolve_preset
+from gemma_widgets.course import environment
+from gemma_widgets.host import hardware as machine
 from gemma_widgets.precisions import auto_precision
+from gemma_widgets.presets import resolve_preset
 
 SECRET = "hf_not_a_real_token_0123456789"
 

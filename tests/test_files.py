@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from gemma_widgets._files import read_limited, write_atomic
 from gemma_widgets.cache import build_once
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.files import read_limited, write_atomic
 
 
 def test_a_new_file_gets_the_umask_permissions_and_a_replaced_one_keeps_its_own(tmp_path):

@@ -12,7 +12,7 @@ from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets.engines.base import IncrementalDecoder
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.generation import ChatSession, SamplingSettings
+from gemma_widgets.session import ChatSession, SamplingSettings
 
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=12)
 
@@ -214,7 +214,7 @@ def test_openvino_genai_engine_matches_transformers_and_stops(tiny):
     pytest.importorskip("optimum.intel", exc_type=ImportError)
     from gemma_widgets.cache import build_once, cache_root
     from gemma_widgets.engines.genai import GenAIEngine
-    from gemma_widgets.models import LoadedModel
+    from gemma_widgets.presets import LoadedModel
 
     folder = build_once(cache_root() / "tiny-random-gemma2-genai",
                         lambda out: _export_tiny_for_genai(tiny, out))

@@ -1,4 +1,4 @@
-"""A peft LoRA adapter as a llama.cpp LoRA GGUF (gemma_widgets._gguf_lora): the file, then llama.cpp on it.
+"""A peft LoRA adapter as a llama.cpp LoRA GGUF (gemma_widgets.offline.gguf_lora): the file, then llama.cpp on it.
 
 The fast tests write a tiny adapter for a tiny stand-in base file and read the result back: names,
 orientation, values, metadata, the cache, and the adapters it refuses. The integration tests make a
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gemma_widgets import _gguf_lora
-from gemma_widgets._gguf_lora import base_tensors, lora_gguf, write_lora_gguf
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.offline import gguf_lora as _gguf_lora
+from gemma_widgets.offline.gguf_lora import base_tensors, lora_gguf, write_lora_gguf
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -176,7 +176,7 @@ def random_adapter(tmp_path_factory):
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from gemma_widgets._bundled import prepare_bundled_base
+    from gemma_widgets.offline.bundled import prepare_bundled_base
     from gemma_widgets.quality import passage_ids, score_logits
     from gemma_widgets.tokenizer import read_tokenizer
 
@@ -203,8 +203,8 @@ def test_llamacpp_with_the_adapter_agrees_with_the_merged_model(random_adapter, 
     """llama.cpp's Q4_K_M file plus the adapter GGUF predicts the passage as transformers' merged model
     does, about as closely as the file alone matches the base model (measured: 0.968 and 0.965 top-1
     agreement); without the adapter it matches the merged model far less (0.82), so this can fail."""
-    from gemma_widgets._bundled import bundled_gguf
     from gemma_widgets.engines.llamacpp import LlamaCppEngine
+    from gemma_widgets.offline.bundled import bundled_gguf
     from gemma_widgets.quality import score_chunks
 
     adapter, tokenizer, ids, hf_base, hf_chat = random_adapter
@@ -246,10 +246,10 @@ def test_an_adapter_llamacpp_refuses_is_a_reason_never_a_crash(random_adapter, t
     and the first decode dies with SIGSEGV. The kit refuses such a file before loading it, in the probe
     and in process, naming it (not "rebuild llama-cpp-python"); and should its own check miss one, the
     refusal is caught after loading, in the child probe as in process."""
-    from gemma_widgets._bundled import bundled_gguf
-    from gemma_widgets._probe import probe
     from gemma_widgets.engines import llamacpp
     from gemma_widgets.errors import PrecisionUnavailableError
+    from gemma_widgets.host.probe import probe
+    from gemma_widgets.offline.bundled import bundled_gguf
 
     base = str(bundled_gguf())
     good = tmp_path / "good.gguf"
@@ -272,7 +272,7 @@ def test_an_adapter_llamacpp_refuses_is_a_reason_never_a_crash(random_adapter, t
 
 def test_the_bundled_adapter_is_the_kits_chat_adapter(monkeypatch, tmp_path):
     """bundled_lora converts the folder _bundled.chat_adapter_dir names, for the bundled file."""
-    from gemma_widgets import _bundled
+    from gemma_widgets.offline import bundled as _bundled
 
     seen = []
     monkeypatch.setattr(_bundled, "chat_adapter_dir", lambda: tmp_path / "chat-adapter", raising=False)

@@ -1,4 +1,4 @@
-"""Children started through gemma_widgets._lifeline die with their parent, by each guard on its own."""
+"""Children started through gemma_widgets.host.lifeline die with their parent, by each guard on its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import orphans
 
 CHILD = """
 import sys, time
-from gemma_widgets import _lifeline
+from gemma_widgets.host import lifeline as _lifeline
 if "--pipe-only" in sys.argv:
     _lifeline._die_with_parent_signal = lambda: False  # as on macOS: only the pipe guards
 if "--no-pipe" in sys.argv:
@@ -20,7 +20,7 @@ time.sleep(300)
 
 PARENT = """
 import subprocess, sys, time
-from gemma_widgets import _lifeline
+from gemma_widgets.host import lifeline as _lifeline
 child = _lifeline.popen([sys.executable, "-c", {child!r}, *{flags!r}], stdout=subprocess.PIPE, text=True)
 if "--late" not in {flags!r}:
     assert child.stdout.readline() == "held\\n"

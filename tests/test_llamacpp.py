@@ -10,11 +10,12 @@ import threading
 
 import pytest
 
-from gemma_widgets import ChatPanel, bench, load_model
-from gemma_widgets._bundled import TOKENIZER_PROBES
-from gemma_widgets.generation import SamplingSettings
-from gemma_widgets.models import PRESETS
+from gemma_widgets import ChatPanel, load_model
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.offline.bundled import TOKENIZER_PROBES
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS
+from gemma_widgets.session import SamplingSettings
 
 pytestmark = pytest.mark.integration
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -75,8 +76,8 @@ def test_bench_row_for_llamacpp():
     (result,) = bench.run("bundled", ["gguf-q4_k_m"], new_tokens=8, repeats=1, warmup=1, passage_tokens=128)
     assert result.ok, result.error
     assert result.engine == "llama.cpp" and result.decode_tps > 0 and result.ttft_ms > 0
-    from gemma_widgets._bundled import bundled_gguf
-    from gemma_widgets._gguf_lora import bundled_lora
+    from gemma_widgets.offline.bundled import bundled_gguf
+    from gemma_widgets.offline.gguf_lora import bundled_lora
 
     files = bundled_gguf().stat().st_size + bundled_lora().stat().st_size  # the GGUF file and the adapter's
     assert result.weights_mb == pytest.approx(files / 2**20, rel=0.01)
@@ -87,7 +88,7 @@ def test_bench_row_for_llamacpp():
 def test_bundled_runs_the_chat_adapter_and_bundled_base_runs_the_file_alone(gguf):
     """The chat model on llama.cpp is the merged chat model transformers runs: the same top-1 token on the
     passage at 93% of positions or more (a random adapter: 0.968, the file alone against the base 0.965)."""
-    from gemma_widgets._gguf_lora import bundled_lora
+    from gemma_widgets.offline.gguf_lora import bundled_lora
     from gemma_widgets.quality import score_passage
 
     assert gguf.engine.lora == str(bundled_lora()) and "LoRA adapter on 126 matrices" in gguf.engine.recipe()

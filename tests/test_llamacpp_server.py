@@ -14,9 +14,9 @@ from pathlib import Path
 import orphans
 import pytest
 
-from gemma_widgets import llamacpp_server
+from gemma_widgets.engines import llamacpp_server
+from gemma_widgets.engines.llamacpp_server import MODEL_ALIAS, launch
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.llamacpp_server import MODEL_ALIAS, launch
 
 FAKES = str(Path(__file__).parent / "fakes")
 
@@ -117,7 +117,8 @@ def test_a_server_bound_beyond_loopback_gets_a_key_printed_once(stand_in, capsys
 def test_the_default_server_runs_the_bundled_chat_model_and_a_named_file_runs_as_it_is(stand_in, monkeypatch):
     """launch() serves the package's file with the chat adapter (--lora_path), and asks whether that can
     run here; launch(file) serves the file alone, or with the adapter it is given."""
-    from gemma_widgets import _bundled, _gguf_lora
+    from gemma_widgets.offline import bundled as _bundled
+    from gemma_widgets.offline import gguf_lora as _gguf_lora
 
     asked = []
     monkeypatch.setattr(llamacpp_server, "unavailable_reason", lambda chat=True: asked.append(chat))
@@ -138,7 +139,7 @@ def test_the_default_server_runs_the_bundled_chat_model_and_a_named_file_runs_as
 
 LAUNCHER = """
 import time
-from gemma_widgets import llamacpp_server
+from gemma_widgets.engines import llamacpp_server
 llamacpp_server.unavailable_reason = lambda chat=True: None
 server = llamacpp_server.launch("model.gguf", startup_timeout_s=60)
 print(server.pid, server.url.rsplit(":", 1)[1].split("/")[0], flush=True)

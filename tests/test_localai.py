@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from gemma_widgets import localai
-from gemma_widgets._openvino import ExportSettings, export
+from gemma_widgets.engines.openvino import ExportSettings, export
 from gemma_widgets.localai import LocalAIDefinitionError, LocalAIModel
-from gemma_widgets.models import PRESETS, locate
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS, locate
 
 SEED_KEYS = ["name", "backend", "parameters", "context_size", "type", "template"]
 

@@ -10,7 +10,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 
 from gemma_widgets import load_model
 from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
-from gemma_widgets.models import PRESETS, hub_errors, locate, resolve_preset
+from gemma_widgets.presets import PRESETS, hub_errors, locate, resolve_preset
 
 SECRET = "hf_ThisIsNotARealTokenButMustNeverBePrinted"
 
@@ -141,7 +141,7 @@ def test_random_gemma2_presets_have_the_parameters_they_announce(name, tiny):
     import torch
     from transformers import Gemma2ForCausalLM
 
-    from gemma_widgets.models import random_gemma2_config
+    from gemma_widgets.presets import random_gemma2_config
 
     config = random_gemma2_config(name, tiny.tokenizer)
     with torch.device("meta"):

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from gemma_widgets._native import KERNEL_CACHE_VARIABLES, release_openmp_threads
+from gemma_widgets.host.native import KERNEL_CACHE_VARIABLES, release_openmp_threads
 
 #: The start of a fresh-process probe: ``heap_in_use()``, glibc's bytes in use after a collection.
 HEAP_PROBE = """

@@ -123,13 +123,13 @@ def test_the_setup_cell_pins_every_colab_package_and_fails_loudly(tmp_path, monk
     import subprocess
     from importlib.metadata import version
 
-    from gemma_widgets.environment import COLAB_PACKAGES
+    from gemma_widgets.course.environment import COLAB_PACKAGES
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append((args, check)))
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
     keep = tmp_path / "keep.txt"
-    install = sync_notebooks.setup_cell().split("from gemma_widgets.environment")[0]
+    install = sync_notebooks.setup_cell().split("from gemma_widgets.course.environment")[0]
     namespace: dict = {}
     exec(install.replace("/tmp/colab-keep.txt", str(keep)), namespace)
     ((args, check),) = calls
@@ -183,7 +183,7 @@ def test_store_keeps_each_widget_as_the_run_left_it(tmp_path, monkeypatch):
     """``store`` on a notebook of its own (the tiny model): the panel's transcript after a later cell
     sent a message, a tqdm bar's last line, nothing for a widget that was closed; no view, no state."""
     monkeypatch.delenv("MEM_LIMIT", raising=False)  # store() sets Binder's for its kernel: undone after
-    cells = ['from gemma_widgets import ChatPanel\nfrom gemma_widgets.generation import SamplingSettings\n'
+    cells = ['from gemma_widgets import ChatPanel\nfrom gemma_widgets.session import SamplingSettings\n'
              'panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", '
              'settings=SamplingSettings(temperature=0, max_new_tokens=4))\npanel',
              'from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc="steps"):\n    pass',

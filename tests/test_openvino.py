@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from gemma_widgets import load_model
-from gemma_widgets._openvino import (
+from gemma_widgets.cache import MANIFEST, read_manifest
+from gemma_widgets.engines import ir_engine
+from gemma_widgets.engines.genai import GenAIEngine
+from gemma_widgets.engines.hf import OptimumEngine
+from gemma_widgets.engines.openvino import (
     DETOKENIZER_XML,
     TOKENIZER_XML,
     ExportSettings,
@@ -21,13 +25,9 @@ from gemma_widgets._openvino import (
     optimum_model,
     with_ov_tokenizers,
 )
-from gemma_widgets.cache import MANIFEST, read_manifest
-from gemma_widgets.engines import ir_engine
-from gemma_widgets.engines.genai import GenAIEngine
-from gemma_widgets.engines.hf import OptimumEngine
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
-from gemma_widgets.models import PRESETS, locate, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS, locate, resolve_preset
 from tests.test_native import HEAP_PROBE
 from tests.test_precisions import greedy
 
@@ -152,7 +152,7 @@ def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_p
 NEW_LENGTHS_SCRIPT = HEAP_PROBE + """
 import sys
 import numpy as np, openvino as ov, openvino_genai
-from gemma_widgets._openvino import genai_pipeline, with_ov_tokenizers
+from gemma_widgets.engines.openvino import genai_pipeline, with_ov_tokenizers
 
 config = openvino_genai.GenerationConfig()
 config.max_new_tokens = config.min_new_tokens = 2
@@ -196,7 +196,7 @@ def test_int8_weights_compile_with_activation_groups_of_128(tiny_ir):
 
 def test_caches_of_a_folder_follow_its_content(two_ir_folders):
     """Two IR folders with one base name get two tokenizer twins; changed weights get a new export."""
-    from gemma_widgets._openvino import ExportSettings, export_dir, tokenizer_twin_dir
+    from gemma_widgets.engines.openvino import ExportSettings, export_dir, tokenizer_twin_dir
 
     first, second = two_ir_folders
     assert tokenizer_twin_dir(first) != tokenizer_twin_dir(second)

@@ -7,8 +7,8 @@ import torch
 
 from gemma_widgets import load_model, precisions
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
-from gemma_widgets.models import PRESETS, resolve_preset
 from gemma_widgets.precisions import FP16_MAX, PRECISIONS, auto_precision, available, resolve
+from gemma_widgets.presets import PRESETS, resolve_preset
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 12
@@ -87,7 +87,7 @@ def test_bnb_without_dtype_is_float16_which_is_why_the_registry_gives_one():
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from gemma_widgets.models import locate
+    from gemma_widgets.presets import locate
 
     path = locate(TINY)
     config = precisions.bnb_config("bnb-nf4")

@@ -8,10 +8,11 @@ import textwrap
 
 import pytest
 
-from gemma_widgets import _probe, load_model, precisions
+from gemma_widgets import load_model, precisions
 from gemma_widgets.engines import llamacpp
 from gemma_widgets.errors import PrecisionUnavailableError
-from gemma_widgets.models import resolve_preset
+from gemma_widgets.host import probe as _probe
+from gemma_widgets.presets import resolve_preset
 
 #: A stand-in llama_cpp whose first decode kills its process with SIGILL, as a build for
 #: instructions the CPU lacks does (an AVX-512 build on an AVX2 CPU).
@@ -40,7 +41,7 @@ def sigill_llama_cpp(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(package.parent))
     monkeypatch.setenv("PYTHONPATH", str(package.parent))
     monkeypatch.setattr(_probe, "_cache_file", lambda: tmp_path / "cache" / "native-probes.json")
-    monkeypatch.setattr("gemma_widgets._bundled.bundled_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr("gemma_widgets.offline.bundled.bundled_gguf", lambda: tmp_path / "model.gguf")
     return package
 
 
@@ -63,7 +64,7 @@ def test_the_other_precisions_are_unaffected(sigill_llama_cpp):
 
 
 def test_the_server_is_unavailable_too(sigill_llama_cpp):
-    from gemma_widgets import llamacpp_server
+    from gemma_widgets.engines import llamacpp_server
 
     reason = llamacpp_server.unavailable_reason()
     assert reason is None or "SIGILL" in reason  # None only where the server's other packages are missing
@@ -92,6 +93,6 @@ def test_the_installed_llama_cpp_passes_the_probe_on_this_cpu():
     """The build `make install` made (portable: AVX2, no AVX-512) decodes the bundled GGUF here."""
     if _probe.build_signature("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    from gemma_widgets._bundled import bundled_gguf
+    from gemma_widgets.offline.bundled import bundled_gguf
 
     assert llamacpp.unavailable_reason(str(bundled_gguf())) is None

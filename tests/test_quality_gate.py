@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma_widgets import bench, load_model, localai, quality
+from gemma_widgets import load_model, localai, quality
+from gemma_widgets.bench import runner as bench
 from gemma_widgets.cache import MANIFEST
-from gemma_widgets.models import PRESETS, resolve_preset
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS, resolve_preset
 
 #: What notebooks 03 (fp32, bf16), 04 (bitsandbytes; ov-int4, whose settings 04's own export shares, on
 #: both engines: openvino-genai's scores come from optimum-intel's model on the same IR, and the LocalAI

@@ -7,10 +7,10 @@ import doctest
 import pytest
 
 from gemma_widgets import load_model, recipe
-from gemma_widgets._bundled import bundled_gguf
-from gemma_widgets._openvino import ExportSettings, export
-from gemma_widgets.models import PRESETS, locate
+from gemma_widgets.engines.openvino import ExportSettings, export
+from gemma_widgets.offline.bundled import bundled_gguf
 from gemma_widgets.precisions import PRECISIONS
+from gemma_widgets.presets import PRESETS, locate
 
 TINY = "tiny-random-gemma2"
 

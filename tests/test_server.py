@@ -19,12 +19,13 @@ from server_fakes import DONE, SECRET, canned_server, chunk
 pytestmark = pytest.mark.integration
 pytest.importorskip("openai")
 
-from gemma_widgets import bench, load_model  # noqa: E402
-from gemma_widgets.chat import ChatPanel  # noqa: E402
+from gemma_widgets import load_model  # noqa: E402
+from gemma_widgets.bench import runner as bench  # noqa: E402
+from gemma_widgets.engines.llamacpp_server import free_port, start_llamacpp_server, unavailable_reason  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402
 from gemma_widgets.errors import UnknownModelError  # noqa: E402
-from gemma_widgets.generation import ChatSession, SamplingSettings  # noqa: E402
-from gemma_widgets.llamacpp_server import free_port, start_llamacpp_server, unavailable_reason  # noqa: E402
+from gemma_widgets.session import ChatSession, SamplingSettings  # noqa: E402
+from gemma_widgets.widgets.chat import ChatPanel  # noqa: E402
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -176,7 +177,7 @@ def test_the_panel_streams_a_reply_from_the_server(served, server):
 def test_the_server_reads_the_prompt_the_kit_writes(server):
     """With the kit's tokenizer given, the panel's prompt and the server's are the same tokens,
     and the reply is what the server makes of the kit's own rendering of the chat."""
-    from gemma_widgets._bundled import prepare_bundled
+    from gemma_widgets.offline.bundled import prepare_bundled
 
     lm = load_model(server.url, model=server.model, tokenizer=str(prepare_bundled()))
     session = ChatSession(lm, settings=SamplingSettings(temperature=0, max_new_tokens=16))

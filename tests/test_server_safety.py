@@ -19,12 +19,13 @@ from server_fakes import DONE, SECRET, canned_server, chunk, endless, pinging, t
 
 pytest.importorskip("openai")
 
-from gemma_widgets import bench, load_model  # noqa: E402
+from gemma_widgets import load_model
 from gemma_widgets.__main__ import main  # noqa: E402
+from gemma_widgets.bench import runner as bench  # noqa: E402
 from gemma_widgets.engines import server  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402
 from gemma_widgets.errors import GemmaWidgetsError  # noqa: E402
-from gemma_widgets.generation import ChatSession, SamplingSettings  # noqa: E402
+from gemma_widgets.session import ChatSession, SamplingSettings  # noqa: E402
 
 PERSONAL = "sk-personal-openai-key-0000"
 ENV_API_KEY = "GEMMA_WIDGETS_API_KEY"  # the kit's own variable, named in the README
@@ -118,7 +119,7 @@ def test_bench_through_a_url_with_a_password_logs_in_and_shows_it_nowhere():
 
 
 def test_bench_keeps_no_key_in_a_variant_name():
-    from gemma_widgets.llamacpp_server import free_port
+    from gemma_widgets.engines.llamacpp_server import free_port
 
     with pytest.raises(GemmaWidgetsError, match=f"{ENV_API_KEY}, not as api_key=") as info:
         bench.run(model=f"http://127.0.0.1:{free_port()}/v1", variants=[f"served+api_key={SECRET}"],

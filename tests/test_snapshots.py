@@ -8,8 +8,15 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import display
 from IPython.utils.capture import capture_output
 
-from gemma_widgets import _display
-from gemma_widgets._display import METADATA_KEY, SNAPSHOT_NOTE, WidgetView, html_snapshot, snapshot_of, widget_text
+from gemma_widgets.widgets import display as _display
+from gemma_widgets.widgets.display import (
+    METADATA_KEY,
+    SNAPSHOT_NOTE,
+    WidgetView,
+    html_snapshot,
+    snapshot_of,
+    widget_text,
+)
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
-from gemma_widgets import terminal
-from gemma_widgets.generation import ChatSession, SamplingSettings
+from gemma_widgets.cli import terminal
+from gemma_widgets.session import ChatSession, SamplingSettings
 
 
 def _run(tiny, script: str, reply: str = "Hi there.", **session_args) -> tuple[str, ChatSession]:

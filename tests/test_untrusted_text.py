@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemma_widgets._markdown import SAFE_URL, render_markdown
+from gemma_widgets.cli.terminal import printable
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.terminal import printable
+from gemma_widgets.widgets.markdown import SAFE_URL, render_markdown
 
 FRAGMENTS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<a href='javascript:x'>",
              "[link](javascript:alert(1))", "[ok](https://example.org)", "![i](http://x/p.png)",
@@ -135,7 +135,7 @@ def test_send_export_and_load_give_the_transcript_back(echo_panel, tmp_path_fact
 def test_the_arena_shows_any_reply_as_token_spans_and_nothing_else(tiny, text, where):
     """Any model text in the arena's columns: escaped token spans (the same escaping as the chat), and
     the only tags and attributes are the view's own."""
-    from gemma_widgets.arena_panel import column_html, tokens_html
+    from gemma_widgets.widgets.arena import column_html, tokens_html
 
     if not _valid(text):
         return

@@ -42,7 +42,7 @@ export GEMMA_WIDGETS_CACHE=${GEMMA_WIDGETS_CACHE_COLAB:-$HOME/.cache/gemma_widge
 import nbformat
 cell = next(c for c in nbformat.read("notebooks/01_pipeline.ipynb", 4).cells if c.cell_type == "code")
 exec(compile(cell.source, "set-up cell", "exec"))
-from gemma_widgets.environment import install_extras
+from gemma_widgets.course.environment import install_extras
 assert not any(install_extras("openvino", "bnb").values()), "an extra could not be installed"
 PY
 "$PY" -m pip freeze --exclude-editable | sort > "$OUT/freeze-after.txt"
@@ -52,7 +52,7 @@ cat "$OUT/freeze.diff"
 kept() {  # fails if a Colab package differs between two freezes
     "$PY" - "$1" "$2" <<'PY'
 import sys
-from gemma_widgets.environment import COLAB_PACKAGES
+from gemma_widgets.course.environment import COLAB_PACKAGES
 def pins(path):
     lines = [line.strip() for line in open(path) if "==" in line]
     return {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in lines}

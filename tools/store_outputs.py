@@ -7,7 +7,7 @@ them). The notebook's metadata records the run: the model, the library versions,
 each code cell's source, so a test can tell when a cell changed after its output was stored.
 
 Widgets are stored as they looked at the end of the run. After the last cell the same kernel gives
-each shown widget's snapshot (:func:`gemma_widgets._display.publish_snapshots`: a kit view's own escaped
+each shown widget's snapshot (:func:`gemma_widgets.widgets.display.publish_snapshots`: a kit view's own escaped
 HTML and its charts as PNG; another widget's text, a tqdm bar's last line), whose outputs replace the
 widget's view, tagged ``{"gemma_widgets": {"snapshot": true}}``. No widget state is kept: nbconvert's
 HTML (nbviewer and the like) and JupyterLab draw a widget view only from state and with the widget
@@ -31,14 +31,14 @@ from pathlib import Path
 import nbformat
 from sync_notebooks import NOTEBOOKS
 
-from gemma_widgets._display import METADATA_KEY
-from gemma_widgets._files import write_atomic
+from gemma_widgets.host.files import write_atomic
+from gemma_widgets.widgets.display import METADATA_KEY
 
 MEMORY_LIMIT_MB = 2048  # Binder's, as conftest.py gives nbval's kernels
 CELL_TIMEOUT_S = 600  # nbval's, from pyproject's addopts
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MAX_BYTES = 1_000_000
-SNAPSHOT_CELL = "from gemma_widgets._display import publish_snapshots\npublish_snapshots({})"
+SNAPSHOT_CELL = "from gemma_widgets.widgets.display import publish_snapshots\npublish_snapshots({})"
 RICH_HTML = '<pre style="white-space:pre;overflow-x:auto;line-height:normal;'  # rich.jupyter's format
 
 

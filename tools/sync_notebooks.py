@@ -35,7 +35,7 @@ if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
     with open("/tmp/colab-keep.txt", "w") as constraints:
         constraints.write("\\n".join(keep))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", constraints.name, KIT], check=True)
-from gemma_widgets.environment import setup
+from gemma_widgets.course.environment import setup
 env = setup()'''
 
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/[^/\s)]+/")
@@ -69,7 +69,7 @@ def slug() -> str:
 
 def setup_cell() -> str:
     """The set-up cell every notebook starts with."""
-    from gemma_widgets.environment import COLAB_PACKAGES
+    from gemma_widgets.course.environment import COLAB_PACKAGES
 
     return SETUP_CELL.format(kit=f"gemma_widgets @ git+{repository()}@{release()}", packages=COLAB_PACKAGES)
 

@@ -77,7 +77,7 @@ class Engine:
     torch_model: Any = None
 
     def stream(self, prompt: Prompt, settings: Any, stop: threading.Event) -> Iterator[Delta]:
-        """The reply to ``prompt`` under ``settings`` (:class:`~gemma_widgets.generation.SamplingSettings`)."""
+        """The reply to ``prompt`` under ``settings`` (:class:`~gemma_widgets.session.SamplingSettings`)."""
         raise NotImplementedError
 
     def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:

@@ -37,7 +37,7 @@ class GenAIEngine(LocalEngine):
         """A pipeline on the IR in ``folder``, with the Hugging Face tokenizer saved beside it."""
         from transformers import AutoConfig
 
-        from gemma_widgets._openvino import genai_pipeline
+        from gemma_widgets.engines.openvino import genai_pipeline
         from gemma_widgets.tokenizer import load_tokenizer
 
         window = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", 0) or 8192

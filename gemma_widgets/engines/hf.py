@@ -136,7 +136,7 @@ class OptimumEngine(TransformersEngine):
     @classmethod
     def from_ir(cls, folder: str) -> OptimumEngine:
         """optimum-intel's model on the IR in ``folder``, with the tokenizer saved beside it."""
-        from gemma_widgets._openvino import optimum_model
+        from gemma_widgets.engines.openvino import optimum_model
         from gemma_widgets.tokenizer import load_tokenizer
 
         return cls(optimum_model(folder), load_tokenizer(folder), folder)

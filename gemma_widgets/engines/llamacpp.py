@@ -7,7 +7,7 @@ one token id per step and never stops on its own: the engine ends at an end-of-t
 ``max_new_tokens`` or when Stop is set.
 
 A fine-tuned model runs as the base file plus a LoRA adapter GGUF (``lora``, made by
-:mod:`gemma_widgets._gguf_lora`): llama.cpp adds ``B (A x)`` to each targeted matrix's product at run
+:mod:`gemma_widgets.offline.gguf_lora`): llama.cpp adds ``B (A x)`` to each targeted matrix's product at run
 time, so the base file's quantized weights stay as they are.
 """
 
@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._probe import cpu_flags, probe
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine
 from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.host.probe import cpu_flags, probe
 from gemma_widgets.templates import end_of_turn_ids
 
 #: Tokens of context the engine allocates by default: the KV cache grows with it (Gemma 3 270M:
@@ -54,12 +54,12 @@ REBUILD = ("rebuild it for this machine: `make install-llamacpp` in the kit's ch
 
 def unavailable_reason(gguf: str, lora: str | None = None) -> str | None:
     """Why llama.cpp cannot run on this machine, or None: it decodes ``gguf`` in a child process
-    first (once per build, CPU and file, :mod:`gemma_widgets._probe`), so a build that crashes here is
+    first (once per build, CPU and file, :mod:`gemma_widgets.host.probe`), so a build that crashes here is
     reported instead of killing the kernel; then, given the LoRA adapter GGUF ``lora``, with it, as
     the engine will load it (its float32 products are other kernels)."""
     reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf)
     if reason is None and lora:
-        from gemma_widgets._gguf_lora import lora_mismatch
+        from gemma_widgets.offline.gguf_lora import lora_mismatch
 
         mismatch = lora_mismatch(gguf, lora)
         if mismatch:
@@ -92,7 +92,7 @@ def open_llama(path: str, lora: str | None = None, **params: Any) -> Any:
 
     if lora is None:
         return Llama(model_path=path, verbose=False, **params)
-    from gemma_widgets._gguf_lora import lora_mismatch
+    from gemma_widgets.offline.gguf_lora import lora_mismatch
 
     problem = lora_mismatch(path, lora)
     if problem is None:

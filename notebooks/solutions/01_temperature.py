@@ -4,7 +4,7 @@ import os
 from transformers import pipeline, set_seed
 
 from gemma_widgets import load_model
-from gemma_widgets.environment import quiet
+from gemma_widgets.course.environment import quiet
 
 quiet()
 lm = load_model(os.environ.get("GEMMA_MODEL", "bundled"))

@@ -3,7 +3,7 @@ import os
 
 from gemma_widgets import load_model
 from gemma_widgets.course import check
-from gemma_widgets.environment import quiet
+from gemma_widgets.course.environment import quiet
 from gemma_widgets.templates import chat_ids, fold_system_prompt
 
 quiet()

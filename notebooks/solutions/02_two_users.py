@@ -5,7 +5,7 @@ from jinja2.exceptions import TemplateError
 
 from gemma_widgets import load_model
 from gemma_widgets.course import check
-from gemma_widgets.environment import quiet
+from gemma_widgets.course.environment import quiet
 
 quiet()
 tok = load_model(os.environ.get("GEMMA_MODEL", "bundled")).tokenizer

@@ -4,7 +4,7 @@ import os
 import torch
 
 from gemma_widgets import load_model
-from gemma_widgets.environment import quiet
+from gemma_widgets.course.environment import quiet
 from gemma_widgets.precisions import FP16_MAX, residual_peaks
 from gemma_widgets.quality import passage_ids
 

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from gemma_widgets.course import check
-from gemma_widgets.models import locate, resolve_preset
+from gemma_widgets.presets import locate, resolve_preset
 
 NF4_BITS = 4.127  # 4 bits plus double-quantized scales per block of 64
 

@@ -4,8 +4,8 @@ import os
 import torch
 from transformers import AutoModelForCausalLM
 
-from gemma_widgets import weight_error
-from gemma_widgets.models import locate, resolve_preset
+from gemma_widgets.course import weight_error
+from gemma_widgets.presets import locate, resolve_preset
 
 MODEL = os.environ.get("GEMMA_MODEL", "bundled")
 model = AutoModelForCausalLM.from_pretrained(locate(resolve_preset(MODEL)), dtype=torch.bfloat16)

@@ -6,7 +6,7 @@ redrawn token by token as escaped spans, the challenger's shaded by how likely t
 found each token, the first diverging token marked ``gw-diverge``, and a one-line summary below.
 Stable CSS classes: ``gw-arena``, ``gw-arena-input``, ``gw-send``, ``gw-stop``, ``gw-arena-ref``,
 ``gw-arena-challenger``, ``gw-tok``, ``gw-diverge``, ``gw-arena-summary``, ``gw-notice``.
-:meth:`PrecisionArena.snapshot` is the arena as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
+:meth:`PrecisionArena.snapshot` is the arena as it looks, for a stored notebook (:mod:`gemma_widgets.widgets.display`).
 
 >>> arena = PrecisionArena(models=["bf16", "ov-int4"])   # doctest: +SKIP
 >>> arena                                                 # doctest: +SKIP
@@ -22,15 +22,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from gemma_widgets._display import WidgetView, html_snapshot, with_class
-from gemma_widgets._markdown import escape_text
 from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaResult, ArenaRun, label
-from gemma_widgets.chat import LIVE_INTERVAL, STYLES
 from gemma_widgets.engines.base import IncrementalDecoder
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.generation import SamplingSettings
 from gemma_widgets.loading import load_model
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.presets import LoadedModel
+from gemma_widgets.session import SamplingSettings
+from gemma_widgets.widgets.chat import LIVE_INTERVAL, STYLES
+from gemma_widgets.widgets.display import WidgetView, html_snapshot, with_class
+from gemma_widgets.widgets.markdown import escape_text
 
 #: Styles that carry meaning sit inline in the replies' HTML (a stored snapshot keeps them where a
 #: sanitizer drops the ``<style>`` block): the shading, the divergence mark, the columns.

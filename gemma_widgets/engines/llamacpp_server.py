@@ -2,7 +2,7 @@
 
 A workshop runs one OpenAI-compatible server that every learner's panel talks to; this starts
 the same kind of server on this machine, on the bundled model (the package's GGUF file with the kit's
-chat adapter as a llama.cpp LoRA, :mod:`gemma_widgets._gguf_lora`: the ``bundled`` chat model), so
+chat adapter as a llama.cpp LoRA, :mod:`gemma_widgets.offline.gguf_lora`: the ``bundled`` chat model), so
 notebook 06, the tests and ``benchmarks/chat_bench.py`` can show and check the server engine without
 a network:
 
@@ -16,7 +16,7 @@ renders Gemma's chat template (``--chat_format gemma``: the same prompt as the k
 serves requests one after another (``--interrupt_requests False``: llama-cpp-python's default cuts a
 streaming reply short when another request arrives).
 Leaving the ``with`` block stops it by its process id (terminate, then kill), and the server dies
-with the process that started it (:mod:`gemma_widgets._lifeline`): a killed notebook kernel leaves no
+with the process that started it (:mod:`gemma_widgets.host.lifeline`): a killed notebook kernel leaves no
 server holding its port. A port another program holds is refused before anything starts, and the
 server is reported ready only when the process answering is the one this started.
 
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets import _lifeline as lifeline
 from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
+from gemma_widgets.host import lifeline
 
 #: The name the server gives the bundled model (``load_model(url, model=MODEL_ALIAS)``).
 MODEL_ALIAS = "gemma-3-270m"
@@ -64,12 +64,12 @@ _OVERRIDES = ("HOST", "PORT", "CONFIG_FILE", "API_KEY")
 def unavailable_reason(chat: bool = True) -> str | None:
     """Why a local llama.cpp server cannot start here (a package missing, llama.cpp crashing on this
     CPU; with ``chat``, the bundled chat model's adapter missing or refused:
-    :func:`gemma_widgets._gguf_lora.bundled_reason`), or None."""
+    :func:`gemma_widgets.offline.gguf_lora.bundled_reason`), or None."""
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
                 "(pip install 'llama-cpp-python[server]' openai)")
-    from gemma_widgets._gguf_lora import bundled_reason
+    from gemma_widgets.offline.gguf_lora import bundled_reason
 
     return bundled_reason(chat)
 
@@ -219,8 +219,8 @@ def launch(gguf: str | Path | None = None, *, lora: str | Path | None = None, mo
     does not within ``startup_timeout_s``, and before starting anything if ``port`` is taken.
 
     By default it serves the bundled chat model: the package's file with the kit's chat adapter
-    (:func:`gemma_widgets._gguf_lora.bundled_lora`). Name a file to serve it as it is: the bundled base
-    model is ``launch(bundled_gguf())`` (:func:`gemma_widgets._bundled.bundled_gguf`).
+    (:func:`gemma_widgets.offline.gguf_lora.bundled_lora`). Name a file to serve it as it is: the bundled base
+    model is ``launch(bundled_gguf())`` (:func:`gemma_widgets.offline.bundled.bundled_gguf`).
 
     ``api_key`` (or ``--api_key`` in ``extra_args``) makes the server ask for that key; bound to
     anything but loopback it gets a new one by default, printed once. The caller stops the server
@@ -229,8 +229,8 @@ def launch(gguf: str | Path | None = None, *, lora: str | Path | None = None, mo
     if reason:
         raise PrecisionUnavailableError(f"A local llama.cpp server cannot start here: {reason}.")
     if gguf is None:
-        from gemma_widgets._bundled import bundled_gguf
-        from gemma_widgets._gguf_lora import bundled_lora
+        from gemma_widgets.offline.bundled import bundled_gguf
+        from gemma_widgets.offline.gguf_lora import bundled_lora
 
         gguf, lora = bundled_gguf(), lora or bundled_lora()
     lora_args = ["--lora_path", str(lora)] if lora is not None else []
@@ -241,7 +241,7 @@ def launch(gguf: str | Path | None = None, *, lora: str | Path | None = None, mo
         port = free_port(host)
     key = _api_key(host, port, api_key, extra_args)
     key_args = ["--api_key", key] if key is not None and _option(extra_args, "--api_key") is None else []
-    command = [sys.executable, "-m", "gemma_widgets._lifeline", "llama_cpp.server", "--model", str(gguf),
+    command = [sys.executable, "-m", "gemma_widgets.host.lifeline", "llama_cpp.server", "--model", str(gguf),
                "--model_alias", model, "--host", host, "--port", str(port), "--n_ctx", str(n_ctx),
                "--n_threads", str(threads), "--n_threads_batch", str(threads), "--chat_format", "gemma",
                "--interrupt_requests", "False", "--logits_all", "False", "--verbose", "False", *lora_args,

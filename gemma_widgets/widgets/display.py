@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from gemma_widgets._markdown import escape_text
+from gemma_widgets.widgets.markdown import escape_text
 
 #: The output-metadata key of the kit's views, live and stored as snapshots.
 METADATA_KEY = "gemma_widgets"

@@ -30,9 +30,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gemma_widgets._native import inductor_kernels_intact
 from gemma_widgets.cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import UnknownPrecisionError
+from gemma_widgets.host.native import inductor_kernels_intact
 
 TOKENIZER_XML = "openvino_tokenizer.xml"
 DETOKENIZER_XML = "openvino_detokenizer.xml"
@@ -149,7 +149,7 @@ def export(source: str, settings: ExportSettings) -> Path:
         import torch
         from optimum.intel import OVModelForCausalLM
 
-        from gemma_widgets._bundled import _quiet_transformers
+        from gemma_widgets.offline.bundled import _quiet_transformers
         from gemma_widgets.templates import ensure_chat_template
         from gemma_widgets.tokenizer import read_tokenizer
 

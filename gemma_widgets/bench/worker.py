@@ -1,12 +1,12 @@
-"""One variant measured in a fresh process: ``python -m gemma_widgets._bench_worker``.
+"""One variant measured in a fresh process: ``python -m gemma_widgets.bench.worker``.
 
-:func:`gemma_widgets.bench.run` starts this module once per variant, writes a JSON spec on its
-stdin (a :class:`~gemma_widgets.bench_protocol.Scenario`) and reads one event per line from
-its stdout (:mod:`gemma_widgets.bench_protocol`). A process of its own per variant
+:func:`gemma_widgets.bench.runner.run` starts this module once per variant, writes a JSON spec on its
+stdin (a :class:`~gemma_widgets.bench.records.Scenario`) and reads one event per line from
+its stdout (:mod:`gemma_widgets.bench.records`). A process of its own per variant
 means the peak memory it reports is that variant's alone, and a crash or an out-of-memory
 kill ends this process, not the run. Anything a library prints goes to stderr, so the
 event stream stays clean. The worker dies with the process that started it
-(:mod:`gemma_widgets._lifeline`): a killed ``bench`` or a dead kernel leaves no worker decoding.
+(:mod:`gemma_widgets.host.lifeline`): a killed ``bench`` or a dead kernel leaves no worker decoding.
 
 With ``prepare_only`` in the scenario it only loads the variant (building any cache, such as an
 OpenVINO export) and exits. The scenario, in order: load; warm-up; prefill repeats (generate
@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_widgets import bench_protocol as protocol
-from gemma_widgets._lifeline import hold
+from gemma_widgets.bench import records as protocol
 from gemma_widgets.engines.base import Engine, Prompt
+from gemma_widgets.host.lifeline import hold
 
 Emit = Callable[[protocol.Event], None]
 
@@ -89,7 +89,7 @@ def _exact_run(engine: Engine, tokenizer: Any, ids: Sequence[int], n: int) -> Ru
 
 def _stream_run(engine: Engine, prompt: Prompt, n: int) -> Run:
     """One greedy streamed reply of at most ``n`` tokens, timed from the stream's pieces."""
-    from gemma_widgets.generation import SamplingSettings
+    from gemma_widgets.session import SamplingSettings
 
     start = time.perf_counter()
     first, tokens, text = None, 0, ""
@@ -103,7 +103,7 @@ def _stream_run(engine: Engine, prompt: Prompt, n: int) -> Run:
 
 
 def measure(scenario: protocol.Scenario, emit: Emit) -> None:
-    """Run ``scenario`` (see :mod:`gemma_widgets.bench`), emitting events.
+    """Run ``scenario`` (see :mod:`gemma_widgets.bench.runner`), emitting events.
 
     An engine that makes an exact number of tokens (``can_generate_exact``) is timed on whole
     calls: a one-token generate for the time to first token, ``new_tokens`` for decode. One that

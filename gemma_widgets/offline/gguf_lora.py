@@ -253,7 +253,7 @@ def lora_gguf(adapter_dir: Path, base_gguf: Path | None = None) -> Path:
     if not (adapter_dir / CONFIG).is_file() or not (adapter_dir / WEIGHTS).is_file():
         raise GemmaWidgetsError(f"No peft LoRA adapter in {adapter_dir}: it needs {CONFIG} and {WEIGHTS}.")
     if base_gguf is None:
-        from gemma_widgets._bundled import bundled_gguf
+        from gemma_widgets.offline.bundled import bundled_gguf
 
         base_gguf = bundled_gguf()
     base_gguf = Path(base_gguf)
@@ -267,9 +267,9 @@ def lora_gguf(adapter_dir: Path, base_gguf: Path | None = None) -> Path:
 
 
 def bundled_lora() -> Path:
-    """The kit's chat adapter (:func:`gemma_widgets._bundled.chat_adapter_dir`) as a llama.cpp LoRA GGUF
+    """The kit's chat adapter (:func:`gemma_widgets.offline.bundled.chat_adapter_dir`) as a llama.cpp LoRA GGUF
     for the bundled file: what makes llama.cpp run the ``bundled`` (chat) model."""
-    from gemma_widgets._bundled import chat_adapter_dir
+    from gemma_widgets.offline.bundled import chat_adapter_dir
 
     return lora_gguf(chat_adapter_dir())
 
@@ -279,8 +279,8 @@ def bundled_reason(chat: bool) -> str | None:
 
     The base file is tried first, so a build that crashes on this CPU is named as such whatever the
     adapter; then the adapter is converted (once) and tried with it, in a child process too."""
-    from gemma_widgets._bundled import bundled_gguf
     from gemma_widgets.engines.llamacpp import unavailable_reason
+    from gemma_widgets.offline.bundled import bundled_gguf
 
     gguf = str(bundled_gguf())
     reason = unavailable_reason(gguf)

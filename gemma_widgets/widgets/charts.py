@@ -1,6 +1,6 @@
 """Charts of benchmark results: PNG bytes from matplotlib's Agg canvas, no pyplot state.
 
-Each chart is a function of a list of :class:`~gemma_widgets.bench.Result`; only variants
+Each chart is a function of a list of :class:`~gemma_widgets.bench.runner.Result`; only variants
 that finished, with every figure a finite number in its sane range (:func:`problem`), are drawn:
 a results file is untrusted, and ``decode_tps: 1e308`` made matplotlib raise. :func:`charts`
 gives the dashboard its four images, and :func:`summary_png` puts them on one page for an export.
@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemma_widgets._files import write_atomic
-from gemma_widgets.bench import Result
+from gemma_widgets.bench.runner import Result
+from gemma_widgets.host.files import write_atomic
 
 if TYPE_CHECKING:
     from gemma_widgets.arena import ArenaResult

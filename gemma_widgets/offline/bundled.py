@@ -4,7 +4,7 @@
 The package ships a Q4_K_M GGUF file of the *base* model. transformers de-quantizes it to torch
 tensors, which takes about a minute on two cores, so it is converted once into an ordinary Hugging
 Face folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache. The chat model is
-that folder with the adapter of ``data/chat-adapter/`` (:mod:`gemma_widgets.chat_tuning`) merged into
+that folder with the adapter of ``data/chat-adapter/`` (:mod:`gemma_widgets.tuning.train`) merged into
 its weights, built once more (seconds) in a folder keyed on the adapter's content.
 
 The tokenizer is not taken from transformers' GGUF loader: in transformers 4.57 it builds a
@@ -58,7 +58,7 @@ def base_dir() -> Path:
 
 
 def chat_adapter_dir() -> Path:
-    """The kit's chat LoRA adapter, shipped as package data (made by :mod:`gemma_widgets.chat_tuning`)."""
+    """The kit's chat LoRA adapter, shipped as package data (made by :mod:`gemma_widgets.tuning.train`)."""
     return Path(str(resources.files("gemma_widgets").joinpath("data/chat-adapter")))
 
 

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._native import free_memory
 from gemma_widgets.compilation import (
     check_mode,
     compile_forward,
@@ -30,6 +29,7 @@ from gemma_widgets.compilation import (
 )
 from gemma_widgets.engines.hf import greedy_exact
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.native import free_memory
 
 VARIANTS = ("eager-dynamic", "eager-static", "compiled", "compiled-forward")
 @dataclass
@@ -174,7 +174,7 @@ _FIRST_CALL = """
 import json, sys
 from torch._dynamo.utils import counters
 from gemma_widgets import load_model
-from gemma_widgets.bench_compile import measure
+from gemma_widgets.bench.compiled import measure
 from gemma_widgets.compilation import use_inductor_cache
 use_inductor_cache(sys.argv[1])
 lm = load_model(sys.argv[2], precision=sys.argv[3])

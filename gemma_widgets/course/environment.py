@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 
-from gemma_widgets.machine import memory_limit_bytes, usable_cores
+from gemma_widgets.host.hardware import memory_limit_bytes, usable_cores
 
 # Hub models the course suggests on a GPU, largest first.
 GPU_CANDIDATES = ("google/gemma-2-9b-it", "google/gemma-2-2b-it")
@@ -129,8 +129,8 @@ def _hub_model_reachable(repo: str) -> bool:
 def suggest(gpu_memory_gb: float | None, compute_capability: tuple[int, int] | None,
             has_token: bool) -> tuple[str, str, str]:
     """``(model, precision, reason)`` for a machine; precisions come from ``auto_precision``."""
-    from gemma_widgets.models import ENV_MODEL, resolve_preset
     from gemma_widgets.precisions import PRECISIONS, auto_precision
+    from gemma_widgets.presets import ENV_MODEL, resolve_preset
 
     chosen = os.environ.get(ENV_MODEL)
     if chosen:
@@ -227,8 +227,8 @@ def install_extras(*extras: str) -> dict[str, str | None]:
 
 def can_run(precision: str, model: str | None = None) -> bool:
     """True if ``precision`` can load ``model`` here; otherwise print why, for a cell to skip itself."""
-    from gemma_widgets.models import resolve_preset
     from gemma_widgets.precisions import PRECISIONS
+    from gemma_widgets.presets import resolve_preset
 
     reason = PRECISIONS[precision].unavailable_reason(resolve_preset(model))
     if reason:

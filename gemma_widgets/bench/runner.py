@@ -2,7 +2,7 @@
 
 Split the way optimum-benchmark splits it: the *variant* is a name from the precision registry
 (plus loader flags, e.g. ``bf16+compile``); the *scenario* and the *trackers* (time, memory,
-quality) run in :mod:`gemma_widgets._bench_worker`, one fresh process per variant; the
+quality) run in :mod:`gemma_widgets.bench.worker`, one fresh process per variant; the
 *records* are :class:`Result` dataclasses with a :class:`Machine` description, saved to CSV or
 JSON and loaded back. The dashboard, the CLI and the notebooks only consume records.
 
@@ -46,9 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets import _lifeline as lifeline
-from gemma_widgets._files import READ_LIMIT, read_limited, write_atomic
-from gemma_widgets.bench_protocol import (
+from gemma_widgets.bench.records import (
     Done,
     Event,
     Failed,
@@ -64,7 +62,9 @@ from gemma_widgets.bench_protocol import (
     parse_variant,
 )
 from gemma_widgets.errors import GemmaWidgetsError, UnknownPrecisionError
-from gemma_widgets.machine import Machine, noise_probe
+from gemma_widgets.host import lifeline
+from gemma_widgets.host.files import READ_LIMIT, read_limited, write_atomic
+from gemma_widgets.host.hardware import Machine, noise_probe
 from gemma_widgets.quality import MIN_AGREEMENT, judge, top1_agreement
 
 DEFAULT_PROMPT = "Explain in a few sentences how a lighthouse helps ships find their way at night."
@@ -178,7 +178,7 @@ def _summary(values: Sequence[float]) -> tuple[float | None, float | None, float
 
 
 def noise_floor(probes: Sequence[float]) -> float | None:
-    """The machine's own spread over a run, ``(p90 - p10) / median`` of :func:`~gemma_widgets.machine.noise_probe`
+    """The machine's own spread over a run, ``(p90 - p10) / median`` of :func:`~gemma_widgets.host.hardware.noise_probe`
     times taken between the variants: speeds that differ by less cannot be told apart here (None under 2)."""
     if len(probes) < 2:
         return None
@@ -188,7 +188,7 @@ def noise_floor(probes: Sequence[float]) -> float | None:
 def variant_choices(model: str | None = None) -> dict[str, str | None]:
     """Every precision for ``model``, with why it cannot run here (``None``: it can)."""
     from gemma_widgets import precisions
-    from gemma_widgets.models import resolve_preset
+    from gemma_widgets.presets import resolve_preset
 
     return precisions.available(resolve_preset(model))
 
@@ -210,7 +210,7 @@ class _Worker:
         self.events: queue.Queue[Event | None] = queue.Queue()
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         # A session of its own: Ctrl-C in a terminal cancels the run (see main), not the worker. The
         # lifeline ends the worker when this process ends, killed or not (a hung-up terminal, a dead kernel).
@@ -255,7 +255,7 @@ class _Worker:
 
 
 def _worker_command() -> list[str]:
-    return [sys.executable, "-m", "gemma_widgets._bench_worker"]
+    return [sys.executable, "-m", "gemma_widgets.bench.worker"]
 
 
 def _events(scenario: Scenario, cancel: threading.Event, timeout_s: float | None,
@@ -427,7 +427,7 @@ def run(model: str | None = None, variants: Sequence[str] | None = None, *,
         variant that failed or could not run has ``status`` and ``error`` saying why.
     """
     from gemma_widgets import precisions
-    from gemma_widgets.models import resolve_preset
+    from gemma_widgets.presets import resolve_preset
 
     if new_tokens < 2 or repeats < 1 or warmup < 0 or rounds < 1:
         raise GemmaWidgetsError(

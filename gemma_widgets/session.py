@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_widgets._native import release_openmp_threads
 from gemma_widgets.conversation import Conversation, Message, PromptPlan
 from gemma_widgets.engines.base import Engine, Prompt
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.host.native import release_openmp_threads
+from gemma_widgets.presets import LoadedModel
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The precision/latency dashboard: a thin ipywidgets view over :mod:`gemma_widgets.bench`.
+"""The precision/latency dashboard: a thin ipywidgets view over :mod:`gemma_widgets.bench.runner`.
 
 Choose a model and its variants (those that cannot run here are disabled, with the reason),
 a prompt, new tokens and repeats; Run measures each variant in its own process in a
@@ -6,7 +6,7 @@ background thread, with a progress bar per variant and a Cancel button; each res
 as its variant finishes: the table, four charts (PNG images), the outputs side by side and a
 recommendation. Export writes CSV, JSON or PNG; Load shows a saved results file without
 measuring anything (a GPU run, say, on a laptop). The view shows the first :data:`MAX_ROWS` rows
-and says so, and a row whose figures cannot be drawn (:func:`gemma_widgets.plots.problem`) is
+and says so, and a row whose figures cannot be drawn (:func:`gemma_widgets.widgets.charts.problem`) is
 named in the notice and left out of the charts and the recommendation.
 
 Everything the buttons do has a Python call, for tests and notebooks:
@@ -21,7 +21,8 @@ True
 CSS classes for browser tests: ``gw-dashboard`` (the whole view), ``gw-run`` (the Run button),
 ``gw-cancel``, ``gw-results-table`` (the table), ``gw-plot`` (each chart image),
 ``gw-outputs``, ``gw-recommendation``, ``gw-notice`` (rows not shown or not drawn).
-:meth:`PrecisionDashboard.snapshot` is the view as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
+:meth:`PrecisionDashboard.snapshot` is the view as it looks, for a stored notebook
+(:mod:`gemma_widgets.widgets.display`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from typing import Any
 
 import ipywidgets as w
 
-from gemma_widgets import bench, plots
-from gemma_widgets._display import WidgetView, html_snapshot, png_snapshot
-from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
+from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench.runner import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.models import PRESETS
+from gemma_widgets.presets import PRESETS
+from gemma_widgets.widgets import charts as plots
+from gemma_widgets.widgets.display import WidgetView, html_snapshot, png_snapshot
 
 #: Rows the view shows (table, charts, outputs): drawing takes about a second per 30 rows, and a file of
 #: 600 blocked the kernel for 22 s. The results, export included, keep every row.
@@ -54,14 +56,15 @@ class PrecisionDashboard(WidgetView):
         model: preset, hub id or folder (default ``$GEMMA_MODEL`` or ``bundled``).
         variants: the variants ticked at start (default: every one that can run here); names
             outside the registry, such as ``"bf16+compile"``, get a box of their own.
-        prompt, new_tokens, repeats, rounds: the scenario's starting values (see :func:`~gemma_widgets.bench.run`).
-        results: a list of :class:`~gemma_widgets.bench.Result` or a saved results file to show.
+        prompt, new_tokens, repeats, rounds: the scenario's starting values (see
+            :func:`~gemma_widgets.bench.runner.run`).
+        results: a list of :class:`~gemma_widgets.bench.runner.Result` or a saved results file to show.
     """
 
     def __init__(self, model: str | None = None, variants: Sequence[str] | None = None, *,
                  prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3, rounds: int = 1,
                  results: Sequence[Result] | str | os.PathLike | None = None):
-        from gemma_widgets.models import resolve_preset
+        from gemma_widgets.presets import resolve_preset
 
         self._results: list[Result] = []
         self._cancel = threading.Event()
@@ -193,7 +196,7 @@ class PrecisionDashboard(WidgetView):
         self.notice.value = notice_html(self._results)
 
     def load(self, path: str | os.PathLike) -> list[Result]:
-        """Show a results file saved by :func:`gemma_widgets.bench.save` (CSV or JSON)."""
+        """Show a results file saved by :func:`gemma_widgets.bench.runner.save` (CSV or JSON)."""
         results = bench.load(path)
         self.show(results)
         self.status.value = f"Showing {len(results)} result(s) from {html.escape(str(path))}."

@@ -1,11 +1,11 @@
-"""The chat panel: an ipywidgets view over :class:`~gemma_widgets.generation.ChatSession`.
+"""The chat panel: an ipywidgets view over :class:`~gemma_widgets.session.ChatSession`.
 
 The panel only shows the session and forwards clicks to it. While a reply streams, the
 reader thread sets the reply widget's value to escaped plain text (at most every
 ``LIVE_INTERVAL`` seconds after the first token); when it ends, the reply is rendered once
 as safe markdown. Widgets carry stable CSS classes (``gw-chat``, ``gw-input``, ``gw-send``,
 ``gw-stop``, ``gw-message``, ``gw-status``...) for browser tests and styling. :meth:`ChatPanel.snapshot`
-is the panel as it looks, for a stored notebook (:mod:`gemma_widgets._display`).
+is the panel as it looks, for a stored notebook (:mod:`gemma_widgets.widgets.display`).
 
 >>> panel = ChatPanel(model="bundled", precision="bf16")  # doctest: +SKIP
 >>> panel                                                  # doctest: +SKIP
@@ -22,15 +22,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from gemma_widgets._display import WidgetView, html_snapshot
-from gemma_widgets._display import with_class as _with_class
-from gemma_widgets._files import parse_json, write_atomic
-from gemma_widgets._markdown import escape_text, render_markdown
 from gemma_widgets.conversation import Message
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.generation import ChatSession, Generation, SamplingSettings
+from gemma_widgets.host.files import parse_json, write_atomic
 from gemma_widgets.loading import load_model
-from gemma_widgets.models import LoadedModel
+from gemma_widgets.presets import LoadedModel
+from gemma_widgets.session import ChatSession, Generation, SamplingSettings
+from gemma_widgets.widgets.display import WidgetView, html_snapshot
+from gemma_widgets.widgets.display import with_class as _with_class
+from gemma_widgets.widgets.markdown import escape_text, render_markdown
 
 #: Seconds between repaints of a streaming reply (the first token is painted at once).
 LIVE_INTERVAL = 0.05

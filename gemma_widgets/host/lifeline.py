@@ -13,7 +13,7 @@ guards, both set up by :func:`hold` at the start of the child:
 
 The parent may die before the child gets to :func:`hold`: the child then finds a different
 parent process id and ends at once. :func:`popen` starts a child with the pipe; a child that is
-another program's module runs through this one: ``python -m gemma_widgets._lifeline MODULE ARGS``.
+another program's module runs through this one: ``python -m gemma_widgets.host.lifeline MODULE ARGS``.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def hold() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m gemma_widgets._lifeline MODULE ARGS...``: :func:`hold`, then run MODULE as ``__main__``."""
+    """``python -m gemma_widgets.host.lifeline MODULE ARGS...``: :func:`hold`, then run MODULE as ``__main__``."""
     if not argv:
-        raise SystemExit("usage: python -m gemma_widgets._lifeline MODULE [ARGS...]")
+        raise SystemExit("usage: python -m gemma_widgets.host.lifeline MODULE [ARGS...]")
     hold()
     sys.argv = [argv[0], *argv[1:]]
     runpy.run_module(argv[0], run_name="__main__", alter_sys=True)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, TextIO
 from gemma_widgets.errors import GemmaWidgetsError
 
 if TYPE_CHECKING:  # the runtime imports torch: load it only when a chat starts
-    from gemma_widgets.generation import ChatSession
-    from gemma_widgets.models import LoadedModel
+    from gemma_widgets.presets import LoadedModel
+    from gemma_widgets.session import ChatSession
 
 HELP = """Commands:
   /help                 this list
@@ -156,7 +156,7 @@ class TerminalChat:
 
     def _set(self, arg: str) -> None:
         key, _, value = arg.partition("=")
-        from gemma_widgets.generation import SamplingSettings
+        from gemma_widgets.session import SamplingSettings
 
         key = key.strip().replace("-", "_")
         known = {f.name: f.type for f in fields(SamplingSettings)}
@@ -195,8 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, loaded: LoadedModel | None = None,
         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the terminal chat with the parsed ``chat`` options."""
-    from gemma_widgets.generation import ChatSession, SamplingSettings
     from gemma_widgets.loading import load_model
+    from gemma_widgets.session import ChatSession, SamplingSettings
 
     chosen = {f.name: getattr(args, f.name) for f in fields(SamplingSettings)}
     settings = SamplingSettings(**{k: v for k, v in chosen.items() if v is not None})
