@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test unit lint test-gemma2 test-colab notebooks outputs install install-llamacpp prepare chromium
+.PHONY: lab test unit lint test-gemma2 test-colab notebooks outputs book install install-llamacpp prepare chromium
 
 # Jupyter refuses to run as root (a container, a cloud VM) unless asked.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
@@ -45,6 +45,13 @@ notebooks: $(STAMP)
 outputs: prepare
 	$(PY) tools/store_outputs.py
 	$(PY) benchmarks/course_budget.py --write
+
+# The course as a website in build/book/ (open build/book/index.html), in seconds and offline: the README's
+# course map, every notebook with its stored outputs (no cell runs), the cheat sheet, the instructor guide and
+# the solutions. nbconvert, already installed, rather than jupyter-book 2, which needs Node (mystmd) and fetches
+# its theme from the network; the pages carry no JavaScript and load nothing remote (see tools/build_book.py).
+book: $(STAMP)
+	$(PY) tools/build_book.py
 
 install: $(STAMP)
 
