@@ -44,9 +44,9 @@ import torch
 from gemma_widgets import load_model
 from gemma_widgets.conversation import Conversation
 from gemma_widgets.engines import Prompt
+from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.host.native import free_memory
 from gemma_widgets.presets import locate
-from gemma_widgets.session import SamplingSettings
 from gemma_widgets.widgets.chat import ChatPanel
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."

@@ -12,6 +12,7 @@ from gemma_widgets.host.native import bound_native_memory
 
 bound_native_memory()  # before torch builds its first oneDNN kernel and a reply starts a thread
 
+from gemma_widgets.engines.base import SamplingSettings  # noqa: E402
 from gemma_widgets.errors import (  # noqa: E402
     GatedModelError,
     GemmaWidgetsError,
@@ -32,6 +33,7 @@ __all__ = [
     "LoadedModel",
     "OfflineModelError",
     "PrecisionUnavailableError",
+    "SamplingSettings",
     "UnknownModelError",
     "UnknownPrecisionError",
     "load_model",

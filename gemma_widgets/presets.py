@@ -308,7 +308,7 @@ class LoadedModel:
         """The reply's text piece by piece, on any engine. ``settings`` are
         :class:`~gemma_widgets.session.SamplingSettings` fields (``max_new_tokens=64``,
         ``temperature=0`` for greedy...); setting ``stop`` ends it after the current step."""
-        from gemma_widgets.session import SamplingSettings
+        from gemma_widgets.engines.base import SamplingSettings
 
         sampling = SamplingSettings(**settings)
         sampling.validate()

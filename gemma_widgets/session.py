@@ -19,7 +19,6 @@ True
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,58 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from gemma_widgets.conversation import Conversation, Message, PromptPlan
-from gemma_widgets.engines.base import Engine, Prompt
+from gemma_widgets.engines.base import Engine, Finish, Prompt, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.native import release_openmp_threads
 from gemma_widgets.presets import LoadedModel
-
-
-@dataclass
-class SamplingSettings:
-    """How the next token is chosen. ``temperature == 0`` means greedy decoding."""
-
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 64
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def validate(self) -> None:
-        """Raise :class:`GemmaWidgetsError` saying which setting is out of range (or not a number)."""
-        problems = []
-        values = {}
-        for name in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                problems.append(f"{name} must be a finite number, not {value!r}")
-            else:
-                values[name] = value
-        checks = {
-            "temperature": (lambda v: v >= 0, "0 (greedy) or more"),
-            "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-            "top_k": (lambda v: int(v) == v and v >= 0, "a whole number >= 0 (0: no limit)"),
-            "max_new_tokens": (lambda v: int(v) == v and v >= 1, "a whole number >= 1"),
-            "repetition_penalty": (lambda v: v > 0, "> 0 (1: off)"),
-        }
-        for name, value in values.items():
-            ok, wanted = checks[name]
-            if not ok(value):
-                problems.append(f"{name} must be {wanted}, not {value}")
-        if problems:
-            raise GemmaWidgetsError("Invalid sampling settings: " + "; ".join(problems) + ".")
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate``."""
-        kwargs: dict[str, Any] = {"max_new_tokens": int(self.max_new_tokens),
-                                  "repetition_penalty": float(self.repetition_penalty)}
-        if self.greedy:
-            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {**kwargs, "do_sample": True, "temperature": float(self.temperature),
-                "top_p": float(self.top_p), "top_k": int(self.top_k)}
 
 
 @dataclass
@@ -90,7 +41,7 @@ class GenerationStats:
     new_tokens: int
     ttft_s: float | None
     total_s: float
-    stop_reason: str  # "end_of_turn", "max_new_tokens", "stopped" or "error"
+    stop_reason: Finish
 
     @property
     def tokens_per_second(self) -> float:
@@ -103,7 +54,7 @@ class GenerationStats:
         """One status line, e.g. ``first token 0.21 s · 48 tokens · 17.9 tok/s``."""
         first = f"first token {self.ttft_s:.2f} s" if self.ttft_s is not None else "no text"
         line = f"{first} · {self.new_tokens} tokens · {self.tokens_per_second:.1f} tok/s"
-        if self.stop_reason in ("stopped", "max_new_tokens", "error"):
+        if self.stop_reason in (Finish.STOPPED, Finish.MAX_NEW_TOKENS, Finish.ERROR):
             line += f" · {self.stop_reason.replace('_', ' ')}"
         return line
 
@@ -156,7 +107,7 @@ class Generation(Background):
         self.stats: GenerationStats | None = None
         self.new_tokens = 0
         self.token_ids: list[int] = []  # the reply's ids, when the engine streams them (see Delta.ids)
-        self._finish_reason = "max_new_tokens"
+        self._finish_reason = Finish.MAX_NEW_TOKENS
         self._prompt_tokens = plan.prompt_tokens
         self._started = started if started is not None else time.perf_counter()
         self._first_text: float | None = None
@@ -193,7 +144,7 @@ class Generation(Background):
     def _finish(self) -> None:
         try:
             end = time.perf_counter()
-            reason = "error" if self.error is not None else self._finish_reason
+            reason = Finish.ERROR if self.error is not None else self._finish_reason
             ttft = None if self._first_text is None else self._first_text - self._started
             self.stats = GenerationStats(self._prompt_tokens, self.new_tokens, ttft, end - self._started, reason)
             if self._on_finish is not None:
@@ -204,7 +155,7 @@ class Generation(Background):
     def message(self) -> Message:
         """The finished reply as a transcript message."""
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
-        stopped = self.stats is not None and self.stats.stop_reason == "stopped"
+        stopped = self.stats is not None and self.stats.stop_reason == Finish.STOPPED
         return Message("assistant", self.text.strip(), stopped=stopped, error=error,
                        stats=self.stats.as_dict() if self.stats else None)
 

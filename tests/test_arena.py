@@ -13,10 +13,9 @@ import pytest
 from chat_fakes import Scorer, ScriptedModel, fake_loaded
 
 from gemma_widgets import arena
-from gemma_widgets.engines.base import Delta, Engine
+from gemma_widgets.engines.base import Delta, Engine, SamplingSettings
 from gemma_widgets.engines.hf import TransformersEngine
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.session import SamplingSettings
 
 XSS = "<img src=x onerror=alert(1)>"
 SHORT = SamplingSettings(temperature=0.0, max_new_tokens=16)
@@ -210,7 +209,7 @@ sys.path.insert(0, {tests!r})
 from dataclasses import replace
 from chat_fakes import Scorer
 from gemma_widgets import arena, load_model
-from gemma_widgets.session import SamplingSettings
+from gemma_widgets.engines.base import SamplingSettings
 
 tiny = load_model("tiny-random-gemma2", precision="fp32")
 slow = replace(tiny, engine=Scorer(tiny, delay=1.0))

@@ -11,8 +11,9 @@ from gemma_widgets import load_model
 from gemma_widgets.bench import runner as bench
 from gemma_widgets.bench.records import Step
 from gemma_widgets.bench.runner import Result
+from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, UnknownModelError, UnknownPrecisionError
-from gemma_widgets.session import ChatSession, SamplingSettings
+from gemma_widgets.session import ChatSession
 
 
 @pytest.mark.parametrize("change", [{"top_k": math.nan}, {"max_new_tokens": math.inf}, {"temperature": "0.5"},

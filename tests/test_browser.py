@@ -281,7 +281,7 @@ def check_arena(page, server) -> None:
 
 STORED_NOTEBOOK = "stored_check.ipynb"
 STORED_CELL = f"""from gemma_widgets import ChatPanel, PrecisionArena, PrecisionDashboard, bench
-from gemma_widgets.session import SamplingSettings
+from gemma_widgets.engines.base import SamplingSettings
 
 panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", settings=SamplingSettings(max_new_tokens=8))
 display(panel)

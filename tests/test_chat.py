@@ -12,8 +12,8 @@ import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets import ChatPanel
+from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.session import SamplingSettings
 from gemma_widgets.widgets.chat import live_html
 from gemma_widgets.widgets.markdown import escape_text, render_markdown
 

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from gemma_widgets.engines.base import CapabilityError, Engine, LocalEngine, Prompt, threaded
-from gemma_widgets.session import SamplingSettings
+from gemma_widgets.engines.base import CapabilityError, Engine, LocalEngine, Prompt, SamplingSettings, threaded
 
 
 def test_threaded_hands_ids_over_in_order_and_reraises_a_failure():

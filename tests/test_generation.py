@@ -10,9 +10,9 @@ import pytest
 import torch
 from chat_fakes import ScriptedModel, fake_loaded
 
-from gemma_widgets.engines.base import IncrementalDecoder
+from gemma_widgets.engines.base import IncrementalDecoder, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.session import ChatSession, SamplingSettings
+from gemma_widgets.session import ChatSession
 
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=12)
 

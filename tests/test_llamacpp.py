@@ -12,10 +12,10 @@ import pytest
 
 from gemma_widgets import ChatPanel, load_model
 from gemma_widgets.bench import runner as bench
+from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.offline.bundled import TOKENIZER_PROBES
 from gemma_widgets.precisions import PRECISIONS
 from gemma_widgets.presets import PRESETS
-from gemma_widgets.session import SamplingSettings
 
 pytestmark = pytest.mark.integration
 llama_cpp = pytest.importorskip("llama_cpp")

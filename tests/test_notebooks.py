@@ -183,7 +183,7 @@ def test_store_keeps_each_widget_as_the_run_left_it(tmp_path, monkeypatch):
     """``store`` on a notebook of its own (the tiny model): the panel's transcript after a later cell
     sent a message, a tqdm bar's last line, nothing for a widget that was closed; no view, no state."""
     monkeypatch.delenv("MEM_LIMIT", raising=False)  # store() sets Binder's for its kernel: undone after
-    cells = ['from gemma_widgets import ChatPanel\nfrom gemma_widgets.session import SamplingSettings\n'
+    cells = ['from gemma_widgets import ChatPanel, SamplingSettings\n'
              'panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", '
              'settings=SamplingSettings(temperature=0, max_new_tokens=4))\npanel',
              'from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc="steps"):\n    pass',

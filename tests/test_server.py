@@ -21,10 +21,11 @@ pytest.importorskip("openai")
 
 from gemma_widgets import load_model  # noqa: E402
 from gemma_widgets.bench import runner as bench  # noqa: E402
+from gemma_widgets.engines.base import SamplingSettings  # noqa: E402
 from gemma_widgets.engines.llamacpp_server import free_port, start_llamacpp_server, unavailable_reason  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402
 from gemma_widgets.errors import UnknownModelError  # noqa: E402
-from gemma_widgets.session import ChatSession, SamplingSettings  # noqa: E402
+from gemma_widgets.session import ChatSession  # noqa: E402
 from gemma_widgets.widgets.chat import ChatPanel  # noqa: E402
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."

@@ -23,9 +23,10 @@ from gemma_widgets import load_model
 from gemma_widgets.__main__ import main  # noqa: E402
 from gemma_widgets.bench import runner as bench  # noqa: E402
 from gemma_widgets.engines import server  # noqa: E402
+from gemma_widgets.engines.base import SamplingSettings  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402
 from gemma_widgets.errors import GemmaWidgetsError  # noqa: E402
-from gemma_widgets.session import ChatSession, SamplingSettings  # noqa: E402
+from gemma_widgets.session import ChatSession  # noqa: E402
 
 PERSONAL = "sk-personal-openai-key-0000"
 ENV_API_KEY = "GEMMA_WIDGETS_API_KEY"  # the kit's own variable, named in the README

@@ -13,7 +13,8 @@ import pytest
 from chat_fakes import ScriptedModel, fake_loaded
 
 from gemma_widgets.cli import terminal
-from gemma_widgets.session import ChatSession, SamplingSettings
+from gemma_widgets.engines.base import SamplingSettings
+from gemma_widgets.session import ChatSession
 
 
 def _run(tiny, script: str, reply: str = "Hi there.", **session_args) -> tuple[str, ChatSession]:

@@ -89,7 +89,7 @@ def _exact_run(engine: Engine, tokenizer: Any, ids: Sequence[int], n: int) -> Ru
 
 def _stream_run(engine: Engine, prompt: Prompt, n: int) -> Run:
     """One greedy streamed reply of at most ``n`` tokens, timed from the stream's pieces."""
-    from gemma_widgets.session import SamplingSettings
+    from gemma_widgets.engines.base import SamplingSettings
 
     start = time.perf_counter()
     first, tokens, text = None, 0, ""

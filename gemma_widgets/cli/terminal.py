@@ -156,7 +156,7 @@ class TerminalChat:
 
     def _set(self, arg: str) -> None:
         key, _, value = arg.partition("=")
-        from gemma_widgets.session import SamplingSettings
+        from gemma_widgets.engines.base import SamplingSettings
 
         key = key.strip().replace("-", "_")
         known = {f.name: f.type for f in fields(SamplingSettings)}
@@ -195,8 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, loaded: LoadedModel | None = None,
         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the terminal chat with the parsed ``chat`` options."""
+    from gemma_widgets.engines.base import SamplingSettings
     from gemma_widgets.loading import load_model
-    from gemma_widgets.session import ChatSession, SamplingSettings
+    from gemma_widgets.session import ChatSession
 
     chosen = {f.name: getattr(args, f.name) for f in fields(SamplingSettings)}
     settings = SamplingSettings(**{k: v for k, v in chosen.items() if v is not None})

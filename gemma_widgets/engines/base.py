@@ -17,10 +17,12 @@ Local engines run token ids (:class:`LocalEngine`): they implement :meth:`LocalE
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from gemma_widgets.errors import GemmaWidgetsError
@@ -34,6 +36,64 @@ POLL_SECONDS = 0.25
 
 class CapabilityError(GemmaWidgetsError, NotImplementedError):
     """The engine cannot do this (e.g. give logits); the message says which engine and why."""
+
+
+@dataclass
+class SamplingSettings:
+    """How the next token is chosen. ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 64
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self) -> None:
+        """Raise :class:`GemmaWidgetsError` saying which setting is out of range (or not a number)."""
+        problems = []
+        values = {}
+        for name in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, not {value!r}")
+            else:
+                values[name] = value
+        checks = {
+            "temperature": (lambda v: v >= 0, "0 (greedy) or more"),
+            "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "top_k": (lambda v: int(v) == v and v >= 0, "a whole number >= 0 (0: no limit)"),
+            "max_new_tokens": (lambda v: int(v) == v and v >= 1, "a whole number >= 1"),
+            "repetition_penalty": (lambda v: v > 0, "> 0 (1: off)"),
+        }
+        for name, value in values.items():
+            ok, wanted = checks[name]
+            if not ok(value):
+                problems.append(f"{name} must be {wanted}, not {value}")
+        if problems:
+            raise GemmaWidgetsError("Invalid sampling settings: " + "; ".join(problems) + ".")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``."""
+        kwargs: dict[str, Any] = {"max_new_tokens": int(self.max_new_tokens),
+                                  "repetition_penalty": float(self.repetition_penalty)}
+        if self.greedy:
+            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {**kwargs, "do_sample": True, "temperature": float(self.temperature),
+                "top_p": float(self.top_p), "top_k": int(self.top_k)}
+
+
+
+class Finish(StrEnum):
+    """Why a reply ended (a ``str``: it is stored in transcripts and results as its value)."""
+
+    END_OF_TURN = "end_of_turn"
+    MAX_NEW_TOKENS = "max_new_tokens"
+    STOPPED = "stopped"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -55,7 +115,7 @@ class Delta:
 
     text: str = ""
     tokens: int = 0
-    finish: str | None = None
+    finish: Finish | None = None
     prompt_tokens: int | None = None
     ids: tuple[int, ...] = ()
 
@@ -153,11 +213,11 @@ class LocalEngine(Engine):
             last = ids[-1]
             yield Delta(decoder.feed(ids), len(ids), ids=tuple(int(i) for i in ids))
         if last in stops:
-            finish = "end_of_turn"
+            finish = Finish.END_OF_TURN
         elif stop.is_set():
-            finish = "stopped"
+            finish = Finish.STOPPED
         else:
-            finish = "max_new_tokens"
+            finish = Finish.MAX_NEW_TOKENS
         yield Delta(finish=finish)
 
 

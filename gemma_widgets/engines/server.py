@@ -47,7 +47,7 @@ from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from gemma_widgets.engines.base import Delta, Engine, Prompt
+from gemma_widgets.engines.base import Delta, Engine, Finish, Prompt
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError, UnknownModelError
 
 #: The environment variable a server's API key is read from when ``load_model`` gets no ``api_key=``.
@@ -85,7 +85,7 @@ _CONTEXT_FIELDS = ("max_model_len", "context_length", "context_window", "max_con
 _SENT_HEADERS = frozenset({"host", "accept", "accept-encoding", "connection", "content-length", "content-type",
                            "user-agent"})
 
-_FINISH = {"stop": "end_of_turn", "length": "max_new_tokens"}
+_FINISH = {"stop": Finish.END_OF_TURN, "length": Finish.MAX_NEW_TOKENS}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one (a JSON "\udc80") cannot be written as UTF-8
 
@@ -496,17 +496,17 @@ class ServerEngine(Engine):
                         if room:
                             text += piece[:room * TOKEN_CHARS]
                             yield Delta(piece[:room * TOKEN_CHARS], room)
-                        counted, finish = limit, "max_new_tokens"
+                        counted, finish = limit, Finish.MAX_NEW_TOKENS
                         break
                     counted += tokens
                     text += piece
                     last = time.monotonic()
                     yield Delta(piece, tokens)
                 if reason:
-                    finish = _FINISH.get(reason, "end_of_turn")
+                    finish = _FINISH.get(reason, Finish.END_OF_TURN)
                     last = time.monotonic()
         if finish is None and stop.is_set():
-            finish = "stopped"
+            finish = Finish.STOPPED
         elif finish is None:
             raise ServerError(f"The server at {self.where} ended the stream without finishing the reply (no "
                               "finish reason): another request may have interrupted it, or it restarted. "

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_widgets.engines.base import Finish
 from gemma_widgets.presets import LoadedModel
 from gemma_widgets.tuning.train import read_jsonl
 
@@ -64,7 +65,7 @@ class ChatEval:
 
 def reply(loaded: LoadedModel, question: str, max_new_tokens: int) -> tuple[str, str | None]:
     """The greedy reply to ``question`` and why it ended (``end_of_turn``, ``max_new_tokens``...)."""
-    from gemma_widgets.session import SamplingSettings
+    from gemma_widgets.engines.base import SamplingSettings
 
     prompt = loaded.prompt(question)
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0)
@@ -85,7 +86,7 @@ def evaluate(loaded: LoadedModel, max_new_tokens: int = 48, limit: int | None = 
     for item in tqdm(questions, desc=f"eval {loaded.preset.name}", disable=not progress):
         text, finish = reply(loaded, item["question"], max_new_tokens)
         result.rows.append({"question": item["question"], "reply": text, "finish": finish,
-                            "answered": answers(item["expected"], text), "stopped": finish == "end_of_turn",
+                            "answered": answers(item["expected"], text), "stopped": finish == Finish.END_OF_TURN,
                             "echoed": echoes(item["question"], text)})
     return result
 

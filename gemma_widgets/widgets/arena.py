@@ -23,11 +23,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaResult, ArenaRun, label
-from gemma_widgets.engines.base import IncrementalDecoder
+from gemma_widgets.engines.base import IncrementalDecoder, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.loading import load_model
 from gemma_widgets.presets import LoadedModel
-from gemma_widgets.session import SamplingSettings
 from gemma_widgets.widgets.chat import LIVE_INTERVAL, STYLES
 from gemma_widgets.widgets.display import WidgetView, html_snapshot, with_class
 from gemma_widgets.widgets.markdown import escape_text
