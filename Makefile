@@ -21,10 +21,12 @@ test: prepare
 unit: $(STAMP)
 	$(PY) -m pytest -m "not integration and not browser and not slow" tests
 
-# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on the package.
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on the package, and
+# import-linter's contracts (pyproject.toml): the package's layers, and no widget toolkit below the views.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The course a second time on a Gemma 2 architecture (the tiny random one), and bench on it: the
 # CPU run of benchmarks/gpu_course.sh, which on a GPU runs Gemma 2 2B's shape.

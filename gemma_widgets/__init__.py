@@ -6,7 +6,14 @@ The table of contents:
 * :class:`ChatPanel`: a streaming chat widget.
 * :class:`PrecisionDashboard`: measure one prompt across precisions and compare.
 * :class:`PrecisionArena`: one prompt, two precisions side by side, and where their replies part.
+
+The package's folders are its layers, top to bottom: the views (``widgets/``, ``cli/``, ``course/``);
+the chat session, the arena, ``bench/`` and ``tuning/``; loading (``loading``, ``precisions``,
+``presets``); ``engines/`` (one module per runtime, with its backend); and the leaves (``host/``,
+``offline/``, templates, tokenizer, cache, errors). ``make lint`` checks that no import goes up.
 """
+
+import importlib
 
 from gemma_widgets.host.native import bound_native_memory
 
@@ -22,8 +29,6 @@ from gemma_widgets.errors import (  # noqa: E402
     UnknownModelError,
     UnknownPrecisionError,
 )
-from gemma_widgets.loading import load_model  # noqa: E402
-from gemma_widgets.presets import PRESETS, LoadedModel  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -43,8 +48,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-#: Widgets load on first use, so ``import gemma_widgets`` does not import ipywidgets.
+#: Loaded on first use, so ``import gemma_widgets`` imports neither torch nor ipywidgets.
 _LAZY = {
+    "load_model": "gemma_widgets.loading",
+    "LoadedModel": "gemma_widgets.loading",
+    "PRESETS": "gemma_widgets.presets",
     "ChatPanel": "gemma_widgets.widgets.chat",
     "PrecisionDashboard": "gemma_widgets.widgets.dashboard",
     "PrecisionArena": "gemma_widgets.widgets.arena",
@@ -53,7 +61,5 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gemma_widgets' has no attribute {name!r}")

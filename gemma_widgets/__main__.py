@@ -21,7 +21,8 @@ def _prepare(args: argparse.Namespace) -> int:
     for precision in args.precision or ():  # load once, so its cached export is built now
         print(f"{precision}: ready ({load_model(args.model, precision).load_seconds:.0f} s)")
     if args.compile:  # torch.compile's kernels, so a first session loads them instead of compiling
-        from gemma_widgets.compilation import inductor_cache_dir, warm_cache
+        from gemma_widgets.bench.compiled import warm_cache
+        from gemma_widgets.compilation import inductor_cache_dir
 
         compiled = warm_cache(args.model)
         for what, seconds in compiled.items():

@@ -43,7 +43,7 @@ from typing import Any
 from gemma_widgets.conversation import Conversation, PromptPlan
 from gemma_widgets.engines.base import SCORE_CHUNK, CapabilityError, Delta, Engine, Prompt, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel
 from gemma_widgets.quality import top1_agreement
 from gemma_widgets.session import Background, Generation
 

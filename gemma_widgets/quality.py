@@ -39,9 +39,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import torch
+
 from gemma_widgets.engines.base import SCORE_CHUNK
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel
 
 #: Top-1 agreement with the reference a variant must reach (issue 28).
 MIN_AGREEMENT = 0.85
@@ -100,8 +102,6 @@ def score_logits(logits: Any, ids: Sequence[int]) -> PassageScores:
 
 def score_chunks(chunks: Iterable[Any], ids: Sequence[int]) -> PassageScores:
     """:func:`score_logits` over consecutive row chunks of the logits (bounded memory)."""
-    import torch
-
     target = torch.as_tensor(ids[1:], dtype=torch.long)
     nll = 0.0
     top1: list[int] = []

@@ -13,6 +13,7 @@ variant's recipe so a learner sees why. Every engine describes its weights as
 from __future__ import annotations
 
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -105,7 +106,7 @@ def _weight_type(node: Any) -> str | None:
 
 def openvino_rows(folder: str | Path) -> list[tuple[str, str, str]]:
     """Rows for an OpenVINO IR: the weight of every ``MatMul`` and ``Gather`` with constant weights."""
-    import openvino as ov
+    import openvino as ov  # optional: the OpenVINO packages
 
     model = ov.Core().read_model(Path(folder) / "openvino_model.xml")
     rows = []
@@ -123,7 +124,7 @@ def openvino_rows(folder: str | Path) -> list[tuple[str, str, str]]:
 
 def nncf_settings(folder: str | Path) -> str:
     """How nncf compressed the IR (``int4_asym g64, awq, scale estimation``), "" if it did not."""
-    import openvino as ov
+    import openvino as ov  # optional: the OpenVINO packages
 
     model = ov.Core().read_model(Path(folder) / "openvino_model.xml")
 
@@ -152,8 +153,6 @@ _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
 
 def gguf_rows(path: str | Path) -> list[tuple[str, str, str]]:
     """Rows for a GGUF file, read from its header (the tensor infos after the key-value pairs)."""
-    import struct
-
     with open(path, "rb") as fh:
         def take(fmt: str) -> Any:
             return struct.unpack("<" + fmt, fh.read(struct.calcsize("<" + fmt)))[0]

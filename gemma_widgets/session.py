@@ -30,7 +30,7 @@ from gemma_widgets.conversation import Conversation, Message, PromptPlan
 from gemma_widgets.engines.base import Engine, Finish, Prompt, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.native import release_openmp_threads
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from gemma_widgets.engines.hf import TransformersEngine
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel
 
 
 class ScriptedModel:

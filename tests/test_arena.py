@@ -139,7 +139,7 @@ class TextOnly(Engine):
 
 
 def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
-    from gemma_widgets.presets import LoadedModel
+    from gemma_widgets.loading import LoadedModel
 
     server = LoadedModel(TextOnly(), tiny.preset, "server")
     result = arena.compare(tiny, server, "Name three colours.", SHORT)
@@ -173,7 +173,7 @@ class Flood(Engine):
 
 def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut(tiny):
     """The hostile test: a server challenger replying 100k characters was still being scored after 90 s."""
-    from gemma_widgets.presets import LoadedModel
+    from gemma_widgets.loading import LoadedModel
 
     flood = LoadedModel(Flood(), tiny.preset, "server")
     reference = replace(tiny, engine=Scorer(tiny, limit=200))  # the prompt and a 16-token reply fit

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BINDER = REPO / "binder"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis", "mypy", "ruff"}
+TEST_TOOLS = {"pytest", "nbval", "playwright", "hypothesis", "mypy", "ruff", "import-linter"}
 #: Built by postBuild with the kit's portable flags, not installed from requirements.txt (pip would
 #: build it for the image builder's own CPU).
 BUILT_BY_POSTBUILD = {"llama-cpp-python"}

@@ -24,10 +24,8 @@ def clean_env(monkeypatch):
                  "MEM_LIMIT"):
         monkeypatch.setenv(name, "")  # so that teardown restores the variable, set or not
         monkeypatch.delenv(name)
-    import huggingface_hub
-
     # Only HF_TOKEN counts here, not a login saved on this machine.
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: os.environ.get("HF_TOKEN"))
+    monkeypatch.setattr(environment, "get_token", lambda: os.environ.get("HF_TOKEN"))
     return monkeypatch
 
 
@@ -178,9 +176,7 @@ def _fake_pip(monkeypatch, returncode: int, stderr: str = "") -> list:
     monkeypatch.setattr(environment.subprocess, "run",
                         lambda args, **kw: calls.append(args) or SimpleNamespace(returncode=returncode,
                                                                                   stderr=stderr))
-    monkeypatch.setattr(environment, "importlib",
-                        SimpleNamespace(util=SimpleNamespace(find_spec=lambda name: None),
-                                        invalidate_caches=lambda: None))
+    monkeypatch.setattr(environment, "installed", lambda module: False)
     return calls
 
 

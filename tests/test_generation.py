@@ -214,7 +214,7 @@ def test_openvino_genai_engine_matches_transformers_and_stops(tiny):
     pytest.importorskip("optimum.intel", exc_type=ImportError)
     from gemma_widgets.cache import build_once, cache_root
     from gemma_widgets.engines.genai import GenAIEngine
-    from gemma_widgets.presets import LoadedModel
+    from gemma_widgets.loading import LoadedModel
 
     folder = build_once(cache_root() / "tiny-random-gemma2-genai",
                         lambda out: _export_tiny_for_genai(tiny, out))

@@ -265,16 +265,14 @@ def test_an_adapter_llamacpp_refuses_is_a_reason_never_a_crash(random_adapter, t
 
     reason = probe("llama-cpp-python", "llama_cpp", llamacpp._PROBE, base, bad)  # without the kit's check
     assert reason and "refused the LoRA adapter" in reason and "SIGSEGV" not in reason
-    monkeypatch.setattr(_gguf_lora, "lora_mismatch", lambda *paths: None)
+    monkeypatch.setattr(llamacpp, "lora_mismatch", lambda *paths: None)
     with pytest.raises(PrecisionUnavailableError, match="bad.gguf.*llama.cpp refused it"):
         llamacpp.LlamaCppEngine.from_gguf(base, random_adapter[1], n_ctx=64, lora=bad)
 
 
 def test_the_bundled_adapter_is_the_kits_chat_adapter(monkeypatch, tmp_path):
-    """bundled_lora converts the folder _bundled.chat_adapter_dir names, for the bundled file."""
-    from gemma_widgets.offline import bundled as _bundled
-
+    """bundled_lora converts the folder bundled.chat_adapter_dir names, for the bundled file."""
     seen = []
-    monkeypatch.setattr(_bundled, "chat_adapter_dir", lambda: tmp_path / "chat-adapter", raising=False)
+    monkeypatch.setattr(_gguf_lora, "chat_adapter_dir", lambda: tmp_path / "chat-adapter")
     monkeypatch.setattr(_gguf_lora, "lora_gguf", lambda folder, base=None: seen.append(folder) or tmp_path)
     assert _gguf_lora.bundled_lora() == tmp_path and seen == [tmp_path / "chat-adapter"]

@@ -117,13 +117,11 @@ def test_a_server_bound_beyond_loopback_gets_a_key_printed_once(stand_in, capsys
 def test_the_default_server_runs_the_bundled_chat_model_and_a_named_file_runs_as_it_is(stand_in, monkeypatch):
     """launch() serves the package's file with the chat adapter (--lora_path), and asks whether that can
     run here; launch(file) serves the file alone, or with the adapter it is given."""
-    from gemma_widgets.offline import bundled as _bundled
-    from gemma_widgets.offline import gguf_lora as _gguf_lora
 
     asked = []
     monkeypatch.setattr(llamacpp_server, "unavailable_reason", lambda chat=True: asked.append(chat))
-    monkeypatch.setattr(_bundled, "bundled_gguf", lambda: Path("/cache/gguf/bundled.gguf"))
-    monkeypatch.setattr(_gguf_lora, "bundled_lora", lambda: Path("/cache/gguf-lora-1/lora-adapter-f32.gguf"))
+    monkeypatch.setattr(llamacpp_server, "bundled_gguf", lambda: Path("/cache/gguf/bundled.gguf"))
+    monkeypatch.setattr(llamacpp_server, "bundled_lora", lambda: Path("/cache/gguf-lora-1/lora-adapter-f32.gguf"))
     for args, options, expected in [((), {}, "--lora_path /cache/gguf-lora-1/lora-adapter-f32.gguf"),
                                     (("model.gguf",), {}, None),
                                     (("model.gguf",), {"lora": "mine.gguf"}, "--lora_path mine.gguf")]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import huggingface_hub
 import pytest
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-from gemma_widgets import load_model
+from gemma_widgets import load_model, presets
 from gemma_widgets.errors import GatedModelError, GemmaWidgetsError, OfflineModelError, UnknownModelError
 from gemma_widgets.presets import PRESETS, hub_errors, locate, resolve_preset
 
@@ -84,8 +83,8 @@ def online_without_token(monkeypatch):
     """The hub looks reachable, no token is configured, and nothing is cached."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(presets, "get_token", lambda: None)
+    monkeypatch.setattr(presets, "try_to_load_from_cache", lambda *a, **k: None)
 
 
 @pytest.mark.parametrize("name", ["google/gemma-2-2b-it", "google/gemma-2-9b-it"])

@@ -10,8 +10,7 @@ import pytest
 
 from gemma_widgets import load_model
 from gemma_widgets.cache import MANIFEST, read_manifest
-from gemma_widgets.engines import ir_engine
-from gemma_widgets.engines.genai import GenAIEngine
+from gemma_widgets.engines.genai import GenAIEngine, ir_engine
 from gemma_widgets.engines.hf import OptimumEngine
 from gemma_widgets.engines.openvino import (
     DETOKENIZER_XML,
@@ -152,7 +151,8 @@ def test_a_folder_without_ov_tokenizers_gets_a_twin_that_has_them(tiny_ir, tmp_p
 NEW_LENGTHS_SCRIPT = HEAP_PROBE + """
 import sys
 import numpy as np, openvino as ov, openvino_genai
-from gemma_widgets.engines.openvino import genai_pipeline, with_ov_tokenizers
+from gemma_widgets.engines.genai import genai_pipeline
+from gemma_widgets.engines.openvino import with_ov_tokenizers
 
 config = openvino_genai.GenerationConfig()
 config.max_new_tokens = config.min_new_tokens = 2

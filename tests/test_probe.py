@@ -41,7 +41,7 @@ def sigill_llama_cpp(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(package.parent))
     monkeypatch.setenv("PYTHONPATH", str(package.parent))
     monkeypatch.setattr(_probe, "_cache_file", lambda: tmp_path / "cache" / "native-probes.json")
-    monkeypatch.setattr("gemma_widgets.offline.bundled.bundled_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr("gemma_widgets.engines.llamacpp.bundled_gguf", lambda: tmp_path / "model.gguf")
     return package
 
 

@@ -55,7 +55,7 @@ def test_score_passage_on_the_tiny_model_is_deterministic(tiny):
 def test_an_engine_without_logits_is_refused(tiny):
     from dataclasses import replace
 
-    from gemma_widgets.engines import CapabilityError, Engine
+    from gemma_widgets.engines.base import CapabilityError, Engine
 
     with pytest.raises(CapabilityError, match="cannot score text: it gives no logits"):
         list(quality.passage_logits(replace(tiny, engine=Engine()), [1, 2, 3]))

@@ -290,7 +290,10 @@ def _events(scenario: Scenario, cancel: threading.Event, timeout_s: float | None
 
 def _needs_prepare(variant: str) -> bool:
     """OpenVINO variants may export on first load: build that cache in a process of its own."""
-    return parse_variant(variant)[0].startswith("ov-")
+    from gemma_widgets.precisions import PRECISIONS
+
+    base = parse_variant(variant)[0]
+    return base in PRECISIONS and PRECISIONS[base].needs_export
 
 
 @dataclass
@@ -828,7 +831,7 @@ def add_arguments(parser: Any) -> None:
 
 def check_variant(variant: str) -> None:
     """Raise :class:`UnknownPrecisionError` unless ``variant`` names a precision and options it takes."""
-    from gemma_widgets.precisions import PRECISIONS, check_options
+    from gemma_widgets.precisions import PRECISIONS
 
     base, options = parse_variant(variant)
     options.pop("compile", None)
@@ -836,7 +839,7 @@ def check_variant(variant: str) -> None:
         raise UnknownPrecisionError(f"Unknown precision {base!r} in {variant!r}. "
                                     f"Known: auto, fast, {', '.join(PRECISIONS)}.")
     if base in PRECISIONS:
-        check_options(PRECISIONS[base], options)
+        PRECISIONS[base].parse_options(options)
 
 
 def check_output(path: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:

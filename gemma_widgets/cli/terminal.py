@@ -14,13 +14,12 @@ import sys
 import threading
 import unicodedata
 from dataclasses import fields
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
+from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
-
-if TYPE_CHECKING:  # the runtime imports torch: load it only when a chat starts
-    from gemma_widgets.presets import LoadedModel
-    from gemma_widgets.session import ChatSession
+from gemma_widgets.loading import LoadedModel, load_model
+from gemma_widgets.session import ChatSession
 
 HELP = """Commands:
   /help                 this list
@@ -156,8 +155,6 @@ class TerminalChat:
 
     def _set(self, arg: str) -> None:
         key, _, value = arg.partition("=")
-        from gemma_widgets.engines.base import SamplingSettings
-
         key = key.strip().replace("-", "_")
         known = {f.name: f.type for f in fields(SamplingSettings)}
         if key not in known or not value.strip():
@@ -195,10 +192,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, loaded: LoadedModel | None = None,
         stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the terminal chat with the parsed ``chat`` options."""
-    from gemma_widgets.engines.base import SamplingSettings
-    from gemma_widgets.loading import load_model
-    from gemma_widgets.session import ChatSession
-
     chosen = {f.name: getattr(args, f.name) for f in fields(SamplingSettings)}
     settings = SamplingSettings(**{k: v for k, v in chosen.items() if v is not None})
     settings.validate()

@@ -14,7 +14,6 @@ Suggested: bundled in bf16 (no GPU: the offline Gemma 3 270M runs on any CPU)
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import platform
@@ -23,8 +22,17 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 
-from gemma_widgets.host.hardware import memory_limit_bytes, usable_cores
+import psutil
+import torch
+import transformers
+from huggingface_hub import constants, get_token, try_to_load_from_cache
+
+from gemma_widgets.host.hardware import Hardware, memory_limit_bytes, usable_cores
+from gemma_widgets.host.packages import installed
+from gemma_widgets.precisions import PRECISIONS, auto_precision
+from gemma_widgets.presets import ENV_MODEL, resolve_preset
 
 # Hub models the course suggests on a GPU, largest first.
 GPU_CANDIDATES = ("google/gemma-2-9b-it", "google/gemma-2-2b-it")
@@ -91,13 +99,13 @@ def where() -> str:
 
 def _colab_setup() -> None:
     """Enable third-party widgets and take ``HF_TOKEN`` from Colab's secrets (never shown)."""
-    from google.colab import output
+    from google.colab import output  # only on Colab
 
     output.enable_custom_widget_manager()
     if os.environ.get("HF_TOKEN"):
         return
     try:
-        from google.colab import userdata
+        from google.colab import userdata  # only on Colab
 
         token = userdata.get("HF_TOKEN")
     except Exception:  # no such secret, or this notebook was not granted access to it
@@ -108,9 +116,6 @@ def _colab_setup() -> None:
 
 def quiet() -> None:
     """Keep library warnings and logs that teach nothing out of learners' output."""
-    import torch
-    import transformers
-
     transformers.logging.set_verbosity_error()
     logging.getLogger("nncf").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a float16-cast notice per matmul
@@ -121,45 +126,39 @@ def quiet() -> None:
 
 def _hub_model_reachable(repo: str) -> bool:
     """True if ``repo`` is in the local hub cache, or the hub may be asked for it."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
     return not constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo, "config.json"), str)
 
 
 def suggest(gpu_memory_gb: float | None, compute_capability: tuple[int, int] | None,
             has_token: bool) -> tuple[str, str, str]:
     """``(model, precision, reason)`` for a machine; precisions come from ``auto_precision``."""
-    from gemma_widgets.precisions import PRECISIONS, auto_precision
-    from gemma_widgets.presets import ENV_MODEL, resolve_preset
-
+    hardware = (Hardware(compute_capability, int(gpu_memory_gb * 1e9), usable_cores()) if gpu_memory_gb
+                else Hardware(None, psutil.virtual_memory().available, usable_cores()))
     chosen = os.environ.get(ENV_MODEL)
     if chosen:
         preset = resolve_preset(chosen)
-        return preset.name, auto_precision(preset), f"${ENV_MODEL} is set"
+        return preset.name, auto_precision(preset, hardware), f"${ENV_MODEL} is set"
     bundled = resolve_preset("bundled")
     if not gpu_memory_gb:
-        return "bundled", auto_precision(bundled), "no GPU: the offline Gemma 3 270M runs on any CPU"
+        return "bundled", auto_precision(bundled, hardware), "no GPU: the offline Gemma 3 270M runs on any CPU"
     if not has_token:
-        return ("bundled", auto_precision(bundled),
+        return ("bundled", auto_precision(bundled, hardware),
                 "Gemma 2 on the hub is gated: add an HF_TOKEN (a Colab secret) to get a Gemma 2 suggestion")
     major, minor = compute_capability or (0, 0)
     native = "native bf16" if major >= 8 else "no native bf16"
     for name in GPU_CANDIDATES:
         preset = resolve_preset(name)
-        precision = auto_precision(preset)
+        precision = auto_precision(preset, hardware)
         weights_gb = preset.weights_bytes(PRECISIONS[precision].bytes_per_param) / 1e9
         if weights_gb <= GPU_WEIGHTS_SHARE * gpu_memory_gb and _hub_model_reachable(name):
             return name, precision, (f"{weights_gb:.1f} GB of {precision} weights fit the GPU's "
                                      f"{gpu_memory_gb:.0f} GB; compute capability {major}.{minor}: {native}")
-    return ("bundled", auto_precision(bundled),
+    return ("bundled", auto_precision(bundled, hardware),
             f"no Gemma 2 preset fits {gpu_memory_gb:.0f} GB of GPU memory here (or the hub is offline)")
 
 
 def describe() -> Environment:
     """The machine at hand and the suggested model, without changing anything."""
-    import torch
-    from huggingface_hub import get_token
-
     gpu = cc = gpu_gb = None
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
@@ -173,8 +172,6 @@ def describe() -> Environment:
 
 def colab_constraints() -> list[str]:
     """``name==version`` for each of :data:`COLAB_PACKAGES` that is installed: pip's constraints."""
-    from importlib import metadata
-
     pins = []
     for name in COLAB_PACKAGES:
         try:
@@ -214,10 +211,10 @@ def install_extras(*extras: str) -> dict[str, str | None]:
             raise ValueError(f"Unknown extra {extra!r}: choose from {', '.join(EXTRAS)}.")
         packages = EXTRAS[extra]
         modules = [name.replace("-", "_") for name in packages]
-        missing = [p for p, m in zip(packages, modules, strict=True) if importlib.util.find_spec(m) is None]
+        missing = [p for p, m in zip(packages, modules, strict=True) if not installed(m)]
         reason = pip_install(missing) if missing and where() == "colab" else None
         importlib.invalidate_caches()
-        still = [p for p, m in zip(packages, modules, strict=True) if importlib.util.find_spec(m) is None]
+        still = [p for p, m in zip(packages, modules, strict=True) if not installed(m)]
         if still and not reason:
             reason = f"{', '.join(still)} not installed (pip install {' '.join(still)})"
         status[extra] = reason
@@ -227,9 +224,6 @@ def install_extras(*extras: str) -> dict[str, str | None]:
 
 def can_run(precision: str, model: str | None = None) -> bool:
     """True if ``precision`` can load ``model`` here; otherwise print why, for a cell to skip itself."""
-    from gemma_widgets.precisions import PRECISIONS
-    from gemma_widgets.presets import resolve_preset
-
     reason = PRECISIONS[precision].unavailable_reason(resolve_preset(model))
     if reason:
         print(f"Skipped here: {precision} is not available ({reason}).")

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 #: bitsandbytes' NormalFloat4 levels: quantiles of a normal distribution, scaled to [-1, 1].
 NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
               -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -66,8 +68,6 @@ def nf4_roundtrip(w: Any, block_size: int = 64, double_quant: bool = False) -> R
     then each weight rounded to the nearest of :data:`NF4_LEVELS`. ``double_quant`` stores the scales in
     8 bits with one float32 per 256 of them, as ``bnb_4bit_use_double_quant=True`` does (the error counted
     here is the weights' rounding only)."""
-    import torch
-
     groups = _groups(w, block_size)
     absmax = groups.abs().amax(1, keepdim=True).clamp(min=1e-12)
     levels = torch.tensor(NF4_LEVELS)

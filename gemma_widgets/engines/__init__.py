@@ -1,4 +1,5 @@
-"""The runtimes that run a model, one class each behind :class:`~gemma_widgets.engines.base.Engine`.
+"""The runtimes that run a model, one class each behind :class:`~gemma_widgets.engines.base.Engine`,
+each module with the :class:`~gemma_widgets.engines.spec.Backend` that loads it.
 
 =================================  ===========================================================
 :class:`.hf.TransformersEngine`    a transformers model (any dtype, bitsandbytes, compiled)
@@ -8,37 +9,5 @@
 :class:`.server.ServerEngine`      any OpenAI-compatible server (vLLM, TGI, LocalAI, llama.cpp)
 =================================  ===========================================================
 
-Engine modules import their runtime when loaded; import them where a model is built.
+Engine modules import their runtime when loaded; a precision names its backend lazily.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from gemma_widgets.engines.base import CapabilityError, Delta, Engine, LocalEngine, Prompt
-
-if TYPE_CHECKING:
-    from gemma_widgets.engines.genai import GenAIEngine
-    from gemma_widgets.engines.hf import OptimumEngine
-
-__all__ = ["CapabilityError", "Delta", "Engine", "LocalEngine", "Prompt", "ir_engine"]
-
-
-#: The ``engine=`` option of the ``ov-*`` precisions, short names and full ones; the first is the default.
-IR_ENGINES = {"genai": "openvino-genai", "optimum": "optimum-intel"}
-
-
-def ir_engine(option: str | None) -> type[GenAIEngine] | type[OptimumEngine]:
-    """The engine class that runs an OpenVINO IR for ``engine=option``: ``genai`` (default) or ``optimum``."""
-    from gemma_widgets.engines.genai import GenAIEngine
-    from gemma_widgets.engines.hf import OptimumEngine
-    from gemma_widgets.errors import UnknownPrecisionError
-
-    classes = {cls.name: cls for cls in (GenAIEngine, OptimumEngine)}
-    key = "genai" if option is None else str(option).strip().lower()
-    name = IR_ENGINES.get(key, key)
-    if name not in classes:
-        raise UnknownPrecisionError(
-            f"Unknown OpenVINO engine {option!r}: use 'genai' (openvino-genai LLMPipeline, fast) "
-            "or 'optimum' (optimum-intel OVModelForCausalLM, the transformers API).")
-    return classes[name]

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from transformers import StoppingCriteria, StoppingCriteriaList
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine, threaded
+from gemma_widgets.engines.openvino import optimum_model
+from gemma_widgets.engines.spec import Backend, Format, Options, Precision, Preset, served_elsewhere, too_big
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.hardware import Hardware
+from gemma_widgets.host.packages import missing
+from gemma_widgets.recipe import describe, nncf_settings, openvino_rows, torch_rows
 from gemma_widgets.templates import end_of_turn_ids
+from gemma_widgets.tokenizer import load_tokenizer
 
 
 class StopOnEvent(StoppingCriteria):
@@ -27,8 +35,6 @@ class StopOnEvent(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
                           device=input_ids.device)
 
@@ -71,21 +77,15 @@ class TransformersEngine(LocalEngine):
 
     @property
     def device(self) -> Any:
-        import torch
-
         return getattr(self.model, "device", torch.device("cpu"))
 
     def _ids(self, ids: Sequence[int]) -> Any:
-        import torch
-
         return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
 
     def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
         input_ids = self._ids(ids)
 
         def run(put: Callable[[list[int]], None]) -> None:
-            import torch
-
             with torch.inference_mode():
                 self.model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=IdStreamer(put),
@@ -96,8 +96,6 @@ class TransformersEngine(LocalEngine):
         return threaded(run)
 
     def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:
-        import torch
-
         input_ids = self._ids(ids)
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         return greedy_exact(self.model, inputs, n, pad_token_id=self.tokenizer.pad_token_id)
@@ -105,8 +103,6 @@ class TransformersEngine(LocalEngine):
     def score(self, ids: Sequence[int], keep_generator: bool = True) -> Iterator[Any]:
         """The decoder runs once; the output layer (with Gemma's final soft-cap) a chunk at a time,
         so the ``len(ids) x 262k`` logits are never held at once (390 MB in fp32 for the passage)."""
-        import torch
-
         input_ids = self._ids(ids)
         head = self.model.get_output_embeddings()
         cap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -123,8 +119,6 @@ class TransformersEngine(LocalEngine):
         return int(self.model.get_memory_footprint())
 
     def recipe(self) -> str:
-        from gemma_widgets.recipe import describe, torch_rows
-
         return describe(torch_rows(self.model))
 
 
@@ -136,9 +130,6 @@ class OptimumEngine(TransformersEngine):
     @classmethod
     def from_ir(cls, folder: str) -> OptimumEngine:
         """optimum-intel's model on the IR in ``folder``, with the tokenizer saved beside it."""
-        from gemma_widgets.engines.openvino import optimum_model
-        from gemma_widgets.tokenizer import load_tokenizer
-
         return cls(optimum_model(folder), load_tokenizer(folder), folder)
 
     @property
@@ -147,8 +138,6 @@ class OptimumEngine(TransformersEngine):
 
     @property
     def device(self) -> Any:
-        import torch
-
         return torch.device("cpu")
 
     def score(self, ids: Sequence[int], keep_generator: bool = True) -> Iterator[Any]:
@@ -164,8 +153,6 @@ class OptimumEngine(TransformersEngine):
 def greedy_exact(model: Any, inputs: Any, n: int, **kwargs: Any) -> list[int]:
     """Exactly ``n`` greedy new token ids from ``model.generate(**inputs)`` (``kwargs`` go to ``generate``);
     on a GPU it waits for the device, so a timer around it measures the work."""
-    import torch
-
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1,
                              temperature=None, top_p=None, top_k=None, **kwargs)
@@ -177,8 +164,6 @@ def greedy_exact(model: Any, inputs: Any, n: int, **kwargs: Any) -> list[int]:
 def chunked_logits(model: Any, ids: Sequence[int]) -> Iterator[Any]:
     """Logits of an ``OVModelForCausalLM`` over ``ids``, read a chunk at a time through its KV cache
     as generation does (so the score includes the cache's precision: u8 on OpenVINO's CPU plugin)."""
-    import torch
-
     input_ids = torch.tensor([list(ids)], dtype=torch.long)
     mask = torch.ones_like(input_ids)
     past = None  # None starts a fresh sequence (a stateful OpenVINO model resets its cache)
@@ -197,7 +182,118 @@ def ir_weights_bytes(folder: str) -> int:
 
 def ir_recipe(folder: str) -> str:
     """An OpenVINO IR's recipe: its weights' precisions, then how nncf compressed them."""
-    from gemma_widgets.recipe import describe, nncf_settings, openvino_rows
-
     settings = nncf_settings(folder)
     return describe(openvino_rows(folder)) + (f" ({settings})" if settings else "")
+
+
+#: float16's largest value. The bundled Gemma 3 270M's residual stream passes it on ordinary
+#: prompts (notebook 03 measures ~1e5), so in fp16 it turns to inf, then NaN, and greedy decoding
+#: picks token 0, ``<pad>``, forever. For Gemma 2, Hugging Face's guidance is that fp16 works for
+#: 9B (its card offers a ``float16`` revision) and is erratic for 27B; 2B is undocumented, and allowed with a note.
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class TorchOptions(Options):
+    """``from_pretrained`` options a torch precision passes on."""
+
+    attn_implementation: str | None = None
+    revision: str | None = None
+    low_cpu_mem_usage: bool | None = None
+
+    def from_pretrained(self, path: str) -> dict[str, Any]:
+        """The keyword arguments to pass: those set, and eager attention for a soft-capping Gemma 2.
+
+        Gemma 2 soft-caps its attention scores (``50 * tanh(s / 50)``); transformers' SDPA attention
+        cannot apply that cap and drops it, so Gemma 2 loads with eager attention, which keeps it
+        (``tests/test_gemma2.py`` checks both caps against a hand computation). Gemma 3 has no cap.
+        """
+        kwargs = {f.name: getattr(self, f.name) for f in fields(TorchOptions) if getattr(self, f.name) is not None}
+        if "attn_implementation" not in kwargs and getattr(AutoConfig.from_pretrained(path),
+                                                           "attn_logit_softcapping", None):
+            kwargs["attn_implementation"] = "eager"
+        return kwargs
+
+
+@dataclass(frozen=True)
+class BnbOptions(TorchOptions):
+    """A bitsandbytes precision's options: ``double_quant`` also quantizes the 4-bit scales."""
+
+    double_quant: bool = False
+
+
+def bnb_dtype(hardware: Hardware | None = None) -> torch.dtype:
+    """The dtype of everything bitsandbytes does not quantize, and of its compute.
+
+    It must be given explicitly: without ``dtype``, transformers 4.57 loads a bitsandbytes model
+    in **float16** (its bnb quantizer's default), so the embedding, the norms and Gemma's residual
+    stream are float16; the stream passes 65504, turns to inf then NaN, and greedy decoding
+    returns only ``<pad>`` (id 0). bfloat16 has float32's range: used on CPUs and on GPUs with
+    compute capability 8 or more. Older GPUs (a T4 is 7.5) have no fast bf16, and fp16 is the
+    trap above, so they compute in float32.
+    """
+    capability = (hardware or Hardware.detect()).cuda_capability
+    return torch.float32 if capability is not None and capability[0] < 8 else torch.bfloat16
+
+
+def bnb_config(precision: Precision, double_quant: bool = False, hardware: Hardware | None = None,
+               **extra: Any) -> BitsAndBytesConfig:
+    """The ``BitsAndBytesConfig`` for a bitsandbytes precision (int8, nf4 or fp4 weights)."""
+    if precision.weight_format == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, **extra)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=precision.weight_format,
+                              bnb_4bit_compute_dtype=bnb_dtype(hardware),
+                              bnb_4bit_use_double_quant=double_quant, **extra)
+
+
+class TorchBackend(Backend):
+    """A transformers model in a torch dtype (``fp32``, ``bf16``, ``fp16``)."""
+
+    options = TorchOptions
+
+    def unavailable_reason(self, precision: Precision, preset: Preset, hardware: Hardware) -> str | None:
+        if preset.fmt == Format.OPENVINO:
+            return f"{preset.name} is an OpenVINO export; use ov-int4"
+        reason = served_elsewhere(preset) or too_big(preset, precision.bytes_per_param, hardware)
+        if reason or precision.dtype != "float16":
+            return reason
+        if preset.family == "gemma2" and "27b" not in preset.name.lower():
+            return None
+        if preset.family == "gemma2":
+            return ("Hugging Face's Gemma 2 guidance: float16 is erratic for 27B; use bf16 "
+                    "(or, on a T4, bnb-nf4 or fp32)")
+        return (f"this model's activations (about 1e5 for Gemma 3 270M, measured in notebook 03) overflow "
+                f"float16 (max {FP16_MAX:.0f}): logits become NaN and every token <pad>; use bf16 (or, on "
+                "a T4, bnb-nf4 or fp32)")
+
+    def from_pretrained(self, precision: Precision, path: str, options: TorchOptions,
+                        hardware: Hardware) -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, str(precision.dtype)),
+                                                    device_map="auto" if hardware.cuda else None,
+                                                    **options.from_pretrained(path))
+
+    def load(self, precision: Precision, preset: Preset, path: str, options: TorchOptions,
+             hardware: Hardware) -> tuple[TransformersEngine, list[str]]:
+        model = self.from_pretrained(precision, path, options, hardware).eval()
+        return TransformersEngine(model, load_tokenizer(path), path), [precision.note] if precision.note else []
+
+
+class BnbBackend(TorchBackend):
+    """bitsandbytes: int8 or 4-bit weights; the rest, and compute, in :func:`bnb_dtype`."""
+
+    options = BnbOptions
+
+    def unavailable_reason(self, precision: Precision, preset: Preset, hardware: Hardware) -> str | None:
+        return super().unavailable_reason(precision, preset, hardware) or missing("bitsandbytes")
+
+    def from_pretrained(self, precision: Precision, path: str, options: TorchOptions,
+                        hardware: Hardware) -> Any:
+        double_quant = isinstance(options, BnbOptions) and options.double_quant
+        return AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=bnb_config(precision, double_quant, hardware), dtype=bnb_dtype(hardware),
+            device_map="auto" if hardware.cuda else None, **options.from_pretrained(path))
+
+    def load(self, precision: Precision, preset: Preset, path: str, options: TorchOptions,
+             hardware: Hardware) -> tuple[TransformersEngine, list[str]]:
+        engine, _ = super().load(precision, preset, path, options, hardware)
+        return engine, [f"non-quantized layers and compute in {str(bnb_dtype(hardware)).removeprefix('torch.')}"]

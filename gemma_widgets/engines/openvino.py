@@ -25,14 +25,20 @@ import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from gemma_widgets.cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import UnknownPrecisionError
 from gemma_widgets.host.native import inductor_kernels_intact
+from gemma_widgets.host.packages import missing, unmet_requirement
+from gemma_widgets.offline.bundled import quiet_transformers
+from gemma_widgets.templates import ensure_chat_template
+from gemma_widgets.tokenizer import read_tokenizer
 
 TOKENIZER_XML = "openvino_tokenizer.xml"
 DETOKENIZER_XML = "openvino_detokenizer.xml"
@@ -95,7 +101,7 @@ class ExportSettings:
     def quantization_config(self, source: str = "") -> Any:
         """The ``OVWeightQuantizationConfig`` for these settings (None for fp16); ``source`` (the model's
         folder or hub id) gives ``awq`` its tokenizer."""
-        from optimum.intel import OVWeightQuantizationConfig
+        from optimum.intel import OVWeightQuantizationConfig  # optional: the exporter's package
 
         if self.weight_format == "fp16":
             return None
@@ -112,8 +118,6 @@ class ExportSettings:
 
 def calibration_texts() -> list[str]:
     """The paragraphs of the package's calibration text (``data/calibration.txt``)."""
-    from importlib import resources
-
     text = resources.files("gemma_widgets").joinpath("data/calibration.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
 
@@ -134,7 +138,7 @@ def export_dir(source: str, settings: ExportSettings) -> Path:
 
 def save_ov_tokenizers(hf_tokenizer: Any, folder: Path) -> None:
     """Convert ``hf_tokenizer`` to OpenVINO tokenizer/detokenizer models inside ``folder``."""
-    import openvino as ov
+    import openvino as ov  # optional: the OpenVINO packages
     from openvino_tokenizers import convert_tokenizer
 
     tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
@@ -146,12 +150,7 @@ def export(source: str, settings: ExportSettings) -> Path:
     """The IR folder for ``source`` exported with ``settings``, built once (with a progress bar)."""
 
     def build(out: Path) -> dict:
-        import torch
-        from optimum.intel import OVModelForCausalLM
-
-        from gemma_widgets.offline.bundled import _quiet_transformers
-        from gemma_widgets.templates import ensure_chat_template
-        from gemma_widgets.tokenizer import read_tokenizer
+        from optimum.intel import OVModelForCausalLM  # optional: the exporter's package
 
         inductor_kernels_intact()  # registers torch.bmm before the exporter swaps it for a while
         steps = tqdm(total=3, desc=f"Exporting to OpenVINO {settings.key} (once)", unit="step")
@@ -159,7 +158,7 @@ def export(source: str, settings: ExportSettings) -> Path:
         config = settings.quantization_config(source)
         # The exporter's own tokenizer load warns spuriously, and tracing the model warns about
         # every Python-side check in transformers' code (TracerWarning): nothing a learner can act on.
-        with _quiet_transformers(), warnings.catch_warnings():
+        with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = OVModelForCausalLM.from_pretrained(
                 source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
@@ -186,8 +185,6 @@ def with_ov_tokenizers(folder: str) -> Path:
         return path
 
     def build(out: Path) -> dict:
-        from gemma_widgets.tokenizer import read_tokenizer
-
         for item in path.iterdir():
             (out / item.name).symlink_to(item.resolve())
         save_ov_tokenizers(read_tokenizer(path), out)
@@ -218,7 +215,7 @@ INT8_WEIGHTS_PROPERTIES = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "128"}
 
 def compression_mode(folder: str) -> str | None:
     """How nncf compressed the IR's weights (``int8_asym``, ``int4_sym``...), None if it did not."""
-    import openvino as ov
+    import openvino as ov  # optional: the OpenVINO packages
 
     xml = Path(folder) / "openvino_model.xml"
     if not xml.is_file():
@@ -236,15 +233,16 @@ def cpu_properties(folder: str) -> dict[str, str]:
 
 def optimum_model(folder: str, device: str = "CPU") -> Any:
     """optimum-intel's ``OVModelForCausalLM`` on the IR in ``folder``."""
-    from optimum.intel import OVModelForCausalLM
+    from optimum.intel import OVModelForCausalLM  # optional: the exporter's package
 
     properties = cpu_properties(folder) if device.upper() == "CPU" else {}
     return OVModelForCausalLM.from_pretrained(folder, device=device, ov_config=dict(properties))
 
 
-def genai_pipeline(folder: str, device: str = "CPU") -> Any:
-    """openvino-genai's ``LLMPipeline`` on the IR in ``folder`` (OpenVINO tokenizers added if missing)."""
-    import openvino_genai
-
-    properties = cpu_properties(folder) if device.upper() == "CPU" else {}
-    return openvino_genai.LLMPipeline(str(with_ov_tokenizers(folder)), device, **properties)
+def optimum_reason() -> str | None:
+    """Why optimum-intel (the exporter, and the ``optimum`` engine) cannot run here, or None."""
+    reason = missing("optimum.intel", "nncf")
+    if reason and not metadata.version("transformers").startswith("4."):  # Colab's stack
+        return ("OpenVINO exports need optimum-intel, and no optimum-intel release accepts transformers 5 "
+                "with huggingface_hub 2 (Colab's stack): export on a machine with requirements.txt's stack")
+    return reason or unmet_requirement("optimum-intel")

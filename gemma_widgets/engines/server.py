@@ -44,11 +44,16 @@ import socket
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gemma_widgets.engines.base import Delta, Engine, Finish, Prompt
+from gemma_widgets.engines.spec import Backend, Format, Options, Precision, Preset
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError, UnknownModelError
+from gemma_widgets.host.hardware import Hardware
+from gemma_widgets.host.packages import missing
+from gemma_widgets.tokenizer import load_tokenizer
 
 #: The environment variable a server's API key is read from when ``load_model`` gets no ``api_key=``.
 #: Never ``$OPENAI_API_KEY``: that is a learner's personal key, and a URL from a slide must not get it.
@@ -193,7 +198,7 @@ class _ReplacingDecoder:
 @functools.cache
 def _client_class() -> type:
     """``openai.OpenAI`` reading streams through :class:`_ReplacingDecoder` (imported on first use)."""
-    import openai
+    import openai  # heavy (pydantic, httpx): only a server's model needs it
 
     class Client(openai.OpenAI):
         def _make_sse_decoder(self) -> Any:
@@ -254,7 +259,7 @@ class ServerEngine(Engine):
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, tokenizer: Any = None):
-        import openai
+        import openai  # heavy (pydantic, httpx): only a server's model needs it
 
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
                 math.isfinite(timeout) and timeout > 0):
@@ -325,7 +330,7 @@ class ServerEngine(Engine):
     def error(self, exc: BaseException, doing: str,
               streamed: bool = False) -> ServerError | UnknownModelError:
         """``exc`` from the ``openai`` client as a clear, one-line error: what happened, what to do."""
-        import openai
+        import openai  # heavy (pydantic, httpx): only a server's model needs it
 
         where = self.where
         if isinstance(exc, openai.APITimeoutError):
@@ -411,7 +416,7 @@ class ServerEngine(Engine):
     def _open(self, request: dict[str, Any]) -> Any:
         """The streaming response; a server that rejects the optional fields (400, 422) gets the
         request again without them, and is remembered."""
-        import openai
+        import openai  # heavy (pydantic, httpx): only a server's model needs it
 
         attempts = [request]
         if "extra_body" in request:
@@ -519,3 +524,31 @@ class ServerEngine(Engine):
 
     def __repr__(self) -> str:
         return f"<ServerEngine {self.model_name!r} at {self.where}>"
+
+
+@dataclass(frozen=True)
+class ServerOptions(Options):
+    """The server's model name (default: the one it serves), its API key, the seconds to wait for each
+    piece of a reply, and a tokenizer folder or hub id to count tokens with (default: an estimate)."""
+
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    tokenizer: str | None = None
+
+
+class ServerBackend(Backend):
+    """Whatever an OpenAI-compatible server runs, reached through the ``openai`` client."""
+
+    options = ServerOptions
+
+    def unavailable_reason(self, precision: Precision, preset: Preset, hardware: Hardware) -> str | None:
+        if preset.fmt != Format.SERVER:
+            return "only a server's URL (load_model('http://host:port/v1', model=...)) runs as 'served'"
+        return missing("openai")
+
+    def load(self, precision: Precision, preset: Preset, path: str, options: ServerOptions,
+             hardware: Hardware) -> tuple[ServerEngine, list[str]]:
+        engine = ServerEngine(path, model=options.model, api_key=options.api_key, timeout=options.timeout,
+                              tokenizer=load_tokenizer(options.tokenizer) if options.tokenizer else None)
+        return engine, [f"server model {engine.model_name!r}"]

@@ -1,5 +1,6 @@
 """The machine at hand, described once: cores, memory (a container's limit included), CPU, GPU, libraries.
 
+:class:`Hardware` is what a precision's check and the auto pick read (tests pass a made-up one);
 :class:`Machine` travels with every benchmark result (results from different machines are not
 comparable); :func:`usable_cores` and :func:`memory_limit_bytes` are what the set-up cell, the
 engines' thread counts and the benchmarks read.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 #: The libraries whose versions a result records.
@@ -71,6 +73,32 @@ def gpu_name() -> str:
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """What loading needs to know of this machine, taken once per load."""
+
+    cuda_capability: tuple[int, int] | None  # the first CUDA GPU's compute capability; None: no GPU
+    free_memory: int  # bytes weights may take: free GPU memory with CUDA, else available RAM
+    cores: int = 1
+
+    @property
+    def cuda(self) -> bool:
+        return self.cuda_capability is not None
+
+    @property
+    def memory_name(self) -> str:
+        return "GPU memory" if self.cuda else "RAM"
+
+    @classmethod
+    def detect(cls) -> Hardware:
+        """This machine as torch sees it."""
+        import torch  # here, not at the top: describing a machine must not cost torch's 4 s import
+
+        if torch.cuda.is_available():
+            return cls(tuple(torch.cuda.get_device_capability()), torch.cuda.mem_get_info()[0], usable_cores())
+        return cls(None, psutil.virtual_memory().available, usable_cores())
+
+
+@dataclass(frozen=True)
 class Machine:
     """Where a run happened: results from different machines are not comparable."""
 
@@ -101,8 +129,6 @@ class Machine:
 def noise_probe(size_bytes: int = 32 * 2**20, repeats: int = 5) -> float:
     """Seconds (median of ``repeats``) to sum a ``size_bytes`` array: a fixed, memory-bound piece of
     work like a decoding step, timed again and again over a benchmark run."""
-    import numpy as np
-
     data = np.ones(size_bytes // 4, dtype=np.float32)
     times = []
     for _ in range(repeats):

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import ctypes
+import gc
+import importlib
 import os
 import sys
 
@@ -65,8 +67,6 @@ def free_memory() -> None:
     """Collect garbage, then give the heap this process freed back to the OS (glibc keeps freed
     pages otherwise, and a container such as Binder's counts them). Only the collection where
     glibc is not the C library (macOS, musl)."""
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -91,7 +91,5 @@ def inductor_kernels_intact() -> bool:
     before an export registers the real functions; False means that registration already went
     wrong in this process.
     """
-    import importlib
-
     return all(getattr(importlib.import_module(module), choice).name == name
                for module, (choice, name) in _EXTERN_KERNELS.items())

@@ -166,7 +166,7 @@ def _dequantized_model(gguf: Path) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     log = logging.getLogger("transformers")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -265,7 +265,7 @@ def _convert(out: Path) -> dict:
     tokenizer = read_tokenizer(tokenizer_dir)
     steps.update()
     steps.set_postfix_str("de-quantizing weights")
-    with _quiet_transformers():
+    with quiet_transformers():
         model = _dequantized_model(gguf)
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     steps.update()

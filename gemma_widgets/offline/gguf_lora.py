@@ -27,11 +27,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
+import gguf
+import torch
+from safetensors.torch import load_file
+
 from gemma_widgets.cache import build_once, cache_root, file_digest
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.offline.bundled import bundled_gguf, chat_adapter_dir
 
 #: Raise when :func:`write_lora_gguf` changes what it writes: older cached files are then rebuilt.
 FORMAT_VERSION = 1
@@ -86,8 +92,6 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 def read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """A GGUF file's scalar and string metadata, and its tensors' shapes (GGUF ``ne`` order), read from
     the header alone: gguf-py's ``GGUFReader`` parses the 262k-entry vocabulary too (12 s here)."""
-    import struct
-
     with open(path, "rb") as fh:
         def take(fmt: str) -> Any:
             return struct.unpack("<" + fmt, fh.read(struct.calcsize("<" + fmt)))[0]
@@ -170,9 +174,6 @@ def lora_mismatch(base_gguf: str | Path, lora: str | Path) -> str | None:
 
 def _factors(adapter_dir: Path) -> dict[str, Any]:
     """The adapter's tensors as float32 torch tensors (peft saves them in the model's dtype, often bf16)."""
-    import torch
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(adapter_dir / WEIGHTS, device="cpu")
     except (OSError, ValueError, RuntimeError) as exc:
@@ -184,8 +185,6 @@ def gguf_tensors(adapter_dir: Path, arch: str, blocks: int,
                  base_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """``{gguf name: float32 numpy array}`` of the adapter, in llama.cpp's names and orientation, checked
     against the base tensors' shapes."""
-    import gguf
-
     config = _read_config(adapter_dir)
     names = gguf.get_tensor_name_map(_arch(arch), blocks)
     rank = int(config["r"])
@@ -216,8 +215,6 @@ def gguf_tensors(adapter_dir: Path, arch: str, blocks: int,
 
 def _arch(arch: str) -> Any:
     """gguf-py's ``MODEL_ARCH`` for an architecture's name (``gemma3``)."""
-    import gguf
-
     for key, value in gguf.MODEL_ARCH_NAMES.items():
         if value == arch:
             return key
@@ -226,8 +223,6 @@ def _arch(arch: str) -> Any:
 
 def write_lora_gguf(adapter_dir: Path, base_gguf: Path, path: Path) -> dict:
     """Write the adapter in ``adapter_dir`` as a llama.cpp LoRA GGUF at ``path`` for ``base_gguf``."""
-    import gguf
-
     adapter_dir = Path(adapter_dir)
     config = _read_config(adapter_dir)
     arch, blocks, shapes = base_tensors(Path(base_gguf))
@@ -253,8 +248,6 @@ def lora_gguf(adapter_dir: Path, base_gguf: Path | None = None) -> Path:
     if not (adapter_dir / CONFIG).is_file() or not (adapter_dir / WEIGHTS).is_file():
         raise GemmaWidgetsError(f"No peft LoRA adapter in {adapter_dir}: it needs {CONFIG} and {WEIGHTS}.")
     if base_gguf is None:
-        from gemma_widgets.offline.bundled import bundled_gguf
-
         base_gguf = bundled_gguf()
     base_gguf = Path(base_gguf)
     key = hashlib.sha256(f"{adapter_digest(adapter_dir)}\0{file_digest(base_gguf)}".encode()).hexdigest()[:16]
@@ -269,25 +262,4 @@ def lora_gguf(adapter_dir: Path, base_gguf: Path | None = None) -> Path:
 def bundled_lora() -> Path:
     """The kit's chat adapter (:func:`gemma_widgets.offline.bundled.chat_adapter_dir`) as a llama.cpp LoRA GGUF
     for the bundled file: what makes llama.cpp run the ``bundled`` (chat) model."""
-    from gemma_widgets.offline.bundled import chat_adapter_dir
-
     return lora_gguf(chat_adapter_dir())
-
-
-def bundled_reason(chat: bool) -> str | None:
-    """Why llama.cpp cannot run the bundled model here (``chat``: with the kit's chat adapter), or None.
-
-    The base file is tried first, so a build that crashes on this CPU is named as such whatever the
-    adapter; then the adapter is converted (once) and tried with it, in a child process too."""
-    from gemma_widgets.engines.llamacpp import unavailable_reason
-    from gemma_widgets.offline.bundled import bundled_gguf
-
-    gguf = str(bundled_gguf())
-    reason = unavailable_reason(gguf)
-    if reason or not chat:
-        return reason
-    try:
-        lora = bundled_lora()
-    except GemmaWidgetsError as exc:
-        return f"the chat adapter cannot be converted for llama.cpp: {exc}"
-    return unavailable_reason(gguf, str(lora))

@@ -19,8 +19,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_widgets.engines.base import Finish
-from gemma_widgets.presets import LoadedModel
+from tqdm.auto import tqdm
+
+from gemma_widgets.engines.base import Finish, SamplingSettings
+from gemma_widgets.loading import LoadedModel, load_model
 from gemma_widgets.tuning.train import read_jsonl
 
 #: The targets the shipped chat model must meet (``tests/test_chat_eval.py``).
@@ -65,8 +67,6 @@ class ChatEval:
 
 def reply(loaded: LoadedModel, question: str, max_new_tokens: int) -> tuple[str, str | None]:
     """The greedy reply to ``question`` and why it ended (``end_of_turn``, ``max_new_tokens``...)."""
-    from gemma_widgets.engines.base import SamplingSettings
-
     prompt = loaded.prompt(question)
     settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0)
     text, finish = [], None
@@ -79,8 +79,6 @@ def reply(loaded: LoadedModel, question: str, max_new_tokens: int) -> tuple[str,
 def evaluate(loaded: LoadedModel, max_new_tokens: int = 48, limit: int | None = None,
              progress: bool = True) -> ChatEval:
     """Ask ``loaded`` every held-out question (the first ``limit``) and score the replies."""
-    from tqdm.auto import tqdm
-
     questions = read_jsonl("eval")[:limit]
     result = ChatEval(loaded.preset.name)
     for item in tqdm(questions, desc=f"eval {loaded.preset.name}", disable=not progress):
@@ -101,9 +99,6 @@ def add_arguments(parser: Any) -> None:
 def main(args: Any) -> int:
     """``python -m gemma_widgets eval-chat``: print each model's shares and some misses; 1 if the
     chat model misses a target."""
-    from gemma_widgets.cli.terminal import printable  # model output is untrusted: no escape sequences
-    from gemma_widgets.loading import load_model
-
     failed = False
     for name in args.model or ["bundled"]:
         result = evaluate(load_model(name, args.precision), args.max_new_tokens)
@@ -111,7 +106,7 @@ def main(args: Any) -> int:
         for key in TARGETS:
             for row in result.misses(key)[:args.show]:
                 label = key if key == "echoed" else f"not {key}"
-                print(f"  {label}: {printable(row['question'])!r} -> {printable(row['reply'])!r}")
+                print(f"  {label}: {row['question']!r} -> {row['reply']!r}")  # repr escapes control characters
         if name == "bundled":
             failed = any(result.share(k) < t if k != "echoed" else result.share(k) > t
                          for k, t in TARGETS.items())

@@ -27,7 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from gemma_widgets.offline.bundled import prepare_bundled_base
 from gemma_widgets.templates import END_OF_TURN, chat_ids
+from gemma_widgets.tokenizer import read_tokenizer
 
 #: The projections the adapter changes: every attention and MLP matrix of each decoder layer.
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -75,8 +80,6 @@ def _batches(examples: list[tuple[list[int], int]], size: int, rng: random.Rando
 
 def _batch_loss(model: Any, examples: list[tuple[list[int], int]], pad_id: int) -> Any:
     """Mean cross-entropy over the reply tokens of ``examples``, right-padded into one batch."""
-    import torch
-
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -123,12 +126,7 @@ def train(out: Path, settings: TrainSettings = TrainSettings(), base_dir: Path |
     ``base_dir`` is the base model's folder (default: the bundled base model); ``limit`` trains on
     the first examples only (tests). Returns the training record, also saved as ``training.json``.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from gemma_widgets.offline.bundled import prepare_bundled_base
-    from gemma_widgets.tokenizer import read_tokenizer
+    from peft import LoraConfig, get_peft_model  # heavy (~1 s), and only training needs it
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)

@@ -22,11 +22,11 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from gemma_widgets import precisions
 from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaResult, ArenaRun, label
 from gemma_widgets.engines.base import IncrementalDecoder, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.loading import load_model
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel, load_model
 from gemma_widgets.widgets.chat import LIVE_INTERVAL, STYLES
 from gemma_widgets.widgets.display import WidgetView, html_snapshot, with_class
 from gemma_widgets.widgets.markdown import escape_text
@@ -60,10 +60,10 @@ def _load(models: Sequence[str | LoadedModel], model: str | None) -> list[Loaded
     for item in models:
         if isinstance(item, LoadedModel):
             loaded.append(item)
-        elif str(item).startswith("ov-") and not str(item).endswith("-optimum"):
-            loaded.append(load_model(model, str(item), engine="optimum"))
-        else:
-            loaded.append(load_model(model, str(item)))
+        else:  # with the options under which its engine gives logits (OpenVINO: optimum-intel)
+            name = str(item).strip().lower()
+            options = precisions.PRECISIONS[name].with_logits if name in precisions.PRECISIONS else {}
+            loaded.append(load_model(model, name, **options))
     return loaded
 
 

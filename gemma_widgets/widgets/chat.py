@@ -26,8 +26,7 @@ from gemma_widgets.conversation import Message
 from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.files import parse_json, write_atomic
-from gemma_widgets.loading import load_model
-from gemma_widgets.presets import LoadedModel
+from gemma_widgets.loading import LoadedModel, load_model
 from gemma_widgets.session import ChatSession, Generation
 from gemma_widgets.widgets.display import WidgetView, html_snapshot
 from gemma_widgets.widgets.display import with_class as _with_class

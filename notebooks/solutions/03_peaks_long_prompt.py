@@ -5,7 +5,8 @@ import torch
 
 from gemma_widgets import load_model
 from gemma_widgets.course.environment import quiet
-from gemma_widgets.precisions import FP16_MAX, residual_peaks
+from gemma_widgets.course.residuals import residual_peaks
+from gemma_widgets.engines.hf import FP16_MAX
 from gemma_widgets.quality import passage_ids
 
 quiet()
