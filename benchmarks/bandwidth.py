@@ -65,7 +65,7 @@ def main() -> int:
           f"{one / 1e9:.1f} GB/s on one (numpy sum over 1 GiB, best of 7)")
     ok = [r for r in results if r.ok and r.decode_tps and r.weights_mb]
     for r in sorted(ok, key=lambda r: -r.decode_tps):
-        per_token = r.weights_mb * 1024 * 1024
+        per_token = r.weights_mb * 1e6
         achieved = per_token * r.decode_tps
         print(f"{r.variant:>12} ({r.engine}): {r.decode_tps:6.1f} tok/s x {per_token / 1e6:6.0f} MB/token "
               f"= {achieved / 1e9:5.1f} GB/s = {achieved / bandwidth:4.0%} of the measured bandwidth "

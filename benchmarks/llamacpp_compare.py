@@ -87,7 +87,7 @@ def main() -> int:
         runs = [s for s, _ in rounds] if side is ours else [ll for _, ll in rounds] if side is llama else [side]
         whole = statistics.median(whole_call_tps(r) for r in runs)
         decode = statistics.median(r.decode_tps for r in runs)
-        share = (side.weights_mb or 0) * 2**20 * decode / bandwidth
+        share = (side.weights_mb or 0) * 1e6 * decode / bandwidth
         agree = "-" if side is reference else f"{side.top1_agreement:.1%}"
         print(f"{name:14}{whole:12.1f}{decode:13.1f}{side.perplexity or 0:11.2f}{agree:>14}{share:10.0%}")
     print(f"\n{kit} / llama.cpp, median of {len(rounds)} rounds: whole call {ratio:.3f}x, decode {decode_ratio:.3f}x "

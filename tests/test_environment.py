@@ -202,3 +202,17 @@ def test_colab_constraints_pin_what_is_installed():
     from importlib.metadata import version
 
     assert environment.colab_constraints() == [f"{name}=={version(name)}" for name in environment.COLAB_PACKAGES]
+
+
+def test_quiet_keeps_the_profilers_start_and_stop_markers_off_stderr():
+    """Notebook 05 profiles a decode step; without quiet() kineto prints 'USDT: ... profiler_start'."""
+    import subprocess
+
+    code = ("from gemma_widgets.environment import quiet; quiet()\n"
+            "import torch\nfrom torch.profiler import ProfilerActivity, profile\n"
+            "with profile(activities=[ProfilerActivity.CPU]) as prof:\n    torch.ones(4) @ torch.ones(4)\n"
+            "print(len(prof.key_averages()) > 0)")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    assert "profiler_start" not in done.stderr and "USDT" not in done.stderr, done.stderr

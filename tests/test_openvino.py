@@ -122,6 +122,21 @@ def test_unknown_engine_names_the_two():
         ir_engine("llama.cpp")
 
 
+def test_loading_an_export_offline_writes_nothing_to_stderr(tiny_ir, monkeypatch, capfd):
+    """Offline, optimum-intel looks for an IR folder in the hub cache and warns "Could not infer whether
+    the model was already converted ... [Errno 2] ... refs/main" on stderr: a learner reads an error."""
+    import optimum.intel.openvino.modeling_base as modeling_base
+
+    monkeypatch.setattr(modeling_base, "is_offline_mode", lambda: True)  # as under HF_HUB_OFFLINE=1
+    capfd.readouterr()
+    model = optimum_model(str(tiny_ir))
+    engine = GenAIEngine.from_ir(str(tiny_ir))
+    logits = next(iter(engine.score([2, 3, 4])))
+    assert model is not None and logits is not None
+    err = capfd.readouterr().err
+    assert "Could not infer" not in err and "refs/main" not in err, err
+
+
 def test_an_export_folder_loads_as_exported_and_refuses_other_settings(tiny_ir):
     preset = resolve_preset(str(tiny_ir))
     assert preset.fmt == "openvino"

@@ -117,6 +117,9 @@ def _colab_setup() -> None:
 def quiet() -> None:
     """Keep library warnings and logs that teach nothing out of learners' output."""
     transformers.logging.set_verbosity_error()
+    # torch's profiler (kineto) prints "USDT: ... profiler_start" / "profiler_stop" on stderr at its top
+    # level (5); 6 mutes its log when it starts. The profiler's results are unchanged.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     logging.getLogger("nncf").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a float16-cast notice per matmul
     warnings.filterwarnings("ignore", category=FutureWarning)

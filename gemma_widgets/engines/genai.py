@@ -102,7 +102,11 @@ class GenAIEngine(LocalEngine):
             self.model = None
         from optimum.intel import OVModelForCausalLM  # optional: the exporter's package
 
-        return chunked_logits(OVModelForCausalLM.from_pretrained(self.path), ids)
+        from gemma_widgets._openvino import quiet_optimum
+
+        with quiet_optimum():
+            model = OVModelForCausalLM.from_pretrained(self.path)
+        return chunked_logits(model, ids)
 
     def weights_bytes(self) -> int:
         return ir_weights_bytes(self.path)

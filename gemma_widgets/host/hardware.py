@@ -121,7 +121,7 @@ class Machine:
             except metadata.PackageNotFoundError:
                 continue
         return cls(cpu_name(), usable_cores(), int(psutil.cpu_count(logical=False) or 1),
-                   round(memory_limit_bytes() / 1024**3, 1), gpu_name(),
+                   round(memory_limit_bytes() / 1e9, 1), gpu_name(),
                    platform.platform(), platform.python_version(), versions)
 
 

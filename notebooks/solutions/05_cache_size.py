@@ -12,9 +12,9 @@ kinds = config.layer_types
 every_layer_full = len(kinds) * TOKENS * per_slot
 windowed = sum((min(config.sliding_window, TOKENS) if k == "sliding_attention" else TOKENS) * per_slot
                for k in kinds)
-print(f"{lm.preset.name}: {every_layer_full / 2**20:.0f} MiB if every layer kept {TOKENS} tokens, "
-      f"{windowed / 2**20:.0f} MiB with window-sized sliding layers")
+print(f"{lm.preset.name}: {every_layer_full / 1e6:.0f} MB if every layer kept {TOKENS} tokens, "
+      f"{windowed / 1e6:.0f} MB with window-sized sliding layers")
 cache = compilation.static_cache(lm.model, max_cache_len=TOKENS)
 real = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 check("the arithmetic is the size of transformers' StaticCache", real == windowed,
-      f"{real / 2**20:.0f} MiB allocated")
+      f"{real / 1e6:.0f} MB allocated")

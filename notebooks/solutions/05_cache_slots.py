@@ -12,8 +12,8 @@ for slots in (64, 512):
     cache = compilation.static_cache(lm.model, max_cache_len=slots)
     cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     read[slots] = weights + cache_bytes
-    print(f"{slots:3d} slots: cache {cache_bytes / 2**20:6.1f} MiB; a decode step reads about "
-          f"{read[slots] / 2**20:.0f} MiB (weights {weights / 2**20:.0f} MiB)")
+    print(f"{slots:3d} slots: cache {cache_bytes / 1e6:6.1f} MB; a decode step reads about "
+          f"{read[slots] / 1e6:.0f} MB (weights {weights / 1e6:.0f} MB)")
 print(f"8x the slots reads {read[512] / read[64]:.3f}x the bytes per step: decode speed follows the bytes read, "
       "so expect about that slow-down (time it with bench_compile.measure(..., cache_multiple=512)).")
 check("the cache grows with its slots, the weights do not", read[512] > read[64])
