@@ -208,7 +208,7 @@ def test_quiet_keeps_the_profilers_start_and_stop_markers_off_stderr():
     """Notebook 05 profiles a decode step; without quiet() kineto prints 'USDT: ... profiler_start'."""
     import subprocess
 
-    code = ("from gemma_widgets.environment import quiet; quiet()\n"
+    code = ("from gemma_widgets.course.environment import quiet; quiet()\n"
             "import torch\nfrom torch.profiler import ProfilerActivity, profile\n"
             "with profile(activities=[ProfilerActivity.CPU]) as prof:\n    torch.ones(4) @ torch.ones(4)\n"
             "print(len(prof.key_averages()) > 0)")

@@ -34,11 +34,11 @@ BINDER_LIMIT_MB = int(os.environ.get("NOTEBOOK_MEMORY_LIMIT_MB", "2048"))  # as 
 LESSON = {
     "02": "from gemma_widgets import load_model\nlm = load_model()\n",
     "03": "from gemma_widgets import load_model\nlm = load_model(MODEL, 'bf16')\n",
-    "04": ("from gemma_widgets import PrecisionArena\nfrom gemma_widgets.environment import can_run\n"
+    "04": ("from gemma_widgets import PrecisionArena\nfrom gemma_widgets.course.environment import can_run\n"
            "models = ['bf16', 'ov-int4'] if can_run('ov-int4-optimum', MODEL) else ['bf16', 'bnb-nf4'] "
            "if can_run('bnb-nf4', MODEL) else ['fp32', 'bf16']\n"
            "arena = PrecisionArena(models=models, model=MODEL)\n"),
-    "06": ("from gemma_widgets import ChatPanel\nfrom gemma_widgets.generation import SamplingSettings\n"
+    "06": ("from gemma_widgets import ChatPanel\nfrom gemma_widgets import SamplingSettings\n"
            "panel = ChatPanel(model=MODEL, precision='bf16', settings=SamplingSettings(temperature=0, "
            "max_new_tokens=24))\n"),
 }

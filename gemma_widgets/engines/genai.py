@@ -21,7 +21,14 @@ from transformers import AutoConfig
 
 from gemma_widgets.engines.base import CapabilityError, LocalEngine, threaded
 from gemma_widgets.engines.hf import OptimumEngine, chunked_logits, ir_recipe, ir_weights_bytes
-from gemma_widgets.engines.openvino import ExportSettings, cpu_properties, export, optimum_reason, with_ov_tokenizers
+from gemma_widgets.engines.openvino import (
+    ExportSettings,
+    cpu_properties,
+    export,
+    optimum_reason,
+    quiet_optimum,
+    with_ov_tokenizers,
+)
 from gemma_widgets.engines.spec import Backend, Format, Options, Precision, Preset, Source, served_elsewhere, too_big
 from gemma_widgets.errors import PrecisionUnavailableError, UnknownPrecisionError
 from gemma_widgets.host.hardware import Hardware
@@ -101,8 +108,6 @@ class GenAIEngine(LocalEngine):
         if not keep_generator:  # free the pipeline's copy of the weights before reading them again
             self.model = None
         from optimum.intel import OVModelForCausalLM  # optional: the exporter's package
-
-        from gemma_widgets._openvino import quiet_optimum
 
         with quiet_optimum():
             model = OVModelForCausalLM.from_pretrained(self.path)

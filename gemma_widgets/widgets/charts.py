@@ -5,7 +5,7 @@ that finished, with every figure a finite number in its sane range (:func:`probl
 a results file is untrusted, and ``decode_tps: 1e308`` made matplotlib raise. :func:`charts`
 gives the dashboard its four images, and :func:`summary_png` puts them on one page for an export.
 
->>> from gemma_widgets import bench, plots                                  # doctest: +SKIP
+>>> from gemma_widgets.widgets import charts as plots                          # doctest: +SKIP
 >>> png = plots.summary_png(bench.load("results.json"))                     # doctest: +SKIP
 >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"                                    # doctest: +SKIP
 True
