@@ -31,7 +31,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from gemma_widgets.cache import build_once, cache_root
-from gemma_widgets.engines.server import display_url
+from gemma_widgets.engines.server_wire import display_url
 from gemma_widgets.engines.spec import Format, Preset, Source
 from gemma_widgets.errors import GatedModelError, OfflineModelError, UnknownModelError
 from gemma_widgets.offline.bundled import FORMAT_VERSION, prepare_bundled, prepare_bundled_base, prepare_tokenizer

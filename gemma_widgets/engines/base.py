@@ -221,10 +221,13 @@ class LocalEngine(Engine):
         yield Delta(finish=finish)
 
 
-def threaded(run: Callable[[Callable[[list[int]], None]], None]) -> Iterator[list[int]]:
-    """Token ids from ``run(put)``, a blocking generate that calls ``put(ids)`` per step, run in a
-    thread of its own: the caller reads the ids as they come, and an exception in ``run`` is
-    raised here (never a reader waiting forever)."""
+def threaded(run: Callable[[Callable[[Any], None]], None], idle: float | None = None,
+             name: str = "gemma-widgets-generate") -> Iterator[Any]:
+    """The items ``run(put)`` puts (a blocking generate that calls ``put(ids)`` per step, a stream
+    read chunk by chunk), run in a thread of its own: the caller reads them as they come, and an
+    exception in ``run`` is raised here after the items before it (never a reader waiting forever).
+    With ``idle``, a None comes every ``idle`` seconds that bring nothing, so the reader keeps a
+    deadline of its own or stops; a reader that stops early leaves the thread to end on its own."""
     items: queue.Queue[Any] = queue.Queue()
     failure: list[BaseException] = []
 
@@ -236,14 +239,16 @@ def threaded(run: Callable[[Callable[[list[int]], None]], None]) -> Iterator[lis
         finally:
             items.put(_END)
 
-    thread = threading.Thread(target=target, daemon=True, name="gemma-widgets-generate")
+    thread = threading.Thread(target=target, daemon=True, name=name)
     thread.start()
     while True:
         try:
-            item = items.get(timeout=POLL_SECONDS)
+            item = items.get(timeout=idle or POLL_SECONDS)
         except queue.Empty:
             if not thread.is_alive() and items.empty():
                 break
+            if idle is not None:
+                yield None
             continue
         if item is _END:
             break

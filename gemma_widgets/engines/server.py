@@ -31,24 +31,30 @@ text and error messages are cut to one short line here, and the views escape eve
 
 from __future__ import annotations
 
-import base64
-import codecs
 import contextlib
 import difflib
-import functools
 import math
 import os
-import queue
-import re
-import socket
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
-from gemma_widgets.engines.base import Delta, Engine, Finish, Prompt
+from gemma_widgets.engines.base import Delta, Engine, Finish, Prompt, threaded
+from gemma_widgets.engines.server_wire import (
+    SENT_HEADERS,
+    Line,
+    basic_authorization,
+    cause,
+    chunk_text,
+    client_class,
+    display_url,
+    one_line,
+    server_message,
+    stated_context,
+    whole,
+)
 from gemma_widgets.engines.spec import Backend, Format, Options, Precision, Preset
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError, UnknownModelError
 from gemma_widgets.host.hardware import Hardware
@@ -64,12 +70,6 @@ ENV_API_KEY = "GEMMA_WIDGETS_API_KEY"
 #: ``load_model(url, timeout=...)`` sets it per server.
 DEFAULT_TIMEOUT = 60.0
 
-#: The context window assumed when the server does not say (Gemma 2's).
-DEFAULT_CONTEXT = 8192
-
-#: The largest context window believed (16 M tokens, past any model's): a larger figure is broken.
-MAX_CONTEXT = 1 << 24
-
 #: Characters of streamed text counted as one token at most: a server sends about one token per
 #: piece, and Gemma's longest tokens are 31 characters (runs of spaces, tabs or new lines), so a
 #: longer piece counts as several and a server cannot pass ``max_new_tokens`` in a few huge pieces.
@@ -81,163 +81,13 @@ USAGE_SECONDS = 1.0
 #: Seconds between checks of Stop and of the deadline while no piece arrives.
 STOP_POLL_SECONDS = 0.02
 
-#: Fields of a ``/v1/models`` entry that give the model's context: vLLM's, llama.cpp's server's
-#: (``meta.n_ctx_train``), and names other servers use.
-_CONTEXT_FIELDS = ("max_model_len", "context_length", "context_window", "max_context_length", "n_ctx")
-
-#: The request headers a server gets (plus the kit's ``Authorization``); the ``openai`` client's
-#: others (organization, project, ``$OPENAI_CUSTOM_HEADERS``, telemetry) are dropped.
-_SENT_HEADERS = frozenset({"host", "accept", "accept-encoding", "connection", "content-length", "content-type",
-                           "user-agent"})
-
 _FINISH = {"stop": Finish.END_OF_TURN, "length": Finish.MAX_NEW_TOKENS}
 
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one (a JSON "\udc80") cannot be written as UTF-8
-
-_END = object()
-
-_reading = threading.local()  # .line: the _Line of the reply this thread requests, for the request hook
+_reading = threading.local()  # .line: the Line of the reply this thread requests, for the request hook
 
 
 class ServerError(GenerationError):
     """The server could not be reached, refused a request, or failed during a reply."""
-
-
-def display_url(url: str) -> str:
-    """``url`` without a ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _one_line(text: Any, limit: int = 200) -> str:
-    """Untrusted server text as one short line (no control characters)."""
-    line = re.sub(r"[\x00-\x1f\x7f-\x9f\s]+", " ", str(text)).strip()
-    return line if len(line) <= limit else line[:limit - 1] + "…"
-
-
-def _server_message(exc: Any) -> str:
-    """The server's own error message from an ``openai.APIStatusError`` (or its text)."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") or inner.get("detail") if isinstance(inner, dict) else inner
-        if message:
-            return _one_line(message)
-    return _one_line(getattr(exc, "message", "") or exc)
-
-
-def _cause(exc: BaseException) -> str:
-    """The lowest-level reason in an exception chain (``Connection refused``...), one line."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    text = _one_line(exc, 120)
-    return text or type(exc).__name__
-
-
-def _whole(value: Any, low: int, high: int) -> int | None:
-    """``value`` if it is a whole number from ``low`` to ``high``, else None (a figure to ignore)."""
-    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
-        return value
-    return None
-
-
-def _context_window(entry: dict[str, Any]) -> int:
-    """The context a ``/v1/models`` entry states, else :data:`DEFAULT_CONTEXT`."""
-    sources = [entry, entry.get("meta") or {}]
-    for source in sources:
-        for key in (*_CONTEXT_FIELDS, "n_ctx_train"):
-            value = _whole(source.get(key) if isinstance(source, dict) else None, 1, MAX_CONTEXT)
-            if value is not None:
-                return value
-    return DEFAULT_CONTEXT
-
-
-def _piece(chunk: Any) -> tuple[str, str | None]:
-    """A streamed chunk's new text (a lone surrogate, which no file or terminal can take, as
-    U+FFFD) and finish reason; a malformed chunk has neither."""
-    for choice in (getattr(chunk, "choices", None) or [])[:1]:
-        text = getattr(getattr(choice, "delta", None), "content", None)
-        reason = getattr(choice, "finish_reason", None)
-        return (_SURROGATE.sub("\ufffd", text) if isinstance(text, str) else "",
-                reason if isinstance(reason, str) else None)
-    return "", None
-
-
-def _basic_authorization(url: str) -> str | None:
-    """The HTTP Basic ``Authorization`` value for a ``user:password@`` in ``url``, else None."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return None
-    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode()
-
-
-def _valid_utf8(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """``chunks`` with every byte sequence that is not UTF-8 replaced by U+FFFD's bytes."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for chunk in chunks:
-        yield decoder.decode(chunk).encode()
-    yield decoder.decode(b"", final=True).encode()
-
-
-class _ReplacingDecoder:
-    """The ``openai`` client's server-sent-event decoder, fed :func:`_valid_utf8` bytes: one bad
-    byte marks its place in the reply instead of failing the whole stream."""
-
-    def __init__(self, decoder: Any):
-        self._decoder = decoder
-
-    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[Any]:
-        return self._decoder.iter_bytes(_valid_utf8(iterator))
-
-
-@functools.cache
-def _client_class() -> type:
-    """``openai.OpenAI`` reading streams through :class:`_ReplacingDecoder` (imported on first use)."""
-    import openai  # heavy (pydantic, httpx): only a server's model needs it
-
-    class Client(openai.OpenAI):
-        def _make_sse_decoder(self) -> Any:
-            return _ReplacingDecoder(super()._make_sse_decoder())
-
-    return Client
-
-
-class _Line:
-    """The socket under one reply's request, so that another thread can hang it up.
-
-    Closing a socket does not wake a thread blocked reading it; shutting it down does, at once,
-    whether the server is still to send its headers, sending ``: ping`` comments or nothing. The
-    socket comes from httpcore's ``trace`` request extension as each connection is made.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self.hung_up = False
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's callback: keep each new connection's socket (and hang it up if it is too late)."""
-        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete", ".start_tls.complete")):
-            stream = info.get("return_value")
-            with self._lock:
-                self._socket = stream.get_extra_info("socket") if stream is not None else None
-                if self.hung_up:
-                    self._shutdown()
-
-    def hang_up(self) -> None:
-        with self._lock:
-            self.hung_up = True
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self._socket is not None:
-            with contextlib.suppress(OSError):  # closed already: the reply ended
-                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)  # not ssl's: no TLS state touched
 
 
 class ServerEngine(Engine):
@@ -271,9 +121,9 @@ class ServerEngine(Engine):
         self.timeout = float(timeout)
         self.tokenizer = tokenizer
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-        self._authorization = _basic_authorization(url) or (f"Bearer {key}" if key else None)
+        self._authorization = basic_authorization(url) or (f"Bearer {key}" if key else None)
         http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
-        self.model = _client_class()(  # the client's key is a placeholder: _on_request sets the header
+        self.model = client_class()(  # the client's key is a placeholder: _on_request sets the header
             base_url=self.url, api_key="set-by-gemma-widgets", http_client=http, max_retries=0,
             timeout=openai.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
         self._extras_ok = True  # cleared when the server rejects top_k / repetition penalty
@@ -292,7 +142,7 @@ class ServerEngine(Engine):
                 f"{', '.join(map(repr, names))}. Load one of those with model=..., or model=None for the "
                 "first.")
         self.model_name: str = model
-        self.context_window = _context_window(served[names.index(model)])
+        self.context_window = stated_context(served[names.index(model)])
 
     @property
     def where(self) -> str:
@@ -302,8 +152,8 @@ class ServerEngine(Engine):
     def _on_request(self, request: Any) -> None:
         """Every request, as it leaves: the kit's key and nothing else from the environment, and a
         connection of its own (``Connection: close``), so hanging up ends this request only. A
-        reply's request also reports its socket to the reply's :class:`_Line`."""
-        for name in {name.lower() for name in request.headers} - _SENT_HEADERS:
+        reply's request also reports its socket to the reply's :class:`Line`."""
+        for name in {name.lower() for name in request.headers} - SENT_HEADERS:
             del request.headers[name]
         request.headers["Connection"] = "close"
         if self._authorization:
@@ -342,11 +192,11 @@ class ServerEngine(Engine):
         if isinstance(exc, openai.APIConnectionError):
             if streamed:
                 return ServerError(
-                    f"The connection to the server at {where} broke during the reply ({_cause(exc)}): the "
+                    f"The connection to the server at {where} broke during the reply ({cause(exc)}): the "
                     "server may have stopped or restarted. The text so far is kept; check the server, then "
                     "send again.")
             return ServerError(
-                f"Could not reach the server at {where} ({_cause(exc)}). Check that it is running and that "
+                f"Could not reach the server at {where} ({cause(exc)}). Check that it is running and that "
                 "the URL is its API root (usually ending in /v1).")
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             what = "refused the API key" if self._authorization else "wants an API key"
@@ -365,25 +215,25 @@ class ServerEngine(Engine):
                 names = "(could not list them)"
             return UnknownModelError(
                 f"The server at {where} does not serve model {self.model_name!r} any more (HTTP 404: "
-                f"{_server_message(exc)}). It serves: {names}. Load one of those with model=...")
+                f"{server_message(exc)}). It serves: {names}. Load one of those with model=...")
         if isinstance(exc, openai.RateLimitError):
             return ServerError(
-                f"The server at {where} is busy (HTTP 429, too many requests: {_server_message(exc)}). "
+                f"The server at {where} is busy (HTTP 429, too many requests: {server_message(exc)}). "
                 "Wait a moment, then send again.")
         if isinstance(exc, openai.APIStatusError):
             if 400 <= exc.status_code < 500:
                 return ServerError(
                     f"The server at {where} rejected the request (HTTP {exc.status_code}: "
-                    f"{_server_message(exc)}). Shorten the conversation or change the settings, then send "
+                    f"{server_message(exc)}). Shorten the conversation or change the settings, then send "
                     "again.")
             return ServerError(
                 f"The server at {where} failed while {doing} (HTTP {exc.status_code}: "
-                f"{_server_message(exc)}). Try again; if it keeps failing, look at the server's log.")
+                f"{server_message(exc)}). Try again; if it keeps failing, look at the server's log.")
         if isinstance(exc, openai.APIError):  # an error event inside the stream
             return ServerError(f"The server at {where} reported an error while {doing}: "
-                               f"{_server_message(exc)}. The text so far is kept; send again.")
+                               f"{server_message(exc)}. The text so far is kept; send again.")
         return ServerError(f"Talking to the server at {where} failed while {doing}: "
-                           f"{type(exc).__name__}: {_one_line(exc)}")
+                           f"{type(exc).__name__}: {one_line(exc)}")
 
     # --- generation --------------------------------------------------------------------------
     def _reply_limit(self, prompt: Prompt, settings: Any) -> int:
@@ -444,36 +294,27 @@ class ServerEngine(Engine):
         :data:`STOP_POLL_SECONDS` that brings none (so the caller keeps its deadline). It ends
         when ``stop`` is set; ending or closing it hangs up the connection, which ends the
         reading thread at once, whatever the server is doing."""
-        items: queue.Queue[Any] = queue.Queue()
-        line = _Line()
+        line = Line()
 
-        def read() -> None:
+        def read(put: Callable[[Any], None]) -> None:
             _reading.line = line
             try:
                 with self._open(request) as stream:
                     for chunk in stream:
                         if line.hung_up:
                             return
-                        items.put(chunk)
-            except BaseException as exc:  # raised in the reader below, unless it hung up
+                        put(chunk)
+            except GemmaWidgetsError:
                 if not line.hung_up:
-                    items.put(exc if isinstance(exc, GemmaWidgetsError)
-                              else self.error(exc, "streaming the reply", streamed=True))
-            finally:
-                items.put(_END)
+                    raise
+            except BaseException as exc:  # raised in the reader, unless it hung up
+                if not line.hung_up:
+                    raise self.error(exc, "streaming the reply", streamed=True) from exc
 
-        threading.Thread(target=read, daemon=True, name="gemma-widgets-server-stream").start()
         try:
-            while not stop.is_set():
-                try:
-                    item = items.get(timeout=STOP_POLL_SECONDS)
-                except queue.Empty:
-                    yield None
-                    continue
-                if item is _END:
+            for item in threaded(read, idle=STOP_POLL_SECONDS, name="gemma-widgets-server-stream"):
+                if stop.is_set():
                     return
-                if isinstance(item, BaseException):
-                    raise item
                 yield item
         finally:
             line.hang_up()
@@ -493,7 +334,7 @@ class ServerEngine(Engine):
                         raise self._stalled()
                     break  # the reply is whole; the server only kept the stream open
                 usage = getattr(chunk, "usage", None) or usage
-                piece, reason = _piece(chunk)
+                piece, reason = chunk_text(chunk)
                 if piece:
                     tokens = -(-len(piece) // TOKEN_CHARS)
                     room = limit - counted
@@ -516,11 +357,11 @@ class ServerEngine(Engine):
             raise ServerError(f"The server at {self.where} ended the stream without finishing the reply (no "
                               "finish reason): another request may have interrupted it, or it restarted. "
                               "The text so far is kept; send again.")
-        total = _whole(getattr(usage, "completion_tokens", None), 1 if text else 0, limit)
+        total = whole(getattr(usage, "completion_tokens", None), 1 if text else 0, limit)
         if total is None and self.tokenizer is not None and text:
             total = len(self.tokenizer(text, add_special_tokens=False).input_ids)
         yield Delta(tokens=total - counted if total is not None else 0, finish=finish,
-                    prompt_tokens=_whole(getattr(usage, "prompt_tokens", None), 1, self.context_window))
+                    prompt_tokens=whole(getattr(usage, "prompt_tokens", None), 1, self.context_window))
 
     def __repr__(self) -> str:
         return f"<ServerEngine {self.model_name!r} at {self.where}>"
