@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from gemma_widgets.cache import MANIFEST, build_once, cache_root, folder_digest
-from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids, ensure_chat_template
+from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, ensure_chat_template
 from gemma_widgets.tokenizer import read_tokenizer
 
 if TYPE_CHECKING:
@@ -311,9 +311,9 @@ def _convert(out: Path) -> dict:
     steps.set_postfix_str("saving")
     config = _config(gguf)
     with _quiet_transformers():
-        tokenizer = read_tokenizer(tokenizer_dir)
         generation = GenerationConfig.from_model_config(config)
-    generation.eos_token_id = end_of_turn_ids(tokenizer)
+    tokens = gguf.fields["tokenizer.ggml.tokens"]
+    generation.eos_token_id = [tokens.index(END_OF_TURN), config.eos_token_id]  # as end_of_turn_ids reads them
     for item in tokenizer_dir.iterdir():
         if item.is_file() and item.name != MANIFEST:
             shutil.copy2(item, out / item.name)
