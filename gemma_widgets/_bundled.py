@@ -346,9 +346,10 @@ def merge_lora(tensors: dict[str, Any], adapter: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     config = json.loads((adapter / "adapter_config.json").read_text())
-    unsupported = {key: config.get(key) for key in ("use_dora", "fan_in_fan_out", "modules_to_save", "rank_pattern",
-                                                    "alpha_pattern", "layer_replication", "trainable_token_indices")
-                   if config.get(key)}
+    unsupported = {key: config.get(key) for key in (
+        "use_dora", "fan_in_fan_out", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
+        "layer_replication", "trainable_token_indices", "target_parameters", "use_qalora", "use_bdlora",
+        "alora_invocation_tokens", "arrow_config") if config.get(key)}
     if config.get("peft_type") != "LORA" or config.get("bias", "none") != "none" or unsupported:
         raise ValueError(f"the adapter in {adapter} needs peft to merge: {unsupported or config.get('peft_type')}")
     rank = config["r"]
