@@ -75,7 +75,7 @@ install-llamacpp: $(STAMP)
 	wheels=$$($(LLAMA_WHEELS)) && $(PY) -m pip install --quiet --force-reinstall --no-deps --no-index \
 		--find-links "$$wheels" '$(LLAMA_PIN)'
 
-# Converts the bundled Gemma 3 270M once (about a minute), and compiles what notebook 05 compiles
+# Converts the bundled Gemma 3 270M once (about 15 s), and compiles what notebook 05 compiles
 # into the kit's inductor cache, as Binder's postBuild does (minutes, once); later runs find both cached.
 prepare: $(STAMP)
 	$(PY) -m gemma_widgets prepare --compile

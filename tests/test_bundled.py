@@ -20,7 +20,7 @@ from gemma_widgets.offline.bundled import (
     sentencepiece_ids,
 )
 from gemma_widgets.presets import PRESETS
-from gemma_widgets.templates import END_OF_TURN, START_OF_TURN
+from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, end_of_turn_ids
 from gemma_widgets.tokenizer import read_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -163,3 +163,51 @@ def test_the_tokenizer_gives_what_generate_takes(bundled):
     inputs = bundled.tokenizer("The capital of France is", return_tensors="pt")
     assert sorted(inputs) == ["attention_mask", "input_ids"]
     assert bundled.model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs.input_ids.shape[1] + 2
+
+
+def _transformers_conversion(gguf, out):
+    """The bundled model as the kit converted it before its own reader: transformers' GGUF loader
+    (de-quantizing; on transformers 5 copied into a plain model) and peft's merge_and_unload."""
+    import transformers
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    options = {}
+    if hasattr(transformers, "GgufConfig"):  # transformers 5
+        options["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, **options)
+    if getattr(model, "hf_quantizer", None) is not None:
+        config = model.config
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config, model = model.generation_config, plain
+    model.save_pretrained(out / "base")
+    merged = PeftModel.from_pretrained(model.float(), chat_adapter_dir()).merge_and_unload()
+    return {k: v.to(torch.bfloat16) for k, v in merged.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_the_fast_conversion_gives_what_transformers_and_peft_gave(bundled, tmp_path):
+    """Every tensor of the base and chat folders bitwise equal to transformers' conversion and peft's merge
+    (about a minute: transformers reads the GGUF's vocabulary several times)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    merged = _transformers_conversion(_bundled.bundled_gguf(), tmp_path)
+    for folder, expected in ((base_dir(), load_file(tmp_path / "base" / "model.safetensors")),
+                             (bundled_dir(), merged)):
+        tensors = load_file(folder / "model.safetensors")
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}  # tied to the embedding
+        assert tensors.keys() == expected.keys()
+        differ = [k for k, v in tensors.items() if v.dtype != expected[k].dtype or not torch.equal(v, expected[k])]
+        assert not differ, differ
+        saved = json.loads((folder / "config.json").read_text())
+        reference = json.loads((tmp_path / "base" / "config.json").read_text())
+        assert saved == reference, {k for k in saved.keys() | reference.keys() if saved.get(k) != reference.get(k)}
+    generation = json.loads((tmp_path / "base" / "generation_config.json").read_text())
+    generation["eos_token_id"] = end_of_turn_ids(bundled.tokenizer)  # what the conversion sets
+    assert json.loads((bundled_dir() / "generation_config.json").read_text()) == generation
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           load_file(base_dir() / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"])
