@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from chat_fakes import Scorer, ScriptedModel, fake_loaded
 
-from gemma_widgets import arena
+from gemma_widgets import arena, divergence
 from gemma_widgets.engines.base import Delta, Engine, SamplingSettings
 from gemma_widgets.engines.hf import TransformersEngine
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
@@ -57,10 +57,10 @@ def tiny_reply(tiny):
 
 
 def test_first_difference():
-    assert arena.first_difference([1, 2, 3], [1, 2, 3]) is None
-    assert arena.first_difference([1, 2, 3], [1, 5, 3]) == 1
-    assert arena.first_difference([1, 2], [1, 2, 3]) == 2  # one ended where the other went on
-    assert arena.first_difference([], []) is None
+    assert divergence.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert divergence.first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert divergence.first_difference([1, 2], [1, 2, 3]) == 2  # one ended where the other went on
+    assert divergence.first_difference([], []) is None
 
 
 def test_log_prob_blocks_rechunk_any_engine_chunks_from_the_reply_on():
@@ -76,7 +76,7 @@ def test_log_prob_blocks_rechunk_any_engine_chunks_from_the_reply_on():
                 yield logits[a:b]
 
     for start in (0, 5, 63, 64, 100, 149):
-        blocks = list(arena.log_prob_blocks(OddChunks(), list(range(150)), start))
+        blocks = list(divergence.log_prob_blocks(OddChunks(), list(range(150)), start))
         assert [len(b) for b in blocks[:-1]] == [64] * (len(blocks) - 1) and 0 < len(blocks[-1]) <= 64
         torch.testing.assert_close(torch.cat(blocks), torch.log_softmax(logits[start:], -1))
 
@@ -146,7 +146,7 @@ def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
     assert server.engine.seen == [[{"role": "user", "content": "Name three colours."}]]
     assert result.challenger_text == "Hello there."
     assert result.challenger_ids == tuple(tiny.tokenizer("Hello there.", add_special_tokens=False).input_ids)
-    assert result.divergence == arena.first_difference(result.reference_ids, result.challenger_ids)
+    assert result.divergence == divergence.first_difference(result.reference_ids, result.challenger_ids)
     assert "re-tokenized from its text" in result.unavailable["challenger_ids"]
     assert result.kl is None and "text-only cannot score text" in result.unavailable["kl"]
     assert result.reference_probs is not None and len(result.reference_probs) == len(result.challenger_ids)
@@ -357,7 +357,8 @@ def test_bf16_against_ov_int4_matches_an_independent_computation_from_both_model
     assert result.agreement == pytest.approx(agreement, abs=1e-3)
     assert result.mean_kl == pytest.approx(kl.mean().item(), abs=1e-3)
     assert result.kl == pytest.approx(kl.tolist(), abs=1e-3)
-    assert result.divergence == (parts if parts is not None else arena.first_difference(reply, result.challenger_ids))
+    expected = parts if parts is not None else divergence.first_difference(reply, result.challenger_ids)
+    assert result.divergence == expected
     if result.divergence is not None:
         assert result.challenger_ids[:result.divergence] == result.reference_ids[:result.divergence]
         assert result.challenger_sure is not None and result.reference_sure is not None

@@ -23,7 +23,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from gemma_widgets import precisions
-from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaResult, ArenaRun, label
+from gemma_widgets.arena import DEFAULT_SETTINGS, ArenaRun, label
+from gemma_widgets.divergence import ArenaResult
 from gemma_widgets.engines.base import IncrementalDecoder, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.loading import LoadedModel, load_model
@@ -268,7 +269,7 @@ class PrecisionArena(WidgetView):
         return self.run is None or self.run.wait(timeout)
 
     def compare(self, prompt: str) -> ArenaResult:
-        """Compare as Send does, wait, and return the :class:`~gemma_widgets.arena.ArenaResult`."""
+        """Compare as Send does, wait, and return the :class:`~gemma_widgets.divergence.ArenaResult`."""
         run = self.send(prompt)
         run.wait()
         if run.error is not None:

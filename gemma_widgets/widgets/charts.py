@@ -23,7 +23,7 @@ from gemma_widgets.bench.runner import Result
 from gemma_widgets.host.files import write_atomic
 
 if TYPE_CHECKING:
-    from gemma_widgets.arena import ArenaResult
+    from gemma_widgets.divergence import ArenaResult
 
 _COLOR = "#4c72b0"
 
@@ -198,7 +198,7 @@ def save_png(results: Sequence[Result], path: str | os.PathLike) -> Path:
 
 
 def arena_png(result: ArenaResult, width: float = 8.0, height: float = 3.0) -> bytes:
-    """Where the challenger parts from the reference (an :class:`~gemma_widgets.arena.ArenaResult`):
+    """Where the challenger parts from the reference (an :class:`~gemma_widgets.divergence.ArenaResult`):
     the reference's probability of each challenger token, the KL per position, the divergence marked."""
     fig = _new_figure(width, height)
     ax = fig.add_subplot()
