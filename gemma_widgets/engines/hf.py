@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    DynamicCache,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from gemma_widgets.engines.base import SCORE_CHUNK, LocalEngine, threaded
@@ -64,10 +71,15 @@ class TransformersEngine(LocalEngine):
     name = "transformers"
     can_score = True
 
+    #: Whether :meth:`token_stream` keeps the KV cache for the next call (optimum-intel's model keeps its own).
+    reuses_prefix = True
+
     def __init__(self, model: Any, tokenizer: Any, path: str = ""):
         self.model = model
         self.tokenizer = tokenizer
         self.path = path
+        self._cache: DynamicCache | None = None
+        self._cached_ids: list[int] = []  # the tokens whose keys and values ``_cache`` holds
         self.stop_ids = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
         self.context_window = int(getattr(model.config, "max_position_embeddings", 0) or 8192)
 
@@ -83,17 +95,52 @@ class TransformersEngine(LocalEngine):
         return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
 
     def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
+        """``generate`` in a thread; the KV cache of the previous call is reused for the prefix the two share
+        (:meth:`reusable_cache`), so a chat's next turn prefills only its new tokens."""
         input_ids = self._ids(ids)
+        cache = self.reusable_cache(ids)
+        self._cache, made = None, []  # until this call ends well, no cache is trusted
 
         def run(put: Callable[[list[int]], None]) -> None:
+            def keep(new: list[int]) -> None:
+                made.extend(new)
+                put(new)
+
             with torch.inference_mode():
                 self.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=IdStreamer(put),
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=IdStreamer(keep),
                     stopping_criteria=StoppingCriteriaList([StopOnEvent(stop)]),
                     eos_token_id=list(self.stop_ids), pad_token_id=self.tokenizer.pad_token_id,
-                    **settings.generate_kwargs())
+                    past_key_values=cache, **settings.generate_kwargs())
+            if cache is not None:  # it now holds every token but the last one made
+                self._cache, self._cached_ids = cache, [*ids, *made][:cache.get_seq_length()]
 
         return threaded(run)
+
+    def reusable_cache(self, ids: Sequence[int]) -> DynamicCache | None:
+        """A ``DynamicCache`` for a call on ``ids``: the last call's, cropped to the prefix ``ids`` share with
+        what it holds (keeping at least one token to prefill), or a new one; None where generate keeps its
+        own cache (a compiled model's static one) or this engine reuses none.
+
+        A sliding-window layer (Gemma 2's every other layer, most of Gemma 3's) keeps only its last window
+        of tokens, so a cache past the window can grow but not be cropped: then a new one is started.
+        """
+        if not self.reuses_prefix or getattr(self.model.generation_config, "cache_implementation", None):
+            return None
+        held, cache = self._cached_ids, self._cache
+        shared = 0
+        for a, b in zip(held, ids[:-1], strict=False):
+            if a != b:
+                break
+            shared += 1
+        if cache is None or shared == 0:
+            return DynamicCache(config=self.model.config)
+        if shared < len(held):
+            try:
+                cache.crop(shared)
+            except ValueError:  # a sliding layer went past its window: it cannot go back
+                return DynamicCache(config=self.model.config)
+        return cache
 
     def generate_exact(self, ids: Sequence[int], n: int) -> list[int]:
         input_ids = self._ids(ids)
@@ -126,6 +173,7 @@ class OptimumEngine(TransformersEngine):
     """optimum-intel's ``OVModelForCausalLM`` on an OpenVINO IR folder."""
 
     name = "optimum-intel"
+    reuses_prefix = False  # the IR is stateful: OpenVINO keeps the KV cache inside the compiled model
 
     @classmethod
     def from_ir(cls, folder: str) -> OptimumEngine:
