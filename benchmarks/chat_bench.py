@@ -8,8 +8,10 @@ one are noise):
   against a bare prefill (target <= 50 ms over);
 * stop latency: from ``stop()`` to the reply ended (target <= one decoding step + 100 ms);
 * memory: RSS over many consecutive turns against the KV cache of the context kept;
-* prefix reuse (issue 18): the first text's delay on turn 10 of a chat against turn 1, for new
-  messages of one length (target <= 1.5x: the earlier turns are not prefilled again).
+* prefix reuse (issues 18, 29): the first text's delay on turn 10 of a chat against turn 1, for new
+  messages of one length (target <= 1.5x: the earlier turns are not prefilled again). ``--turns-only``
+  measures just this, for any precision (each engine: bf16 for transformers, fast for
+  openvino-genai, gguf-q4_k_m for llama.cpp).
 
 The bare baseline is the engine's own fixed-length greedy generate (``generate_exact``: a
 ``model.generate`` with ``min_new_tokens``, an ``LLMPipeline.generate``...), with no streaming.
@@ -24,6 +26,7 @@ here on the bundled GGUF (or ``--url`` with ``--served-model`` for a running one
 
     .venv/bin/python benchmarks/chat_bench.py                     # bundled model, bf16
     .venv/bin/python benchmarks/chat_bench.py --precision fast        # the chat default (prefix reuse)
+    .venv/bin/python benchmarks/chat_bench.py --precision gguf-q4_k_m --turns-only
     .venv/bin/python benchmarks/chat_bench.py --precision fp32 --json chat_bench.json
     .venv/bin/python benchmarks/chat_bench.py --server            # a local llama.cpp server
 """
@@ -43,8 +46,7 @@ import torch
 
 from gemma_widgets import load_model
 from gemma_widgets.conversation import Conversation
-from gemma_widgets.engines import Prompt
-from gemma_widgets.engines.base import SamplingSettings
+from gemma_widgets.engines.base import Prompt, SamplingSettings
 from gemma_widgets.host.native import free_memory
 from gemma_widgets.presets import locate
 from gemma_widgets.widgets.chat import ChatPanel
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turn-window", type=int, default=1024,
                         help="context window for the memory check (small, so old turns get dropped)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--turns-only", action="store_true", help="only the first text's delay per turn")
     parser.add_argument("--server", action="store_true",
                         help="measure the server engine against a local llama.cpp server instead")
     parser.add_argument("--url", default=None, help="with --server: a running server's URL (ending in /v1)")
@@ -290,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         return server_main(args)
 
     loaded = load_model(args.model, args.precision)
+    if args.turns_only:
+        by_turn = ttft_by_turn(loaded, 10, args.repeats, args.turn_tokens)
+        print(f"{loaded!r}: first text on turn 10 = {by_turn[9] / by_turn[0]:.2f}x turn 1 "
+              f"({1000 * by_turn[9]:.0f} vs {1000 * by_turn[0]:.0f} ms; per turn "
+              + " ".join(f"{1000 * d:.0f}" for d in by_turn) + " ms)")
+        return 0
     engine, tok, n = loaded.engine, loaded.tokenizer, args.tokens
     bare = engine.can_generate_exact
     conv = Conversation()

@@ -64,6 +64,20 @@ def test_panel_streams_counts_and_stops_on_llamacpp(gguf):
     assert 0 < generation.stats.new_tokens < 2000 and panel.history[-1]["content"] == generation.text.strip()
 
 
+def test_a_reply_is_the_same_whatever_came_before_it(gguf):
+    """Prefix reuse stays off on llama.cpp: the engine resets its context for every request, because
+    ``Llama.generate`` would reuse the longest cached prefix, and on this sliding-window model a greedy
+    reply after another reply then differed from the same request made first. A chat's next turn shares
+    its whole history with the turn before, the case where reuse would apply."""
+    chat = [{"role": "user", "content": "Name three colours."}]
+    ids = gguf.prompt(chat).input_ids
+    first = gguf.engine.generate_exact(ids, 16)
+    later = [*chat, {"role": "assistant", "content": gguf.tokenizer.decode(first, skip_special_tokens=True)},
+             {"role": "user", "content": "And three more?"}]
+    gguf.engine.generate_exact(gguf.prompt(later).input_ids, 16)
+    assert gguf.engine.generate_exact(ids, 16) == first
+
+
 def test_sampling_reaches_llamacpp(gguf):
     greedy = gguf.generate("Once upon a time", chat=False, temperature=0, max_new_tokens=16)
     sampled = {gguf.generate("Once upon a time", chat=False, temperature=1.5, top_k=0, top_p=1.0,

@@ -96,7 +96,10 @@ class TransformersEngine(LocalEngine):
 
     def token_stream(self, ids: Sequence[int], settings: Any, stop: threading.Event) -> Iterator[list[int]]:
         """``generate`` in a thread; the KV cache of the previous call is reused for the prefix the two share
-        (:meth:`reusable_cache`), so a chat's next turn prefills only its new tokens."""
+        (:meth:`reusable_cache`), so a chat's next turn prefills only its new tokens. In float32 the reply is
+        the one a fresh prefill gives, token for token; in bfloat16 the cached keys of a reply (computed a
+        token at a time) round differently from a fresh prefill's (one batch), so a near-tie may break the
+        other way, as between any two bf16 kernels (``tests/test_prefix_reuse.py``)."""
         input_ids = self._ids(ids)
         cache = self.reusable_cache(ids)
         self._cache, made = None, []  # until this call ends well, no cache is trusted
