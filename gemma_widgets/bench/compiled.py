@@ -219,6 +219,12 @@ def first_call(cache_dir: Path | str, model: str = "tiny-random-gemma2", precisi
     return FirstCall(seconds, hits, misses)
 
 
+def warm_stamp(model: str | None = None, precision: str = "bf16") -> Path:
+    """The file :func:`warm_cache` leaves in the inductor cache once it has compiled ``model`` in ``precision``
+    with this torch: where it exists, notebook 05's compiled cell loads kernels instead of compiling them."""
+    return use_inductor_cache() / f".warmed-{resolve_preset(model).name}-{precision}-torch-{torch.__version__}"
+
+
 def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, float]:
     """Compile, once, the graphs a first session would compile, into :func:`inductor_cache_dir`
     (or ``$TORCHINDUCTOR_CACHE_DIR``): for a build step such as Binder's ``postBuild``, so a learner's
@@ -231,7 +237,7 @@ def warm_cache(model: str | None = None, precision: str = "bf16") -> dict[str, f
     set than the one that runs the notebook warms nothing for it. A stamp in the cache folder marks
     a finished warm-up for this model, precision and torch: a second call returns ``{}`` at once.
     """
-    stamp = use_inductor_cache() / f".warmed-{resolve_preset(model).name}-{precision}-torch-{torch.__version__}"
+    stamp = warm_stamp(model, precision)
     if stamp.exists():
         return {}
     seconds: dict[str, float] = {}
