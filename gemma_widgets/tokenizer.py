@@ -11,6 +11,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from gemma_widgets.templates import ensure_chat_template
 
 #: Tokenizers in use, by the digest of their files: see :func:`load_tokenizer`.
@@ -26,8 +28,6 @@ def read_tokenizer(path: str | Path, **kwargs: Any) -> Any:
     the tokenizer as saved (Gemma's has no such regex); ``tests/test_bundled.py`` checks that it
     splits text exactly as SentencePiece does and that it loads without the warning.
     """
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(path, fix_mistral_regex=False, **kwargs)
 
 

@@ -62,7 +62,7 @@ class GenAIEngine(LocalEngine):
 
     def _inputs(self, ids: Sequence[int]) -> Any:
         import openvino as ov  # optional: the OpenVINO packages
-        import openvino_genai as genai
+        import openvino_genai as genai  # optional: the OpenVINO packages
 
         array = np.array([list(ids)], dtype=np.int64)
         return genai.TokenizedInputs(ov.Tensor(array), ov.Tensor(np.ones_like(array)))

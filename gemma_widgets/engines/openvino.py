@@ -142,7 +142,7 @@ def export_dir(source: str, settings: ExportSettings) -> Path:
 def save_ov_tokenizers(hf_tokenizer: Any, folder: Path) -> None:
     """Convert ``hf_tokenizer`` to OpenVINO tokenizer/detokenizer models inside ``folder``."""
     import openvino as ov  # optional: the OpenVINO packages
-    from openvino_tokenizers import convert_tokenizer
+    from openvino_tokenizers import convert_tokenizer  # optional: the OpenVINO packages
 
     tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
     ov.save_model(tokenizer, folder / TOKENIZER_XML)

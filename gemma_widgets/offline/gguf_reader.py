@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType, quants
+from gguf.constants import GGML_QUANT_SIZES
 
 #: GGUF value types (``GGUFValueType``): numeric ones as (struct format, numpy dtype).
 _NUMERIC = {0: ("<B", "<u1"), 1: ("<b", "<i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2"), 4: ("<I", "<u4"),
@@ -36,8 +38,6 @@ class Tensor:
 
     def dequantize(self) -> np.ndarray:
         """The tensor as float32, in ``shape``."""
-        from gguf import GGMLQuantizationType, quants
-
         return quants.dequantize(self.data, GGMLQuantizationType(self.ggml_type)).reshape(self.shape)
 
 
@@ -45,8 +45,6 @@ class GGUFFile:
     """The metadata (``fields``: key -> value, arrays as lists) and ``tensors`` of a GGUF file."""
 
     def __init__(self, path: str | Path):
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
         self._buffer = np.memmap(path, dtype=np.uint8, mode="r")
         self._view = memoryview(self._buffer)  # type: ignore[arg-type]
         self._at = 0
