@@ -1,4 +1,4 @@
-"""Errors the kit raises on bad input: each message says what to do next."""
+"""Errors the kit raises on bad input, and the warnings it gives: each message says what to do next."""
 
 
 class GemmaWidgetsError(Exception):
@@ -27,3 +27,7 @@ class PrecisionUnavailableError(GemmaWidgetsError, RuntimeError):
 
 class GenerationError(GemmaWidgetsError, RuntimeError):
     """A generation failed (prompt too long for the context, the model raised...)."""
+
+
+class MemoryWarning(UserWarning):
+    """A load may not fit in what a container's memory limit leaves beside what the kernel already holds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 from gemma_widgets import precisions
 from gemma_widgets.compilation import enable_compile
 from gemma_widgets.engines.base import Engine, Prompt, SamplingSettings
-from gemma_widgets.engines.spec import Preset
-from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
-from gemma_widgets.host.hardware import Hardware
+from gemma_widgets.engines.spec import Precision, Preset
+from gemma_widgets.errors import GemmaWidgetsError, MemoryWarning, PrecisionUnavailableError
+from gemma_widgets.host.hardware import Hardware, memory_room
 from gemma_widgets.presets import hub_errors, locate, resolve_preset
 from gemma_widgets.templates import chat_ids
 
@@ -44,6 +45,7 @@ def load_model(name: str | None = None, precision: str | None = None, compile: s
     reason = variant.unavailable_reason(preset, hardware)
     if reason:
         raise PrecisionUnavailableError(f"{variant.name} is not available here: {reason}")
+    warn_if_tight(preset, variant)
     start = time.perf_counter()
     path = locate(preset)
     with hub_errors(path):
@@ -53,6 +55,17 @@ def load_model(name: str | None = None, precision: str | None = None, compile: s
         enable_compile(loaded, compile)
     loaded.load_seconds = time.perf_counter() - start
     return loaded
+
+
+def warn_if_tight(preset: Preset, precision: Precision) -> None:
+    """Warn before a load whose weights alone exceed what a container's limit leaves this kernel (Binder: one
+    model at a time): the kernel would die half-way, taking its other work with it."""
+    room = memory_room()
+    need = preset.weights_bytes(precision.bytes_per_param)
+    if room is not None and need > room:
+        warnings.warn(f"{preset.name} in {precision.name} needs about {need / 1e9:.1f} GB for its weights, and this "
+                      f"kernel's memory limit leaves {max(room, 0) / 1e9:.1f} GB beside what it holds: free a model "
+                      "first (del lm; gc.collect()) or restart the kernel", MemoryWarning, stacklevel=3)
 
 
 @dataclass

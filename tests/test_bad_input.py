@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
+import psutil
 import pytest
 
 from gemma_widgets import load_model
@@ -183,3 +185,29 @@ def test_a_results_file_larger_than_the_read_limit_is_refused_unread(tmp_path):
     path.write_text('{"results": []}' + " " * READ_LIMIT)
     with pytest.raises(GemmaWidgetsError, match="larger than 20 MB"):
         bench.load(path)
+
+
+def test_a_load_that_would_not_fit_beside_what_the_kernel_holds_is_warned_of(monkeypatch):
+    """Binder's 2 GB: the kit warns before the load, instead of the kernel dying half-way through it."""
+    from gemma_widgets import loading
+    from gemma_widgets.errors import MemoryWarning
+
+    monkeypatch.setattr(loading, "memory_room", lambda: 10 * 10**6)  # 10 MB left under the limit
+    with pytest.warns(MemoryWarning, match="tiny-random-gemma2 in fp32 needs about 0.1 GB .* leaves 0.0 GB"):
+        load_model("tiny-random-gemma2", "fp32")
+    monkeypatch.setattr(loading, "memory_room", lambda: None)  # no container limit: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemoryWarning)
+        load_model("tiny-random-gemma2", "fp32")
+
+
+def test_the_room_left_counts_a_containers_limit_and_what_this_process_holds(tmp_path, monkeypatch):
+    from gemma_widgets.host import hardware
+
+    monkeypatch.delenv("MEM_LIMIT", raising=False)
+    limit = tmp_path / "memory.max"
+    limit.write_text("max\n")
+    assert hardware.memory_room((str(limit),)) is None
+    limit.write_text(f"{2 * 1024**3}\n")
+    held = psutil.Process().memory_info().rss
+    assert abs(hardware.memory_room((str(limit),)) - (2 * 1024**3 - held)) < 50 * 10**6

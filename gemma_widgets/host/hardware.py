@@ -72,6 +72,15 @@ def gpu_name() -> str:
     return "; ".join(line.strip() for line in out.splitlines() if line.strip())
 
 
+def memory_room(limit_files: tuple[str, ...] = _CGROUP_LIMITS) -> int | None:
+    """Bytes this process may still take under a container's memory limit (Binder's 2 GB), beside what it
+    holds already; None where no limit is below the machine's memory."""
+    limit = memory_limit_bytes(limit_files)
+    if limit >= psutil.virtual_memory().total:
+        return None
+    return limit - psutil.Process().memory_info().rss
+
+
 @dataclass(frozen=True)
 class Hardware:
     """What loading needs to know of this machine, taken once per load."""
