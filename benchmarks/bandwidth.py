@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 
 GIB = 1024**3
 

@@ -1,6 +1,6 @@
 """Is the harness honest? Its decode tok/s against a plain, separately written timing loop.
 
-The harness (``gemma_widgets.bench.runner``) derives decode speed from two wall-clock timings in a
+The harness (``gemma_widgets.bench``) derives decode speed from two wall-clock timings in a
 fresh process: ``(n - 1) / (t_generate(n) - t_generate(1))``. This script measures the same
 variant in one run a different way, sharing none of the harness's code past ``load_model``:
 
@@ -32,8 +32,7 @@ import subprocess
 import sys
 import time
 
-from gemma_widgets import load_model
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench, load_model
 
 
 def plain_loop(model: str, variant: str, prompt: str, new_tokens: int):

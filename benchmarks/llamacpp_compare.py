@@ -30,7 +30,7 @@ import sys
 
 from bandwidth import read_bandwidth
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 from gemma_widgets.precisions import resolve
 from gemma_widgets.presets import resolve_preset
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 
 TARGET = 0.05
 

@@ -60,8 +60,10 @@ class ScriptedModel:
 
 
 def fake_loaded(tiny: LoadedModel, model: Any) -> LoadedModel:
-    """A LoadedModel around a fake model, with the tiny model's tokenizer."""
-    return LoadedModel(TransformersEngine(model, tiny.tokenizer, tiny.path), tiny.preset, "fp32")
+    """A LoadedModel around a fake model, with the tiny model's tokenizer (a scripted generate keeps no cache)."""
+    engine = TransformersEngine(model, tiny.tokenizer, tiny.path)
+    engine.reuses_prefix = False
+    return LoadedModel(engine, tiny.preset, "fp32")
 
 
 class Scorer(TransformersEngine):

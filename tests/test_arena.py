@@ -39,6 +39,7 @@ class NoLogits(TransformersEngine):
     name = "scripted"
     can_score = False
     can_generate_exact = False  # no warm-up: the fake speaks generate's streamer protocol only
+    reuses_prefix = False  # a scripted generate keeps no cache
     why_no_scores = "a scripted fake gives no logits"
     score = Engine.score
 

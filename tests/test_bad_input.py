@@ -9,10 +9,9 @@ import warnings
 import psutil
 import pytest
 
-from gemma_widgets import load_model
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench, load_model
+from gemma_widgets.bench import Result, measure
 from gemma_widgets.bench.records import Step
-from gemma_widgets.bench.runner import Result
 from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, UnknownModelError, UnknownPrecisionError
 from gemma_widgets.session import ChatSession
@@ -124,7 +123,7 @@ def test_the_command_line_refuses_bad_input_in_one_line_before_measuring(tmp_pat
 def test_decode_runs_shorter_than_the_first_token_are_reported():
     result = Result("m", "bf16", new_tokens=8)
     decode = [Step("decode", i + 1, seconds=s) for i, s in enumerate([0.05, 0.30, 0.40])]
-    bench._fill_timings(result, prefill=[0.10, 0.10, 0.10], decode=decode)
+    measure.fill_timings(result, prefill=[0.10, 0.10, 0.10], decode=decode)
     assert len(result.decode_runs_tps) == 2 and "1 of 3 decode runs" in result.notes[0]
     assert result.decode_runs_tps == pytest.approx([7 / 0.2, 7 / 0.3])
 
@@ -132,7 +131,7 @@ def test_decode_runs_shorter_than_the_first_token_are_reported():
 def test_a_streamed_decode_uses_its_own_first_token_time_and_count():
     result = Result("m", "served", new_tokens=8)
     decode = [Step("decode", 1, seconds=1.0, tokens=5, ttft=0.2), Step("decode", 2, seconds=1.0, tokens=1, ttft=0.2)]
-    bench._fill_timings(result, prefill=[0.5], decode=decode)
+    measure.fill_timings(result, prefill=[0.5], decode=decode)
     assert result.decode_runs_tps == pytest.approx([4 / 0.8])  # (tokens - 1) over the time after its first
     assert "1 of 2 decode runs" in result.notes[0]  # one token: no decode rate
 

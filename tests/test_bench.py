@@ -11,10 +11,12 @@ import threading
 import orphans
 import pytest
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
+from gemma_widgets.bench import measure
+from gemma_widgets.bench import Result
 from gemma_widgets.bench.records import parse_variant
-from gemma_widgets.bench.runner import Machine, Result
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.hardware import Machine
 from gemma_widgets.precisions import PRECISIONS
 from gemma_widgets.presets import PRESETS
 
@@ -138,31 +140,31 @@ def test_a_results_file_from_before_the_newer_columns_still_loads(tiny_run, tmp_
 
 def test_a_crashed_worker_is_reported_with_its_reason(monkeypatch):
     killer = "import os, signal, sys; sys.stdin.read(); os.kill(os.getpid(), signal.SIGKILL)"
-    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", killer])
+    monkeypatch.setattr(measure, "_worker_command", lambda: [sys.executable, "-c", killer])
     results = bench.run(TINY, ["fp32", "bf16"], **FAST)
     assert [r.status for r in results] == ["failed", "failed"]
     assert "SIGKILL" in results[0].error and "out of memory" in results[0].error
 
     crasher = "import sys; sys.stdin.read(); print('segfault in a kernel', file=sys.stderr); sys.exit(7)"
-    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", crasher])
+    monkeypatch.setattr(measure, "_worker_command", lambda: [sys.executable, "-c", crasher])
     (result,) = bench.run(TINY, ["fp32"], **FAST)
     assert result.error == "the worker process exited with code 7: segfault in a kernel"
 
 
 def test_a_stuck_worker_times_out(monkeypatch):
     sleeper = "import sys, time; sys.stdin.read(); time.sleep(60)"
-    monkeypatch.setattr(bench, "_worker_command", lambda: [sys.executable, "-c", sleeper])
+    monkeypatch.setattr(measure, "_worker_command", lambda: [sys.executable, "-c", sleeper])
     (result,) = bench.run(TINY, ["fp32"], timeout_s=1, **FAST)
     assert result.status == "failed" and "timed out" in result.error
 
 
 WORKER_PARENT = """
 import time
-from gemma_widgets.bench import runner as bench
+from gemma_widgets.bench import measure
 from gemma_widgets.bench.records import Scenario
 # the hostile run's --new-tokens 1000000000: a warm-up that decodes for ever without a word to the parent
 # (a worker that writes an event after its parent died is ended by the broken pipe)
-worker = bench._Worker(Scenario("tiny-random-gemma2", "fp32", "Hi", 10**9, repeats=1, warmup=1, quality=False))
+worker = measure._Worker(Scenario("tiny-random-gemma2", "fp32", "Hi", 10**9, repeats=1, warmup=1, quality=False))
 events = [type(worker.events.get(timeout=120)).__name__ for _ in range(2)]  # Loaded, PromptSize: now silent
 print(worker.proc.pid, *events, flush=True)
 time.sleep(300)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _lab import chromium_browser, chromium_missing_reason, lab_server, new_page
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from gemma_widgets import presets as models
-from gemma_widgets.__main__ import main
+from gemma_widgets.cli import main
 from gemma_widgets.offline.bundled import bundled_dir
 from gemma_widgets.presets import PRESETS
 

@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
-from gemma_widgets.bench import runner as bench
-from gemma_widgets.bench.runner import Machine, Result
+from gemma_widgets import bench
+from gemma_widgets.bench import Result
 from gemma_widgets.errors import GemmaWidgetsError
+from gemma_widgets.host.hardware import Machine
 from gemma_widgets.widgets import charts as plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +43,7 @@ def _is_png(data) -> bool:
 
 def test_importing_the_package_does_not_import_ipywidgets():
     code = ("import sys, gemma_widgets; assert 'ipywidgets' not in sys.modules; "
-            "import gemma_widgets.bench.runner, gemma_widgets.widgets.charts; assert 'ipywidgets' not in sys.modules; "
+            "import gemma_widgets.bench, gemma_widgets.widgets.charts; assert 'ipywidgets' not in sys.modules; "
             "assert gemma_widgets.PrecisionDashboard.__name__ == 'PrecisionDashboard'; "
             "assert 'ipywidgets' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

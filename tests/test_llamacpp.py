@@ -10,8 +10,7 @@ import threading
 
 import pytest
 
-from gemma_widgets import ChatPanel, load_model
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import ChatPanel, bench, load_model
 from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.offline.bundled import TOKENIZER_PROBES
 from gemma_widgets.precisions import PRECISIONS

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma_widgets import load_model, localai, quality
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench, load_model, localai, quality
+from gemma_widgets.bench import measure
 from gemma_widgets.cache import MANIFEST
 from gemma_widgets.precisions import PRECISIONS
 from gemma_widgets.presets import PRESETS, resolve_preset
@@ -97,10 +97,10 @@ def _row(variant: str, tps: float, ppl: float, agree: float | None, megabytes: f
 
 
 def test_the_benchmark_marks_each_row_from_its_figures_and_never_recommends_a_failed_one():
-    fp32, int4, uncompressed = (_row("fp32", 10, 29.0, 1.0, 1023), _row("ov-int4", 50, 46.6, 0.66, 212),
-                                _row("ov-int4", 90, 29.1, 0.97, 511))  # MiB; the last: int4 left in 16 bits
+    fp32, int4, uncompressed = (_row("fp32", 10, 29.0, 1.0, 1073), _row("ov-int4", 50, 46.6, 0.66, 222),
+                                _row("ov-int4", 90, 29.1, 0.97, 536))  # MB; the last: int4 left in 16 bits
     for row in (fp32, int4, uncompressed):
-        bench._judge(row, row.variant, PRESETS["bundled"].params)
+        measure.judge_result(row, row.variant, PRESETS["bundled"].params)
     assert (fp32.gate, fp32.gate_reason) == ("passed", "")
     assert int4.gate == "marked" and "under 85% by design" in int4.gate_reason
     assert uncompressed.gate == "failed" and "1.999 bytes/weight is outside" in uncompressed.gate_reason
@@ -108,7 +108,7 @@ def test_the_benchmark_marks_each_row_from_its_figures_and_never_recommends_a_fa
     # its perplexity and agreement are within the bound and it is the fastest: only the gate keeps it out
     assert ": fp32 (10.0 tok/s" in bench.recommend([fp32, int4, uncompressed])
     not_judged = _row("served", 5, 30.0, None, 0)
-    bench._judge(not_judged, "served", 0)
+    measure.judge_result(not_judged, "served", 0)
     assert not_judged.gate == "" and bench.table_rows([not_judged])[0][-1] == "-"
 
 

@@ -19,8 +19,7 @@ from server_fakes import DONE, SECRET, canned_server, chunk
 pytestmark = pytest.mark.integration
 pytest.importorskip("openai")
 
-from gemma_widgets import load_model  # noqa: E402
-from gemma_widgets.bench import runner as bench  # noqa: E402
+from gemma_widgets import bench, load_model  # noqa: E402
 from gemma_widgets.engines.base import SamplingSettings  # noqa: E402
 from gemma_widgets.engines.llamacpp_server import free_port, start_llamacpp_server, unavailable_reason  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402

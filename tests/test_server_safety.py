@@ -19,9 +19,11 @@ from server_fakes import DONE, SECRET, canned_server, chunk, endless, pinging, t
 
 pytest.importorskip("openai")
 
-from gemma_widgets import load_model
-from gemma_widgets.__main__ import main  # noqa: E402
-from gemma_widgets.bench import runner as bench  # noqa: E402
+from gemma_widgets import (
+    bench,  # noqa: E402
+    load_model,
+)
+from gemma_widgets.cli import main  # noqa: E402
 from gemma_widgets.engines import server  # noqa: E402
 from gemma_widgets.engines.base import SamplingSettings  # noqa: E402
 from gemma_widgets.engines.server import ServerError  # noqa: E402

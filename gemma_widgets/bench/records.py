@@ -1,4 +1,4 @@
-"""What :mod:`gemma_widgets.bench.runner` and its worker process say to each other, as typed records.
+"""What :mod:`gemma_widgets.bench.measure` and its worker process say to each other, as typed records.
 
 The parent writes one :class:`Scenario` (JSON) on the worker's stdin; the worker writes one
 event per line on its stdout (:func:`encode`, :func:`decode`). :func:`parse_variant` is the one

@@ -1,6 +1,6 @@
 """One variant measured in a fresh process: ``python -m gemma_widgets.bench.worker``.
 
-:func:`gemma_widgets.bench.runner.run` starts this module once per variant, writes a JSON spec on its
+:func:`gemma_widgets.bench.run` starts this module once per variant, writes a JSON spec on its
 stdin (a :class:`~gemma_widgets.bench.records.Scenario`) and reads one event per line from
 its stdout (:mod:`gemma_widgets.bench.records`). A process of its own per variant
 means the peak memory it reports is that variant's alone, and a crash or an out-of-memory

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemma_widgets.bench.runner import Result
+from gemma_widgets.bench import Result
 from gemma_widgets.host.files import write_atomic
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The precision/latency dashboard: a thin ipywidgets view over :mod:`gemma_widgets.bench.runner`.
+"""The precision/latency dashboard: a thin ipywidgets view over :mod:`gemma_widgets.bench`.
 
 Choose a model and its variants (those that cannot run here are disabled, with the reason),
 a prompt, new tokens and repeats; Run measures each variant in its own process in a
@@ -36,8 +36,8 @@ from typing import Any
 
 import ipywidgets as w
 
-from gemma_widgets.bench import runner as bench
-from gemma_widgets.bench.runner import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
+from gemma_widgets import bench
+from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.presets import PRESETS
 from gemma_widgets.widgets import charts as plots
@@ -57,8 +57,8 @@ class PrecisionDashboard(WidgetView):
         variants: the variants ticked at start (default: every one that can run here); names
             outside the registry, such as ``"bf16+compile"``, get a box of their own.
         prompt, new_tokens, repeats, rounds: the scenario's starting values (see
-            :func:`~gemma_widgets.bench.runner.run`).
-        results: a list of :class:`~gemma_widgets.bench.runner.Result` or a saved results file to show.
+            :func:`~gemma_widgets.bench.run`).
+        results: a list of :class:`~gemma_widgets.bench.Result` or a saved results file to show.
     """
 
     def __init__(self, model: str | None = None, variants: Sequence[str] | None = None, *,

@@ -2,7 +2,7 @@
 # The prefill (the first token) sees the same prompt; each later token is one decode step.
 import os
 
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 
 model = os.environ.get("GEMMA_MODEL", "bundled")
 for new_tokens in (8, 24):

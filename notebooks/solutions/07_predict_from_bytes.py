@@ -1,7 +1,7 @@
 # Exercise 1 of notebook 07: if decoding only read the weights, speed would scale with 1 / bytes of weights.
 # The reference run (shipped with the kit) has both the bytes and the measured speeds; fp32, four bytes a
 # weight and the plainest arithmetic, is the base of the prediction.
-from gemma_widgets.bench import runner as bench
+from gemma_widgets import bench
 
 run = {r.variant: r for r in bench.reference_run() if r.ok and r.decode_tps and r.weights_mb}
 base = run["fp32"]
