@@ -27,9 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+import torch
+
 from gemma_widgets.bench import records as protocol
-from gemma_widgets.engines.base import Engine, Prompt
+from gemma_widgets.engines.base import Engine, Prompt, SamplingSettings
+from gemma_widgets.errors import GemmaWidgetsError, GenerationError, PrecisionUnavailableError
 from gemma_widgets.host.lifeline import hold
+from gemma_widgets.loading import load_model
+from gemma_widgets.quality import score_passage
 
 Emit = Callable[[protocol.Event], None]
 
@@ -52,16 +58,12 @@ def peak_rss_bytes() -> int:
 
 
 def _rss_bytes() -> int:
-    import psutil
-
     return psutil.Process().memory_info().rss
 
 
 def _peak_cuda_bytes() -> int | None:
     if "torch" not in sys.modules:
         return None
-    import torch
-
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
@@ -77,8 +79,6 @@ class Run:
 
 def _exact_run(engine: Engine, tokenizer: Any, ids: Sequence[int], n: int) -> Run:
     """A whole ``generate_exact`` call, timed as a user waits for it (prefill included)."""
-    from gemma_widgets.errors import GenerationError
-
     start = time.perf_counter()
     made = engine.generate_exact(ids, n)
     seconds = time.perf_counter() - start
@@ -89,8 +89,6 @@ def _exact_run(engine: Engine, tokenizer: Any, ids: Sequence[int], n: int) -> Ru
 
 def _stream_run(engine: Engine, prompt: Prompt, n: int) -> Run:
     """One greedy streamed reply of at most ``n`` tokens, timed from the stream's pieces."""
-    from gemma_widgets.engines.base import SamplingSettings
-
     start = time.perf_counter()
     first, tokens, text = None, 0, ""
     for delta in engine.stream(prompt, SamplingSettings(temperature=0, max_new_tokens=n), threading.Event()):
@@ -109,9 +107,6 @@ def measure(scenario: protocol.Scenario, emit: Emit) -> None:
     calls: a one-token generate for the time to first token, ``new_tokens`` for decode. One that
     only streams (a server) is timed from the stream's timestamps.
     """
-    from gemma_widgets.loading import load_model
-    from gemma_widgets.quality import score_passage
-
     precision, flags = protocol.parse_variant(scenario.variant)
     start = time.perf_counter()
     loaded = load_model(scenario.model, precision=precision, **flags)
@@ -168,8 +163,6 @@ def main() -> int:
 
     def emit(event: protocol.Event) -> None:
         events.write(protocol.encode(event) + "\n")
-
-    from gemma_widgets.errors import GemmaWidgetsError, PrecisionUnavailableError
 
     try:
         measure(scenario, emit)
