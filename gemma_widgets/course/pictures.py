@@ -316,7 +316,7 @@ def arena_figure(result: ArenaResult) -> Any:
         reasons = "; ".join(sorted(set(result.unavailable.values()))) or "no logits"
         empty(ax, "", f"no figures: {reasons}")
         return fig
-    probs_ax, kl_ax = fig.subplots(2, 1, sharex=True)
+    probs_ax, kl_ax = fig.subplots(2, 1)
     probs_title = "the reference's probability of each token the challenger wrote"
     kl_title = "KL(reference || challenger) at each token of the reference's reply"
     if result.reference_probs is not None:
@@ -333,14 +333,17 @@ def arena_figure(result: ArenaResult) -> Any:
         kl_ax.set_ylabel("KL (nats)", fontsize=BIG)
     else:
         empty(kl_ax, kl_title, result.unavailable.get("kl", "no logits"))
-    kl_ax.set_xlabel("token of the reply", fontsize=BIG)
-    for ax in (probs_ax, kl_ax):
+    drawn = [ax for ax in (probs_ax, kl_ax) if ax.axison]  # an empty panel says why, with no axes
+    length = max(len(result.reference_probs or ()), len(result.kl or ()))
+    for ax in drawn:
+        ax.set_xlim(0.3, length + 0.7)  # the same tokens under each other
+        ax.set_xlabel("token of the reply", fontsize=SMALL)
         style(ax)
         if result.divergence is not None:
             ax.axvline(result.divergence + 1, color=_RED, linestyle="--",
                        label=f"they part at token {result.divergence + 1}")
     if result.divergence is not None:
-        fig.legend(*probs_ax.get_legend_handles_labels(), fontsize=SMALL, loc="outside lower center", frameon=False)
+        fig.legend(*drawn[0].get_legend_handles_labels(), fontsize=SMALL, loc="outside lower center", frameon=False)
     return fig
 
 
