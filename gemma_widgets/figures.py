@@ -30,8 +30,8 @@ def label(text: str) -> str:
 
 
 def new_figure(width: float = 9.0, height: float = 4.5) -> Any:
-    """A figure of ``width`` by ``height`` inches on its own Agg canvas, laid out by constrained layout,
-    every text at least :data:`SMALL` points."""
+    """A figure of ``width`` by ``height`` inches (:data:`DPI` pixels each) on its own Agg canvas, laid
+    out by constrained layout. Whoever draws on it sets each text to :data:`SMALL` points or more."""
     # matplotlib loads here, not at import: importing gemma_widgets must not pay for it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # likewise
