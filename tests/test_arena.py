@@ -306,9 +306,9 @@ def test_the_arena_widget_needs_two_models(tiny):
 
 
 def test_the_arena_picture_is_a_png(tiny_reply):
-    from gemma_widgets.widgets import charts as plots
+    from gemma_widgets.course import pictures
 
-    png = plots.arena_png(tiny_reply)
+    png = pictures.arena_png(tiny_reply)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -12,8 +12,7 @@ import orphans
 import pytest
 
 from gemma_widgets import bench
-from gemma_widgets.bench import measure
-from gemma_widgets.bench import Result
+from gemma_widgets.bench import Result, measure
 from gemma_widgets.bench.records import parse_variant
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.hardware import Machine

@@ -12,10 +12,9 @@ import threading
 import pytest
 
 from gemma_widgets import bench
-from gemma_widgets.bench import Result
+from gemma_widgets.bench import Result, charts
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.hardware import Machine
-from gemma_widgets.widgets import charts as plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MACHINE = Machine("Test CPU", 2, 2, 24.0, "", "Linux", "3.11", {"torch": "2.13.0"})
@@ -43,7 +42,7 @@ def _is_png(data) -> bool:
 
 def test_importing_the_package_does_not_import_ipywidgets():
     code = ("import sys, gemma_widgets; assert 'ipywidgets' not in sys.modules; "
-            "import gemma_widgets.bench, gemma_widgets.widgets.charts; assert 'ipywidgets' not in sys.modules; "
+            "import gemma_widgets.bench, gemma_widgets.bench.charts; assert 'ipywidgets' not in sys.modules; "
             "assert gemma_widgets.PrecisionDashboard.__name__ == 'PrecisionDashboard'; "
             "assert 'ipywidgets' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -51,10 +50,10 @@ def test_importing_the_package_does_not_import_ipywidgets():
 
 def test_charts_are_valid_png_images_even_before_any_result():
     for results in ([], _results()):
-        pngs = plots.charts(results)
+        pngs = charts.charts(results)
         assert list(pngs) == ["speed", "ttft", "memory", "tradeoff"]
         assert all(_is_png(png) for png in pngs.values())
-    assert _is_png(plots.summary_png(_results()))
+    assert _is_png(charts.summary_png(_results()))
 
 
 def test_a_saved_results_file_is_shown_without_measuring(tmp_path):
@@ -111,9 +110,9 @@ def test_the_snapshot_is_the_table_one_small_png_of_the_charts_and_the_outputs()
 
     assert [sorted(b) for b in PrecisionDashboard(results=[]).snapshot()] == [["text/html", "text/plain"]]
     dash = PrecisionDashboard(results=_results())
-    top, charts, bottom = dash.snapshot()
+    top, picture, bottom = dash.snapshot()
     assert dash.table.value in top["text/html"] and "&lt;CUDA&gt;" in top["text/html"]
-    png = base64.b64decode(charts["image/png"])
+    png = base64.b64decode(picture["image/png"])
     assert _is_png(png) and len(png) < 100_000
     assert dash.recommendation.value in bottom["text/html"] and dash.outputs.value in bottom["text/html"]
     assert "&lt;b&gt;sweeps&lt;/b&gt;" in bottom["text/html"] and "<img" not in top["text/html"] + bottom["text/html"]
@@ -237,7 +236,7 @@ def test_figures_that_cannot_be_drawn_are_reported_not_raised(tmp_path):
                         ("decode_tps_p10", 19.0)):  # above the median: a negative whisker
         odd = _results()
         setattr(odd[1], name, value)
-        assert plots.problem(odd[1]) is not None and plots.problem(odd[0]) is None
+        assert charts.problem(odd[1]) is not None and charts.problem(odd[0]) is None
         dash.show(odd)
         assert "bf16: " in dash.notice.value and "fp32" not in dash.notice.value
-        assert _is_png(plots.summary_png(odd))
+        assert _is_png(charts.summary_png(odd))

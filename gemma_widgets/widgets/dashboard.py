@@ -6,7 +6,7 @@ background thread, with a progress bar per variant and a Cancel button; each res
 as its variant finishes: the table, four charts (PNG images), the outputs side by side and a
 recommendation. Export writes CSV, JSON or PNG; Load shows a saved results file without
 measuring anything (a GPU run, say, on a laptop). The view shows the first :data:`MAX_ROWS` rows
-and says so, and a row whose figures cannot be drawn (:func:`gemma_widgets.widgets.charts.problem`) is
+and says so, and a row whose figures cannot be drawn (:func:`gemma_widgets.bench.charts.problem`) is
 named in the notice and left out of the charts and the recommendation.
 
 Everything the buttons do has a Python call, for tests and notebooks:
@@ -37,10 +37,9 @@ from typing import Any
 import ipywidgets as w
 
 from gemma_widgets import bench
-from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, table_rows
+from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, charts, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.presets import PRESETS
-from gemma_widgets.widgets import charts as plots
 from gemma_widgets.widgets.display import WidgetView, html_snapshot, png_snapshot
 
 #: Rows the view shows (table, charts, outputs): drawing takes about a second per 30 rows, and a file of
@@ -90,7 +89,7 @@ class PrecisionDashboard(WidgetView):
         self.progress = w.VBox()
         self.table = w.HTML()
         self.images = {name: w.Image(format="png", layout=w.Layout(width="48%"))
-                       for name in plots.CHARTS}
+                       for name in charts.CHARTS}
         self.outputs = w.HTML()
         self.recommendation = w.HTML()
         self.path = w.Text(value="precision_results.csv", description="File")
@@ -187,10 +186,10 @@ class PrecisionDashboard(WidgetView):
         self._results = list(results)
         shown = self._results[:MAX_ROWS]
         self.table.value = results_table_html(shown)
-        for name, png in plots.charts(shown).items():
+        for name, png in charts.charts(shown).items():
             self.images[name].value = png
         self.outputs.value = outputs_html(shown)
-        drawable = [r for r in shown if plots.problem(r) is None]
+        drawable = [r for r in shown if charts.problem(r) is None]
         self.recommendation.value = (f"<b>Recommendation:</b> {html.escape(bench.recommend(drawable))}"
                                      if drawable else "")
         self.notice.value = notice_html(self._results)
@@ -208,7 +207,7 @@ class PrecisionDashboard(WidgetView):
             raise GemmaWidgetsError("Nothing to export yet: run the dashboard or load a results file.")
         path = Path(path)
         if path.suffix == ".png":  # the charts as shown
-            saved = plots.save_png(self._results[:MAX_ROWS], path)
+            saved = charts.save_png(self._results[:MAX_ROWS], path)
         else:
             saved = bench.save(self._results, path)
         self.status.value = f"Saved {html.escape(str(saved))}."
@@ -221,7 +220,7 @@ class PrecisionDashboard(WidgetView):
         top = "\n".join(f"<div>{part}</div>" for part in (self.status.value, self.notice.value, self.table.value))
         outputs = [html_snapshot(self, "gw-dashboard", "", f"{TITLE}\n{top}")]
         if shown:
-            outputs += [png_snapshot(plots.small_png(plots.summary_figure(shown)), "the dashboard's charts"),
+            outputs += [png_snapshot(charts.summary_png(shown), "the dashboard's charts"),
                         html_snapshot(self, "gw-dashboard", "", f"{self.recommendation.value}\n{self.outputs.value}",
                                       note=False)]
         return outputs
@@ -304,7 +303,7 @@ def notice_html(results: Sequence[Result]) -> str:
         lines.append(f"Showing the first {MAX_ROWS} of {len(results)} rows (the results and an export keep "
                      "them all).")
     for r in results[:MAX_ROWS]:
-        why = plots.problem(r)
+        why = charts.problem(r)
         if why:
             lines.append(f"{r.variant}: {why}: left out of the charts and the recommendation.")
     return "<br>".join(f"<span style='color:#b00'>{html.escape(line)}</span>" for line in lines)
