@@ -14,8 +14,8 @@ from chat_fakes import ScriptedModel, fake_loaded
 from gemma_widgets import ChatPanel
 from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.widgets.chat import live_html
 from gemma_widgets.widgets.markdown import escape_text, render_markdown
+from gemma_widgets.widgets.messages import live_html
 
 XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>',
        "<iframe src=//evil></iframe>", "<svg onload=alert(1)>"]

@@ -16,7 +16,6 @@ Stable CSS classes: ``gw-arena``, ``gw-arena-input``, ``gw-send``, ``gw-stop``, 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +27,10 @@ from gemma_widgets.divergence import ArenaResult
 from gemma_widgets.engines.base import IncrementalDecoder, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.loading import LoadedModel, load_model
-from gemma_widgets.widgets.chat import LIVE_INTERVAL, STYLES
-from gemma_widgets.widgets.display import WidgetView, html_snapshot, with_class
+from gemma_widgets.widgets._view import Throttle, View
+from gemma_widgets.widgets.display import html_snapshot, with_class
 from gemma_widgets.widgets.markdown import escape_text
+from gemma_widgets.widgets.messages import STYLES
 
 #: Styles that carry meaning sit inline in the replies' HTML (a stored snapshot keeps them where a
 #: sanitizer drops the ``<style>`` block): the shading, the divergence mark, the columns.
@@ -107,7 +107,7 @@ def column_html(title: str, body: str) -> str:
             f'{body or "…"}</div>')
 
 
-class PrecisionArena(WidgetView):
+class PrecisionArena(View):
     """One prompt, two precisions side by side: ``PrecisionArena(models=["bf16", "ov-int4"])``.
 
     ``models`` holds two precision names for ``model`` (default ``$GEMMA_MODEL`` or ``bundled``) or
@@ -122,7 +122,7 @@ class PrecisionArena(WidgetView):
         self.settings = SamplingSettings(**vars(settings or DEFAULT_SETTINGS))
         self.run: ArenaRun | None = None
         self._lock = threading.RLock()
-        self._last_paint = dict.fromkeys(("reference", "challenger"), 0.0)
+        self._paint = {side: Throttle() for side in ("reference", "challenger")}
         self._build()
 
     @property
@@ -140,7 +140,7 @@ class PrecisionArena(WidgetView):
         self.input = with_class(widgets.Text(placeholder="One prompt for both (Enter compares)",
                                              layout=widgets.Layout(flex="1 1 auto", width="auto")),
                                 "gw-arena-input")
-        self.input.on_msg(self._on_input_msg)  # Text's "submit" event, in ipywidgets 7 and 8
+        self._on_enter(self.input, self._send_input)
         self.send_button = with_class(widgets.Button(description="Send", button_style="primary",
                                                      icon="paper-plane"), "gw-send")
         self.stop_button = with_class(widgets.Button(description="Stop", button_style="danger", icon="stop",
@@ -189,13 +189,6 @@ class PrecisionArena(WidgetView):
     def _column(self, side: str) -> widgets.HTML:
         return self.ref_column if side == "reference" else self.challenger_column
 
-    def _ui(self, action: Any, *args: Any) -> None:
-        """Run a button's action; a problem the user can fix becomes the notice, not a traceback."""
-        try:
-            action(*args)
-        except GemmaWidgetsError as exc:
-            self.notice.value = escape_text(str(exc))
-
     def _set_busy(self, busy: bool) -> None:
         self.send_button.disabled = busy
         self.stop_button.disabled = not busy
@@ -206,10 +199,8 @@ class PrecisionArena(WidgetView):
 
     # --- streaming callbacks (the run's thread) ---------------------------------------------------
     def _on_text(self, side: str, text: str) -> None:
-        now = time.perf_counter()
-        if self._last_paint[side] == 0.0 or now - self._last_paint[side] >= LIVE_INTERVAL:
+        if self._paint[side].due():
             self._column(side).value = column_html(self._title(side), escape_text(text))
-            self._last_paint[side] = now
 
     def _on_finish(self, run: ArenaRun) -> None:
         with self._lock:
@@ -218,10 +209,10 @@ class PrecisionArena(WidgetView):
             if run.result is not None:
                 self._show_result(run.result)
             elif run.error is not None:
-                self.notice.value = escape_text(f"{type(run.error).__name__}: {run.error}".rstrip(". ") +
-                                                ". Nothing was compared; try again or change the settings.")
+                self._show_notice(f"{type(run.error).__name__}: {run.error}".rstrip(". ") +
+                                  ". Nothing was compared; try again or change the settings.")
             elif run.stopped:
-                self.notice.value = "Stopped by the user: the replies so far are kept, not compared."
+                self._show_notice("Stopped by the user: the replies so far are kept, not compared.")
             self._set_busy(False)
 
     def _show_result(self, result: ArenaResult) -> None:
@@ -242,10 +233,11 @@ class PrecisionArena(WidgetView):
                 run = ArenaRun(self.reference, self.challenger, prompt, self.settings,
                                on_text=self._on_text, on_finish=self._on_finish)
             except GemmaWidgetsError as exc:  # nothing started: the columns keep the last comparison
-                self.notice.value = escape_text(str(exc))
+                self._show_notice(str(exc))
                 raise
             self.notice.value = self.summary.value = ""
-            self._last_paint = dict.fromkeys(self._last_paint, 0.0)
+            for throttle in self._paint.values():
+                throttle.reset()
             for side in ("reference", "challenger"):
                 self._column(side).value = column_html(self._title(side), "")
             self._set_busy(True)
@@ -254,10 +246,6 @@ class PrecisionArena(WidgetView):
 
     def _send_input(self) -> None:
         self.send(self.input.value)
-
-    def _on_input_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
-        if content.get("event") == "submit":
-            self._ui(self._send_input)
 
     def stop(self) -> None:
         """Stop the reply that is streaming; the other side does not start and nothing is scored."""

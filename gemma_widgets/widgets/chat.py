@@ -2,7 +2,8 @@
 
 The panel only shows the session and forwards clicks to it. While a reply streams, the
 reader thread sets the reply widget's value to escaped plain text (at most every
-``LIVE_INTERVAL`` seconds after the first token); when it ends, the reply is rendered once
+``LIVE_INTERVAL`` seconds after the first token, :mod:`gemma_widgets.widgets._view`); when it ends, the
+reply is rendered once
 as safe markdown. Widgets carry stable CSS classes (``gw-chat``, ``gw-input``, ``gw-send``,
 ``gw-stop``, ``gw-message``, ``gw-status``...) for browser tests and styling. :meth:`ChatPanel.snapshot`
 is the panel as it looks, for a stored notebook (:mod:`gemma_widgets.widgets.display`).
@@ -22,71 +23,18 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from gemma_widgets.conversation import Message
 from gemma_widgets.engines.base import SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.host.files import parse_json, write_atomic
 from gemma_widgets.loading import LoadedModel, load_model
 from gemma_widgets.session import ChatSession, Generation
-from gemma_widgets.widgets.display import WidgetView, html_snapshot
-from gemma_widgets.widgets.display import with_class as _with_class
-from gemma_widgets.widgets.markdown import escape_text, render_markdown
-
-#: Seconds between repaints of a streaming reply (the first token is painted at once).
-LIVE_INTERVAL = 0.05
-
-#: The transcript's styles, inline on each message (a stored snapshot keeps them where a sanitizer drops
-#: the ``<style>`` block); the block holds those of the live widgets and of markdown inside a message.
-STYLES = {
-    "msg": "padding: 4px 8px; margin: 2px 0; border-radius: 6px; line-height: 1.4;",
-    "user": "background: rgba(66,133,244,.10);",
-    "assistant": "background: rgba(128,128,128,.08);",
-    "who": "font-weight: 600; font-size: 85%; opacity: .7;",
-    "plain": "white-space: pre-wrap;",
-    "note": "font-size: 85%; font-style: italic; opacity: .8;",
-    "error": "color: #c5221f;",
-    "transcript": "border: 1px solid rgba(128,128,128,.3); border-radius: 6px; padding: 4px;",
-}
-
-CSS = f"""<style>
-.gw-chat .gw-transcript {{ {STYLES["transcript"]} }}
-.gw-chat .gw-plain {{ {STYLES["plain"]} }}
-.gw-chat .gw-body pre {{ white-space: pre-wrap; }}
-.gw-chat .gw-notice {{ {STYLES["error"]} }}
-</style>"""
+from gemma_widgets.widgets._view import Throttle, View
+from gemma_widgets.widgets.display import html_snapshot, with_class
+from gemma_widgets.widgets.markdown import escape_text
+from gemma_widgets.widgets.messages import CSS, STYLES, live_html, message_html
 
 
-def _who(name: str) -> str:
-    return f'<div class="gw-who" style="{STYLES["who"]}">{name}</div>'
-
-
-def _message(role: str, body: str) -> str:
-    return f'<div class="gw-msg gw-{role}" style="{STYLES["msg"]} {STYLES[role]}">{body}</div>'
-
-
-def message_html(message: Message) -> str:
-    """A transcript message as safe HTML: user text verbatim, replies as markdown."""
-    who = "You" if message.role == "user" else "Gemma"
-    if message.role == "user":
-        body = f'<div class="gw-body gw-plain" style="{STYLES["plain"]}">{escape_text(message.content)}</div>'
-    else:
-        body = f'<div class="gw-body">{render_markdown(message.content)}</div>'
-    notes = ""
-    if message.stopped:
-        notes += f'<div class="gw-note" style="{STYLES["note"]}">stopped by the user: the reply is partial</div>'
-    if message.error:
-        notes += (f'<div class="gw-note gw-error" style="{STYLES["note"]} {STYLES["error"]}">'
-                  f"error: {escape_text(message.error)}</div>")
-    return _message(message.role, _who(who) + body + notes)
-
-
-def live_html(text: str) -> str:
-    """A reply that is still streaming: escaped plain text, no markdown yet."""
-    return _message("assistant", _who("Gemma") +
-                    f'<div class="gw-body gw-plain" style="{STYLES["plain"]}">{escape_text(text) or "…"}</div>')
-
-
-class ChatPanel(WidgetView):
+class ChatPanel(View):
     """A streaming chat with a local Gemma: ``ChatPanel(loaded)`` or ``ChatPanel(model=..., precision="fast")``.
 
     Enter sends (Shift+Enter too: ipywidgets' only input with a submit event is the one-line
@@ -115,7 +63,7 @@ class ChatPanel(WidgetView):
         self._live: widgets.HTML | None = None
         self._finished_live: widgets.HTML | None = None
         self._finished: Generation | None = None
-        self._last_paint = 0.0
+        self._paint = Throttle()
         self._editing = False
         self._build()
         self._update_meter(self.session.token_count())
@@ -125,64 +73,64 @@ class ChatPanel(WidgetView):
         s = self.session.settings
         lm = self.session.loaded
         full = {"style": {"description_width": "initial"}}
-        self.title = _with_class(widgets.HTML(
+        self.title = with_class(widgets.HTML(
             f"<b>{escape_text(lm.preset.name)}</b> · {escape_text(lm.precision)} · "
             f"{escape_text(lm.engine.name)}"), "gw-title")
-        self.meter_label = _with_class(widgets.HTML(), "gw-meter")
-        self.meter = _with_class(widgets.IntProgress(value=0, min=0, max=self.session.window,
+        self.meter_label = with_class(widgets.HTML(), "gw-meter")
+        self.meter = with_class(widgets.IntProgress(value=0, min=0, max=self.session.window,
                                                      layout=widgets.Layout(width="160px")),
                                  "gw-meter-bar")
-        self.notice = _with_class(widgets.HTML(""), "gw-notice")
-        self.transcript = _with_class(widgets.VBox(layout=widgets.Layout(
+        self.notice = with_class(widgets.HTML(""), "gw-notice")
+        self.transcript = with_class(widgets.VBox(layout=widgets.Layout(
             max_height="420px", overflow="auto")), "gw-transcript")
-        self.status = _with_class(widgets.HTML(""), "gw-status")
-        self.input = _with_class(widgets.Text(
+        self.status = with_class(widgets.HTML(""), "gw-status")
+        self.input = with_class(widgets.Text(
             placeholder="Message Gemma (Enter sends)", continuous_update=True,
             layout=widgets.Layout(flex="1 1 auto", width="auto")), "gw-input")
-        self.input.on_msg(self._on_input_msg)  # Text's "submit" event: Enter, in ipywidgets 7 and 8
-        self.multiline_input = _with_class(widgets.Textarea(
+        self._on_enter(self.input, self._send_input)
+        self.multiline_input = with_class(widgets.Textarea(
             placeholder="Message Gemma (Enter makes a new line; Send sends)", rows=4,
             layout=widgets.Layout(flex="1 1 auto", width="auto", display="none")), "gw-input-multiline")
-        self.multiline_toggle = _with_class(widgets.ToggleButton(
+        self.multiline_toggle = with_class(widgets.ToggleButton(
             value=False, icon="paragraph", tooltip="multi-line input: Enter makes a new line, Send sends",
             layout=widgets.Layout(width="42px")), "gw-multiline")
         self.multiline_toggle.observe(self._on_multiline, "value")
-        self.send_button = _with_class(widgets.Button(description="Send", button_style="primary",
+        self.send_button = with_class(widgets.Button(description="Send", button_style="primary",
                                                       icon="paper-plane"), "gw-send")
-        self.stop_button = _with_class(widgets.Button(description="Stop", button_style="danger",
+        self.stop_button = with_class(widgets.Button(description="Stop", button_style="danger",
                                                       icon="stop", disabled=True), "gw-stop")
-        self.regenerate_button = _with_class(widgets.Button(description="Regenerate", icon="refresh",
+        self.regenerate_button = with_class(widgets.Button(description="Regenerate", icon="refresh",
                                                             tooltip="a new reply to the last message"),
                                              "gw-regenerate")
-        self.edit_button = _with_class(widgets.Button(description="Edit last", icon="edit",
+        self.edit_button = with_class(widgets.Button(description="Edit last", icon="edit",
                                                       tooltip="edit the last message, then Send"),
                                        "gw-edit")
-        self.clear_button = _with_class(widgets.Button(description="Clear", icon="trash"), "gw-clear")
-        self.save_button = _with_class(widgets.Button(description="Save", icon="download",
+        self.clear_button = with_class(widgets.Button(description="Clear", icon="trash"), "gw-clear")
+        self.save_button = with_class(widgets.Button(description="Save", icon="download",
                                                       tooltip="write the transcript as JSON and Markdown"),
                                        "gw-save")
-        self.upload = _with_class(widgets.FileUpload(accept=".json", multiple=False,
+        self.upload = with_class(widgets.FileUpload(accept=".json", multiple=False,
                                                      description="Load"), "gw-load")
-        self.system_box = _with_class(widgets.Textarea(
+        self.system_box = with_class(widgets.Textarea(
             value=self.session.conversation.system, description="System prompt",
             placeholder="Folded into the first user turn (Gemma has no system role)",
             continuous_update=False, layout=widgets.Layout(width="98%"), **full), "gw-system")
-        self.temperature = _with_class(widgets.FloatSlider(
+        self.temperature = with_class(widgets.FloatSlider(
             value=s.temperature, min=0.0, max=2.0, step=0.05, description="temperature (0 = greedy)",
             **full), "gw-temperature")
-        self.top_p = _with_class(widgets.FloatSlider(value=s.top_p, min=0.05, max=1.0, step=0.05,
+        self.top_p = with_class(widgets.FloatSlider(value=s.top_p, min=0.05, max=1.0, step=0.05,
                                                      description="top-p", **full), "gw-top-p")
-        self.top_k = _with_class(widgets.IntSlider(value=s.top_k, min=0, max=200, step=1,
+        self.top_k = with_class(widgets.IntSlider(value=s.top_k, min=0, max=200, step=1,
                                                    description="top-k (0 = off)", **full), "gw-top-k")
-        self.max_new_tokens = _with_class(widgets.IntSlider(
+        self.max_new_tokens = with_class(widgets.IntSlider(
             value=s.max_new_tokens, min=1, max=max(s.max_new_tokens, min(4096, self.session.window)),
             description="max new tokens", **full), "gw-max-new-tokens")
-        self.repetition_penalty = _with_class(widgets.FloatSlider(
+        self.repetition_penalty = with_class(widgets.FloatSlider(
             value=s.repetition_penalty, min=0.8, max=2.0, step=0.05, description="repetition penalty",
             **full), "gw-repetition-penalty")
         settings_box = widgets.VBox([self.system_box, self.temperature, self.top_p, self.top_k,
                                      self.max_new_tokens, self.repetition_penalty])
-        self.settings_panel = _with_class(widgets.Accordion(children=[settings_box]), "gw-settings")
+        self.settings_panel = with_class(widgets.Accordion(children=[settings_box]), "gw-settings")
         self.settings_panel.set_title(0, "System prompt and sampling")
         self.settings_panel.selected_index = None
 
@@ -197,7 +145,7 @@ class ChatPanel(WidgetView):
         for name in ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty"):
             getattr(self, name).observe(self._on_setting, "value")
 
-        self.widget = _with_class(widgets.VBox([
+        self.widget = with_class(widgets.VBox([
             widgets.HTML(CSS),
             widgets.HBox([self.title, self.meter, self.meter_label]),
             self.transcript,
@@ -219,16 +167,6 @@ class ChatPanel(WidgetView):
                 f'<div class="gw-status">{self.status.value}</div>\n'
                 f'<div class="gw-notice" style="{STYLES["error"]}">{self.notice.value}</div>')
         return [html_snapshot(self, "gw-chat", CSS, body)]
-
-    def _ui(self, action: Any, *args: Any) -> None:
-        """Run a button's action; a problem the user can fix becomes the notice, not a traceback."""
-        try:
-            action(*args)
-        except GemmaWidgetsError as exc:
-            self._show_notice(str(exc))
-
-    def _show_notice(self, text: str) -> None:
-        self.notice.value = f"<span>{escape_text(text)}</span>" if text else ""
 
     def _update_meter(self, used: int) -> None:
         window = self.session.window
@@ -256,7 +194,7 @@ class ChatPanel(WidgetView):
                     if message.role == "assistant" and self._finished_live is not None:
                         widget, self._finished_live = self._finished_live, None
                     else:
-                        widget = _with_class(widgets.HTML(), "gw-message", f"gw-{message.role}")
+                        widget = with_class(widgets.HTML(), "gw-message", f"gw-{message.role}")
                     self._message_widgets.append(widget)
                     self._rendered.append(())
                 if self._rendered[i] != key:
@@ -268,10 +206,8 @@ class ChatPanel(WidgetView):
 
     # --- streaming callbacks (reader thread) ------------------------------------------------
     def _on_text(self, text: str) -> None:
-        now = time.perf_counter()
-        if self._live is not None and (self._last_paint == 0.0 or now - self._last_paint >= LIVE_INTERVAL):
+        if self._live is not None and self._paint.due():
             self._live.value = live_html(text)
-            self._last_paint = now
 
     def _on_finish(self, generation: Generation) -> None:
         with self._lock:
@@ -294,9 +230,9 @@ class ChatPanel(WidgetView):
     def _start(self, action: Any, *args: Any) -> Generation:
         """Start a reply with ``action`` (a session method), with a live widget ready for it."""
         with self._lock:
-            self._live = _with_class(widgets.HTML(live_html("")), "gw-message", "gw-assistant",
+            self._live = with_class(widgets.HTML(live_html("")), "gw-message", "gw-assistant",
                                      "gw-streaming")
-            self._last_paint = 0.0
+            self._paint.reset()
             self.status.value = ""
             self._set_busy(True)
         try:
@@ -345,10 +281,6 @@ class ChatPanel(WidgetView):
         box = self._active_input
         self.send(box.value)
         box.value = ""
-
-    def _on_input_msg(self, _widget: Any, content: dict, _buffers: Any) -> None:
-        if content.get("event") == "submit":
-            self._ui(self._send_input)
 
     def stop(self) -> None:
         """Stop the streaming reply after the current decoding step; the partial reply is kept."""

@@ -40,7 +40,8 @@ from gemma_widgets import bench
 from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, charts, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.presets import PRESETS
-from gemma_widgets.widgets.display import WidgetView, html_snapshot, png_snapshot
+from gemma_widgets.widgets._view import View
+from gemma_widgets.widgets.display import html_snapshot, png_snapshot
 
 #: Rows the view shows (table, charts, outputs): drawing takes about a second per 30 rows, and a file of
 #: 600 blocked the kernel for 22 s. The results, export included, keep every row.
@@ -48,7 +49,7 @@ MAX_ROWS = 24
 TITLE = "<h3>Precision dashboard</h3>"
 
 
-class PrecisionDashboard(WidgetView):
+class PrecisionDashboard(View):
     """Measure one prompt across precisions and compare speed, memory and quality.
 
     Args:
@@ -106,12 +107,12 @@ class PrecisionDashboard(WidgetView):
         for image in self.images.values():
             image.add_class("gw-plot")
 
-        self.run_button.on_click(lambda _: self._guard(self.run))
+        self.run_button.on_click(lambda _: self._ui(self.run))
         self.cancel_button.on_click(lambda _: self.cancel())
         for button, suffix in zip(self.export_buttons, (".csv", ".json", ".png"), strict=True):
-            button.on_click(lambda _, s=suffix: self._guard(self.export, self._path_with(s)))
-        self.load_button.on_click(lambda _: self._guard(self.load, self.path.value))
-        self.model.observe(lambda _: self._guard(self._refresh_variants), names="value")
+            button.on_click(lambda _, s=suffix: self._ui(self.export, self._path_with(s)))
+        self.load_button.on_click(lambda _: self._ui(self.load, self.path.value))
+        self.model.observe(lambda _: self._ui(self._refresh_variants), names="value")
 
         self.widget = w.VBox([
             w.HTML(TITLE),
@@ -246,12 +247,9 @@ class PrecisionDashboard(WidgetView):
     def _path_with(self, suffix: str) -> Path:
         return Path(self.path.value or "precision_results").with_suffix(suffix)
 
-    def _guard(self, action: Any, *args: Any) -> None:
-        """Run a button's action; show a kit error in the status line instead of raising it."""
-        try:
-            action(*args)
-        except GemmaWidgetsError as exc:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
+    def _show_notice(self, text: str) -> None:
+        """A problem with a button's action goes to the status line, in red."""
+        self.status.value = f"<span style='color:#b00'>{html.escape(text)}</span>" if text else ""
 
     def _on_progress(self, p: Progress) -> None:
         if p.variant in self._bars:
