@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = "/usr/bin/chromium"
 # As in this project's machine notes: no GPU, no sandbox as root, and no background
 # connections, which a closed network refuses many at a time.
@@ -111,6 +113,15 @@ def _stop(process: subprocess.Popen) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
     psutil.wait_procs(started, timeout=10)
+
+
+def require_chromium() -> None:
+    """Skip the calling test where Chromium is missing; in CI (``CI=true``) fail it instead."""
+    reason = chromium_missing_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def chromium_missing_reason() -> str | None:

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import html
 import http.server
-import os
 import re
 import sys
 import threading
@@ -127,13 +126,9 @@ def serve(folder: Path) -> Iterator[str]:
 
 @pytest.mark.browser
 def test_every_page_shows_in_chromium_offline(book):
-    from _lab import chromium_browser, chromium_missing_reason, new_page
+    from _lab import chromium_browser, new_page, require_chromium
 
-    reason = chromium_missing_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_chromium()
     names = [nb.with_suffix(".html").name for nb in NOTEBOOKS] + OTHER_PAGES
     errors: list[str] = []
     remote: list[str] = []

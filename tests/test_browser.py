@@ -11,14 +11,13 @@ fails in CI (``CI=true``), where ``.ci/run`` installs it.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from _lab import chromium_browser, chromium_missing_reason, lab_server, new_page
+from _lab import chromium_browser, lab_server, new_page, require_chromium
 
 from gemma_widgets import bench
 
@@ -41,11 +40,7 @@ STDERR_OUTPUT = "[data-mime-type='application/vnd.jupyter.stderr']"  # traceback
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = chromium_missing_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_chromium()
     work = tmp_path_factory.mktemp("lab")
     root = work / "notebooks"  # each test writes the one-cell notebook it opens
     root.mkdir()

@@ -21,12 +21,10 @@ In both, ``LoadedModel.tokenizer`` is the Hugging Face tokenizer (chat template,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -37,9 +35,9 @@ from tqdm.auto import tqdm
 
 from gemma_widgets.cache import build_once, cache_root, folder_digest
 from gemma_widgets.errors import UnknownPrecisionError
+from gemma_widgets.host.logs import quiet_logger
 from gemma_widgets.host.native import inductor_kernels_intact
 from gemma_widgets.host.packages import missing, unmet_requirement
-from gemma_widgets.offline.bundled import quiet_transformers
 from gemma_widgets.templates import ensure_chat_template
 from gemma_widgets.tokenizer import read_tokenizer
 
@@ -161,7 +159,7 @@ def export(source: str, settings: ExportSettings) -> Path:
         config = settings.quantization_config(source)
         # The exporter's own tokenizer load warns spuriously, and tracing the model warns about
         # every Python-side check in transformers' code (TracerWarning): nothing a learner can act on.
-        with quiet_transformers(), warnings.catch_warnings():
+        with quiet_logger("transformers"), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = OVModelForCausalLM.from_pretrained(
                 source, export=True, compile=False, load_in_8bit=False, quantization_config=config)
@@ -234,21 +232,14 @@ def cpu_properties(folder: str) -> dict[str, str]:
     return {**CPU_PROPERTIES, **(INT8_WEIGHTS_PROPERTIES if mode.startswith("int8") else {})}
 
 
-@contextmanager
-def quiet_optimum() -> Iterator[None]:
+def quiet_optimum() -> contextlib.AbstractContextManager[None]:
     """Mute optimum-intel's "Could not infer whether the model was already converted" warning.
 
     Offline (``HF_HUB_OFFLINE=1``, as on Binder) ``OVModelForCausalLM.from_pretrained`` looks for a
     local IR folder in the hub cache, fails (``[Errno 2] ... refs/main``) and says so on stderr, which a
     learner reads as an error; the folders the kit loads are its own exports, so the guess is moot.
     """
-    log = logging.getLogger("optimum.intel.openvino.modeling_base")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+    return quiet_logger("optimum.intel.openvino.modeling_base")
 
 
 def optimum_model(folder: str, device: str = "CPU") -> Any:

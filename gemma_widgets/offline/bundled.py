@@ -29,9 +29,7 @@ stops at ``<end_of_turn>`` as well as ``<eos>``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import shutil
 from importlib import resources
@@ -48,6 +46,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerFast
 
 from gemma_widgets.cache import MANIFEST, build_once, cache_root, folder_digest
+from gemma_widgets.host.logs import quiet_logger
 from gemma_widgets.offline.gguf_reader import GGUFFile
 from gemma_widgets.templates import END_OF_TURN, START_OF_TURN, ensure_chat_template
 from gemma_widgets.tokenizer import read_tokenizer
@@ -201,17 +200,6 @@ def _config(gguf: GGUFFile) -> Any:
                                 _model_name_or_path=fields.get("general.name", ""), **options)
 
 
-@contextlib.contextmanager
-def quiet_transformers():
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _sentencepiece_models(gguf: Path) -> tuple[bytes, bytes]:
     """Two serialized SentencePiece BPE models of the GGUF's vocabulary, for two readers.
 
@@ -299,7 +287,7 @@ def _convert(out: Path) -> dict:
     steps.update()
     steps.set_postfix_str("saving")
     config = _config(gguf)
-    with quiet_transformers():
+    with quiet_logger("transformers"):
         generation = GenerationConfig.from_model_config(config)
     tokens = gguf.fields["tokenizer.ggml.tokens"]
     generation.eos_token_id = [tokens.index(END_OF_TURN), config.eos_token_id]  # as end_of_turn_ids reads them
