@@ -39,7 +39,7 @@ import ipywidgets as w
 from gemma_widgets import bench
 from gemma_widgets.bench import COLUMNS, DEFAULT_PROMPT, Progress, Result, charts, table_rows
 from gemma_widgets.errors import GemmaWidgetsError
-from gemma_widgets.presets import PRESETS
+from gemma_widgets.presets import PRESETS, resolve_preset
 from gemma_widgets.widgets._view import View
 from gemma_widgets.widgets.display import html_snapshot, png_snapshot
 
@@ -64,8 +64,6 @@ class PrecisionDashboard(View):
     def __init__(self, model: str | None = None, variants: Sequence[str] | None = None, *,
                  prompt: str = DEFAULT_PROMPT, new_tokens: int = 32, repeats: int = 3, rounds: int = 1,
                  results: Sequence[Result] | str | os.PathLike | None = None):
-        from gemma_widgets.presets import resolve_preset
-
         self._results: list[Result] = []
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None

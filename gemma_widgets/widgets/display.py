@@ -23,6 +23,10 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+import ipywidgets
+from IPython.display import display
+from ipywidgets.widgets import widget as widget_module
+
 from gemma_widgets.widgets.markdown import escape_text
 
 #: The output-metadata key of the kit's views, live and stored as snapshots.
@@ -41,8 +45,6 @@ class WidgetView:
     widget: Any
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         _shown[self.widget.model_id] = self
         display(self.widget, metadata={METADATA_KEY: {"view": type(self).__name__}})
 
@@ -76,8 +78,6 @@ def png_snapshot(png: bytes, what: str) -> dict[str, str]:
 def widget_text(widget: Any) -> str:
     """A widget's text on one line: its children's in order, an HTML value without its tags, a progress
     bar drawn in blocks (so a tqdm bar reads as its terminal line), other widgets' string values."""
-    import ipywidgets
-
     if isinstance(widget, ipywidgets.Box):
         return "".join(widget_text(child) for child in widget.children)
     if isinstance(widget, (ipywidgets.FloatProgress, ipywidgets.IntProgress)):
@@ -96,8 +96,6 @@ def snapshot_of(model_id: str) -> list[dict[str, Any]]:
     view = _shown.get(model_id)
     if view is not None:
         return view.snapshot()
-    from ipywidgets.widgets import widget as widget_module
-
     instances = getattr(widget_module, "_instances", None)  # ipywidgets 8; 7 has Widget.widgets
     widget = (instances if instances is not None else widget_module.Widget.widgets).get(model_id)
     if widget is None:
@@ -108,6 +106,4 @@ def snapshot_of(model_id: str) -> list[dict[str, Any]]:
 
 def publish_snapshots(model_ids: Iterable[str]) -> None:
     """Display every widget's :func:`snapshot_of`, by model id, as one JSON output (``make outputs``)."""
-    from IPython.display import display
-
     display({"application/json": {model_id: snapshot_of(model_id) for model_id in model_ids}}, raw=True)
