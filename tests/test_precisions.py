@@ -181,6 +181,7 @@ def test_unknown_precision_lists_the_known_ones():
         resolve("int3", resolve_preset("tiny-random-gemma2"))
 
 
+@pytest.mark.model
 def test_models_with_the_same_tokenizer_files_share_one_tokenizer(tiny):
     """Gemma's 262k vocabulary costs 300-400 MB: a second precision must not load it again."""
     from gemma_widgets import load_model
