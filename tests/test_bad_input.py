@@ -72,7 +72,7 @@ def test_the_dashboard_shows_a_malformed_file_as_a_message_and_odd_names_as_text
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"results": "abc"}')
-    dash = PrecisionDashboard(variants=["bf16"])
+    dash = PrecisionDashboard("tiny-random-gemma2", variants=["bf16"])  # bundled would check (and build) its GGUF
     dash._guard(dash.load, bad)
     assert "not a results file" in dash.status.value
     odd = [Result("m", "$\\frac{$x<b>", decode_tps=10.0, decode_tps_p10=9.0, decode_tps_p90=11.0,

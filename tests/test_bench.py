@@ -173,6 +173,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.model
 def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed():
     """The hostile test: ``timeout 120 ... bench`` (or a dead kernel) left the worker decoding under PID 1.
     Here the parent is SIGKILLed while its worker decodes its warm-up: the worker must go too."""

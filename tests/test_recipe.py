@@ -19,6 +19,7 @@ def test_the_description_reads_as_its_docstring_says():
     assert doctest.testmod(recipe).failed == 0
 
 
+@pytest.mark.model
 def test_a_gguf_header_gives_every_matrix_and_the_tied_output():
     rows = recipe.gguf_rows(bundled_gguf())
     body = [precision for part, _, precision in rows if part == "body"]
