@@ -38,6 +38,7 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         recipe.gguf_rows(path)
 
 
+@pytest.mark.model
 def test_a_transformers_model_lists_its_linear_layers_and_embedding():
     model = load_model(TINY, "bf16").engine
     assert model.recipe() == "embedding bf16, output bf16; body: 14 bf16"
