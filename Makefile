@@ -16,10 +16,10 @@ lab: prepare
 test: prepare
 	$(PY) -m pytest
 
-# The fast tests only (under two minutes): fakes and the tiny random Gemma 2 (the bundled tokenizer is
-# built once, ~20 s; no model weights are converted), no compile or export, no notebooks, no browser.
+# The fast tests only (under two minutes): the kit's logic on fake engines (tests/fakes.py); no model is
+# loaded (not even the tiny random Gemma 2), no compile or export, no notebooks, no browser.
 unit: $(STAMP)
-	$(PY) -m pytest -m "not integration and not browser and not slow" tests
+	$(PY) -m pytest -m "not integration and not browser and not slow and not model" tests
 
 # ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on the package, and
 # import-linter's contracts (pyproject.toml): the package's layers, and no widget toolkit below the views.

@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from chat_fakes import Scorer, ScriptedModel, fake_loaded
+from fakes import FakeTokenizer, NoLogits, ScriptedEngine, TextEngine, fake_model
 
 from gemma_widgets import arena, divergence
-from gemma_widgets.engines.base import Delta, Engine, SamplingSettings
-from gemma_widgets.engines.hf import TransformersEngine
+from gemma_widgets.engines.base import Engine, Finish, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, GenerationError
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -33,28 +31,29 @@ def parse(html: str) -> tuple[set[str], str]:
     return tags, "".join(text)
 
 
-class NoLogits(TransformersEngine):
-    """A scripted engine that streams tokens and, like a server, gives no logits."""
-
-    name = "scripted"
-    can_score = False
-    can_generate_exact = False  # no warm-up: the fake speaks generate's streamer protocol only
-    reuses_prefix = False  # a scripted generate keeps no cache
-    why_no_scores = "a scripted fake gives no logits"
-    score = Engine.score
+TOKENIZER = FakeTokenizer()  # one for every model here: the arena compares models that share a tokenizer
+REPLY = "Red, green and blue are three colours that mix into every other colour on a screen."
 
 
-def scripted(tiny, reply_ids, **options):
-    """A model that replies ``reply_ids`` (then end of turn), and cannot score."""
-    model = ScriptedModel(tiny.tokenizer, **options)
-    model.reply_ids = list(reply_ids)
-    return replace(fake_loaded(tiny, model), engine=NoLogits(model, tiny.tokenizer, tiny.path))
+def model(reply=REPLY, engine=ScriptedEngine, **options):
+    """A loaded scripted engine on the shared tokenizer (``engine``: ScriptedEngine or NoLogits)."""
+    return fake_model(engine(reply, tokenizer=TOKENIZER, **options), precision="fp32")
+
+
+def pieces(ids):
+    """Token ids as the pieces a script replies."""
+    return [TOKENIZER.convert_ids_to_tokens(i) for i in ids]
 
 
 @pytest.fixture(scope="module")
-def tiny_reply(tiny):
-    """The tiny model's greedy reply to a short prompt, against itself."""
-    return arena.compare(tiny, tiny, "Name three colours.", SHORT)
+def reference():
+    return model()
+
+
+@pytest.fixture(scope="module")
+def reference_reply(reference):
+    """The reference's reply to a short prompt, against itself."""
+    return arena.compare(reference, reference, "Name three colours.", SHORT)
 
 
 def test_first_difference():
@@ -82,15 +81,16 @@ def test_log_prob_blocks_rechunk_any_engine_chunks_from_the_reply_on():
         torch.testing.assert_close(torch.cat(blocks), torch.log_softmax(logits[start:], -1))
 
 
-def test_a_reply_longer_than_a_block_is_scored_at_every_position(tiny):
-    result = arena.compare(tiny, tiny, "Hi", SamplingSettings(temperature=0, max_new_tokens=100))
+def test_a_reply_longer_than_a_block_is_scored_at_every_position():
+    endless = model(finish=Finish.MAX_NEW_TOKENS)
+    result = arena.compare(endless, endless, "Hi", SamplingSettings(temperature=0, max_new_tokens=100))
     n = len(result.reference_ids)
     assert n > 64 and len(result.kl) == len(result.reference_probs) == len(result.challenger_probs) == n
     assert result.agreement == 1.0 and max(result.kl) == pytest.approx(0, abs=1e-6)
 
 
-def test_the_tiny_model_against_itself_is_identical(tiny_reply):
-    result = tiny_reply
+def test_a_model_against_itself_is_identical(reference_reply):
+    result = reference_reply
     assert result.reference_ids == result.challenger_ids and len(result.reference_ids) > 0
     assert result.reference_text == result.challenger_text
     assert result.divergence is None and result.identical_tokens == len(result.reference_ids)
@@ -99,88 +99,50 @@ def test_the_tiny_model_against_itself_is_identical(tiny_reply):
     assert result.summary().startswith(f"identical: all {len(result.reference_ids)} tokens")
 
 
-def test_an_engine_without_logits_still_gives_texts_and_the_divergence(tiny, tiny_reply):
+def test_an_engine_without_logits_still_gives_texts_and_the_divergence(reference, reference_reply):
     """Three tokens as the reference wrote them, then markup: the divergence is at token 3, the
     reference still scores the challenger's tokens, and the figures that need both say why not."""
-    tok = tiny.tokenizer
-    tail = tok(XSS, add_special_tokens=False).input_ids
-    assert tail[0] != tiny_reply.reference_ids[3]
-    challenger = scripted(tiny, [*tiny_reply.reference_ids[:3], *tail])
-    result = arena.compare(tiny, challenger, "Name three colours.", SHORT)
-    assert result.reference_ids == tiny_reply.reference_ids
-    assert result.challenger_ids[:-1] == (*tiny_reply.reference_ids[:3], *tail)  # then end of turn
+    tail = TOKENIZER(XSS, add_special_tokens=False).input_ids
+    assert tail[0] != reference_reply.reference_ids[3]
+    challenger = model(pieces([*reference_reply.reference_ids[:3], *tail]), engine=NoLogits)
+    result = arena.compare(reference, challenger, "Name three colours.", SHORT)
+    assert result.reference_ids == reference_reply.reference_ids
+    assert result.challenger_ids[:-1] == (*reference_reply.reference_ids[:3], *tail)  # then end of turn
     assert XSS in result.challenger_text
     assert result.divergence == 3 and result.identical_tokens == 3
     assert result.agreement is None and result.kl is None and result.mean_kl is None
     assert result.challenger_probs is None and result.challenger_sure is None
     assert set(result.unavailable) == {"agreement", "kl", "challenger_probs", "challenger_sure"}
-    assert all("scripted cannot score text: a scripted fake gives no logits" in why
+    assert all("no-logits cannot score text: a scripted fake gives no logits" in why
                for why in result.unavailable.values())
     assert len(result.reference_probs) == len(result.challenger_ids)
-    assert result.reference_probs[:3] == pytest.approx(tiny_reply.reference_probs[:3], abs=1e-5)
+    assert result.reference_probs[:3] == pytest.approx(reference_reply.reference_probs[:3], abs=1e-5)
     assert 0 < result.reference_sure <= 1
     line = result.summary()
     assert "3 identical tokens, then they part at token 4" in line and "unavailable: agreement" in line
 
 
-class TextOnly(Engine):
-    """Like a server: messages in, text out, no token ids, no tokenizer, no logits."""
-
-    name = "text-only"
-    context_window = 1024
-
-    def __init__(self):
-        self.seen = []
-
-    def stream(self, prompt, settings, stop):
-        self.seen.append(list(prompt.messages))
-        yield Delta("Hello", 1)
-        yield Delta(" there.", 1)
-        yield Delta(finish="end_of_turn")
-
-
-def test_a_text_only_challenger_is_compared_on_its_retokenized_text(tiny):
-    from gemma_widgets.loading import LoadedModel
-
-    server = LoadedModel(TextOnly(), tiny.preset, "server")
-    result = arena.compare(tiny, server, "Name three colours.", SHORT)
+def test_a_text_only_challenger_is_compared_on_its_retokenized_text(reference):
+    server = fake_model(TextEngine(), "server")
+    result = arena.compare(reference, server, "Name three colours.", SHORT)
     assert server.engine.seen == [[{"role": "user", "content": "Name three colours."}]]
     assert result.challenger_text == "Hello there."
-    assert result.challenger_ids == tuple(tiny.tokenizer("Hello there.", add_special_tokens=False).input_ids)
+    assert result.challenger_ids == tuple(TOKENIZER("Hello there.", add_special_tokens=False).input_ids)
     assert result.divergence == divergence.first_difference(result.reference_ids, result.challenger_ids)
     assert "re-tokenized from its text" in result.unavailable["challenger_ids"]
     assert result.kl is None and "text-only cannot score text" in result.unavailable["kl"]
     assert result.reference_probs is not None and len(result.reference_probs) == len(result.challenger_ids)
 
 
-class Flood(Engine):
-    """Like the hostile server: ignores max_tokens and sends 100k characters, 100 a piece."""
-
-    name = "flood"
-    context_window = 1024
-
-    def __init__(self):
-        self.sent = 0
-
-    def stream(self, prompt, settings, stop):
-        for _ in range(1000):
-            if stop.is_set():
-                yield Delta(finish="stopped")
-                return
-            self.sent += 1
-            yield Delta("word " * 20, 1)
-        yield Delta(finish="end_of_turn")
-
-
-def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut(tiny):
-    """The hostile test: a server challenger replying 100k characters was still being scored after 90 s."""
-    from gemma_widgets.loading import LoadedModel
-
-    flood = LoadedModel(Flood(), tiny.preset, "server")
-    reference = replace(tiny, engine=Scorer(tiny, limit=200))  # the prompt and a 16-token reply fit
+def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut():
+    """The hostile test: a server challenger replying 100k characters was still being scored after 90 s.
+    Like that server, the flood ignores max_tokens and sends 100k characters, 100 a piece."""
+    flood = fake_model(TextEngine(["word " * 20] * 1000), "server")
+    reference = model()
     result = arena.compare(reference, flood, "Name three colours.", SHORT)
+    assert max(reference.engine.scored) <= 200  # the prompt and a 16-token reply, never the whole flood
     assert len(result.challenger_ids) == SHORT.max_new_tokens
-    assert result.challenger_text == tiny.tokenizer.decode(list(result.challenger_ids))
+    assert result.challenger_text == TOKENIZER.decode(list(result.challenger_ids))
     assert result.challenger_text.startswith("word word")
     note = result.unavailable["challenger_ids"]
     assert "re-tokenized from its text" in note and "cut at max_new_tokens=16" in note
@@ -188,10 +150,10 @@ def test_a_server_reply_past_max_new_tokens_is_stopped_there_and_cut(tiny):
     assert len(result.reference_probs) == SHORT.max_new_tokens
 
 
-def test_stop_while_scoring_ends_the_run_and_leaves_no_thread(tiny):
+def test_stop_while_scoring_ends_the_run_and_leaves_no_thread():
     """The hostile test: after Stop, wait(10) was still False: scoring ignored Stop."""
-    slow = replace(tiny, engine=Scorer(tiny, delay=1.0))  # about 25 s of scoring for a 16-token reply
-    run = arena.ArenaRun(slow, tiny, "Hi", SHORT).start()
+    slow = model(score_delay=1.0)  # about 25 s of scoring for a 16-token reply
+    run = arena.ArenaRun(slow, model(), "Hi", SHORT).start()
     try:
         assert slow.engine.scoring.wait(60)
         run.stop()
@@ -200,22 +162,20 @@ def test_stop_while_scoring_ends_the_run_and_leaves_no_thread(tiny):
         run._thread.join(5)
         assert not run._thread.is_alive() and not run.generation._thread.is_alive()
     finally:
-        slow.engine.delay = 0.0
-        run.wait(60)
+        slow.engine.score_delay = 0.0
+        assert run.wait(60)
 
 
 EXIT_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from dataclasses import replace
-from chat_fakes import Scorer
-from gemma_widgets import arena, load_model
+from fakes import scripted
+from gemma_widgets import arena
 from gemma_widgets.engines.base import SamplingSettings
 
-tiny = load_model("tiny-random-gemma2", precision="fp32")
-slow = replace(tiny, engine=Scorer(tiny, delay=1.0))
+slow = scripted(score_delay=1.0)
 finished = lambda run: print("finished", "stopped" if run.stopped else "not stopped", run.result, flush=True)
-arena.ArenaRun(slow, tiny, "Hi", SamplingSettings(temperature=0, max_new_tokens=16), on_finish=finished).start()
+arena.ArenaRun(slow, slow, "Hi", SamplingSettings(temperature=0, max_new_tokens=16), on_finish=finished).start()
 assert slow.engine.scoring.wait(120)
 print("scoring", flush=True)
 """  # the main thread ends here, with the run still scoring
@@ -229,26 +189,27 @@ def test_a_run_still_scoring_when_python_exits_is_stopped_and_ends_cleanly():
     assert done.returncode == 0 and "terminate called" not in done.stderr
 
 
-def test_an_empty_or_too_long_prompt_is_refused_with_a_reason(tiny):
+def test_an_empty_or_too_long_prompt_is_refused_with_a_reason(reference):
     for empty in ("", "   \n"):
         with pytest.raises(GemmaWidgetsError, match="The prompt is empty"):
-            arena.compare(tiny, tiny, empty)
+            arena.compare(reference, reference, empty)
     with pytest.raises(GenerationError, match="context window"):
-        arena.compare(tiny, tiny, "word " * tiny.context_window, SHORT)
+        arena.compare(reference, reference, "word " * reference.context_window, SHORT)
 
 
-def test_a_model_that_raises_becomes_a_generation_error(tiny):
-    broken = scripted(tiny, [10, 11, 12], fail_after=1)
+def test_a_model_that_raises_becomes_a_generation_error(reference):
+    broken = model(fail_at=1)
     with pytest.raises(GenerationError, match=r"challenger \(fp32 · scripted\) raised RuntimeError"):
-        arena.compare(tiny, broken, "Hi", SHORT)
+        arena.compare(reference, broken, "Hi", SHORT)
 
 
 # --- the widget --------------------------------------------------------------------------------
-def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny, tiny_reply):
+def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(reference, reference_reply):
     from gemma_widgets.widgets.arena import PrecisionArena
 
-    tail = tiny.tokenizer(XSS, add_special_tokens=False).input_ids
-    view = PrecisionArena([tiny, scripted(tiny, [*tiny_reply.reference_ids[:3], *tail])], settings=SHORT)
+    tail = TOKENIZER(XSS, add_special_tokens=False).input_ids
+    challenger = model(pieces([*reference_reply.reference_ids[:3], *tail]), engine=NoLogits)
+    view = PrecisionArena([reference, challenger], settings=SHORT)
     result = view.compare("Name three colours.")
     assert view.result is result and result.divergence == 3
     assert "3 identical tokens, then they part at token 4" in view.summary.value
@@ -276,39 +237,38 @@ def test_the_arena_widget_shows_both_replies_the_divergence_and_the_summary(tiny
     assert view.challenger_column.value == challenger and view.result is result
 
 
-def test_the_arena_widget_stops_and_reports_errors_in_one_line(tiny):
+def test_the_arena_widget_stops_and_reports_errors_in_one_line(reference):
     from gemma_widgets.widgets.arena import PrecisionArena
 
-    slow = scripted(tiny, tiny.tokenizer(" one two three", add_special_tokens=False).input_ids, delay=0.05,
-                    forever=True)
-    view = PrecisionArena([slow, tiny], settings=SamplingSettings(temperature=0, max_new_tokens=400))
+    slow = model(" one two three", engine=NoLogits, delay=0.05, finish=Finish.MAX_NEW_TOKENS)
+    view = PrecisionArena([slow, reference], settings=SamplingSettings(temperature=0, max_new_tokens=400))
     run = view.send("Hi")
     assert view.stop_button.disabled is False and view.send_button.disabled is True
-    slow.model.started.wait(30)
+    assert slow.engine.started.wait(30)
     view.stop()
     assert view.wait(30) and run.stopped and run.result is None
     assert "Stopped by the user" in view.notice.value
     assert view.ref_column.value.count("gw-diverge") == 0 and "…" not in view.ref_column.value
     assert view.challenger_column.value.endswith("…</div>")  # the challenger never started
 
-    broken = PrecisionArena([tiny, scripted(tiny, [10, 11, 12], fail_after=1)], settings=SHORT)
+    broken = PrecisionArena([reference, model(fail_at=1)], settings=SHORT)
     with pytest.raises(GenerationError):
         broken.compare("Hi")
     assert "RuntimeError" in broken.notice.value and "Nothing was compared" in broken.notice.value
     assert broken.send_button.disabled is False
 
 
-def test_the_arena_widget_needs_two_models(tiny):
+def test_the_arena_widget_needs_two_models(reference):
     from gemma_widgets.widgets.arena import PrecisionArena
 
     with pytest.raises(GemmaWidgetsError, match="two models"):
-        PrecisionArena([tiny])
+        PrecisionArena([reference])
 
 
-def test_the_arena_picture_is_a_png(tiny_reply):
+def test_the_arena_picture_is_a_png(reference_reply):
     from gemma_widgets.course import pictures
 
-    png = pictures.arena_png(tiny_reply)
+    png = pictures.arena_png(reference_reply)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 

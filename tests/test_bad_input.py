@@ -8,11 +8,12 @@ import warnings
 
 import psutil
 import pytest
+from fakes import scripted
 
 from gemma_widgets import bench, load_model
 from gemma_widgets.bench import Result, measure
 from gemma_widgets.bench.records import Step
-from gemma_widgets.engines.base import SamplingSettings
+from gemma_widgets.engines.base import Finish, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError, UnknownModelError, UnknownPrecisionError
 from gemma_widgets.session import ChatSession
 
@@ -27,9 +28,9 @@ def test_sampling_settings_that_are_not_finite_numbers_are_named(change):
 
 
 @pytest.mark.parametrize("window", [-5, 0, 10**9, 2.5, "64"])
-def test_a_context_window_outside_the_model_is_refused(tiny, window):
+def test_a_context_window_outside_the_model_is_refused(window):
     with pytest.raises(GemmaWidgetsError, match="context_window must be a whole number"):
-        ChatSession(tiny, context_window=window)
+        ChatSession(scripted(), context_window=window)
 
 
 def test_a_precision_or_option_that_does_not_exist_is_a_clear_error():
@@ -72,7 +73,7 @@ def test_the_dashboard_shows_a_malformed_file_as_a_message_and_odd_names_as_text
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"results": "abc"}')
-    dash = PrecisionDashboard(variants=["bf16"])
+    dash = PrecisionDashboard("tiny-random-gemma2", variants=["bf16"])  # bundled would check (and build) its GGUF
     dash._ui(dash.load, bad)
     assert "not a results file" in dash.status.value
     odd = [Result("m", "$\\frac{$x<b>", decode_tps=10.0, decode_tps_p10=9.0, decode_tps_p90=11.0,
@@ -81,12 +82,10 @@ def test_the_dashboard_shows_a_malformed_file_as_a_message_and_odd_names_as_text
     assert "<b>" not in dash.table.value and all(image.value for image in dash.images.values())
 
 
-def test_editing_while_a_reply_streams_is_refused(tiny):
-    from chat_fakes import ScriptedModel, fake_loaded
-
+def test_editing_while_a_reply_streams_is_refused():
     from gemma_widgets import ChatPanel
 
-    panel = ChatPanel(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, "la ", delay=0.01, forever=True)))
+    panel = ChatPanel(scripted(["la "], delay=0.01, finish=Finish.MAX_NEW_TOKENS))
     panel.send("sing")
     with pytest.raises(GemmaWidgetsError, match="still streaming"):
         panel._start_edit()
@@ -136,14 +135,12 @@ def test_a_streamed_decode_uses_its_own_first_token_time_and_count():
     assert "1 of 2 decode runs" in result.notes[0]  # one token: no decode rate
 
 
-def test_json_nested_past_pythons_stack_is_a_notice_in_the_chat_panel(tiny, tmp_path):
+def test_json_nested_past_pythons_stack_is_a_notice_in_the_chat_panel(tmp_path):
     """200,000 ``[`` (RecursionError in the parser) through the upload button and ChatPanel.load, and
     stats nested 5,000 deep handed over as data: each a message, and the transcript kept."""
-    from chat_fakes import ScriptedModel, fake_loaded
-
     from gemma_widgets import ChatPanel
 
-    panel = ChatPanel(fake_loaded(tiny, ScriptedModel(tiny.tokenizer, "Hi")))
+    panel = ChatPanel(scripted("Hi"))
     panel.load([{"role": "user", "content": "kept"}, {"role": "assistant", "content": "Hi"}])
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 200_000)

@@ -87,6 +87,7 @@ def test_within_noise_means_the_ranges_overlap_widened_to_the_noise_floor():
     assert bench.within_noise(_timed("a", 10, 9, 11), Result(TINY, "failed", status="failed")) is None
 
 
+@pytest.mark.model
 def test_a_variant_that_cannot_load_is_reported_and_the_rest_succeed(tiny_run):
     results, _ = tiny_run
     failed = results[2]
@@ -97,6 +98,7 @@ def test_a_variant_that_cannot_load_is_reported_and_the_rest_succeed(tiny_run):
     assert "failed: Unknown precision" in table and "fp32" in table and "bf16" in table
 
 
+@pytest.mark.model
 def test_progress_goes_through_every_stage_of_every_variant(tiny_run):
     _, seen = tiny_run
     for variant in ("fp32", "bf16"):
@@ -109,6 +111,7 @@ def test_progress_goes_through_every_stage_of_every_variant(tiny_run):
         assert [p.fraction for p in seen if p.variant == variant][-1] == 1.0
 
 
+@pytest.mark.model
 def test_results_round_trip_through_csv_and_json(tiny_run, tmp_path):
     results, _ = tiny_run
     for name in ("results.csv", "results.json"):
@@ -123,6 +126,7 @@ def test_results_round_trip_through_csv_and_json(tiny_run, tmp_path):
         bench.load(tmp_path / "missing.csv")
 
 
+@pytest.mark.model
 def test_a_results_file_from_before_the_newer_columns_still_loads(tiny_run, tmp_path):
     results, _ = tiny_run
     path = bench.save(results[:2], tmp_path / "new.csv")
@@ -170,6 +174,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.model
 def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed():
     """The hostile test: ``timeout 120 ... bench`` (or a dead kernel) left the worker decoding under PID 1.
     Here the parent is SIGKILLed while its worker decodes its warm-up: the worker must go too."""

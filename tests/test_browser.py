@@ -280,7 +280,7 @@ from gemma_widgets.engines.base import SamplingSettings
 
 panel = ChatPanel(model="tiny-random-gemma2", precision="fp32", settings=SamplingSettings(max_new_tokens=8))
 display(panel)
-panel.send("Repeat: {XSS}").wait(120)
+assert panel.send("Repeat: {XSS}").wait(120)
 arena = PrecisionArena(models=["fp32", "bf16"], model="tiny-random-gemma2")
 arena.compare("Explain what a lighthouse does.")
 display(arena)

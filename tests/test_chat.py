@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
-from chat_fakes import ScriptedModel, fake_loaded
+from fakes import ScriptedEngine, fake_model, scripted
 
 from gemma_widgets import ChatPanel
-from gemma_widgets.engines.base import SamplingSettings
+from gemma_widgets.engines.base import Finish, SamplingSettings
 from gemma_widgets.errors import GemmaWidgetsError
 from gemma_widgets.widgets.markdown import escape_text, render_markdown
 from gemma_widgets.widgets.messages import live_html
@@ -21,10 +21,10 @@ XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="ja
        "<iframe src=//evil></iframe>", "<svg onload=alert(1)>"]
 
 
-def _panel(tiny, reply="Hello **world**.", **kwargs) -> tuple[ChatPanel, ScriptedModel]:
-    fake = {k: kwargs.pop(k) for k in ("delay", "forever", "fail_after") if k in kwargs}
-    model = ScriptedModel(tiny.tokenizer, reply, **fake)
-    return ChatPanel(fake_loaded(tiny, model), **kwargs), model
+def _panel(reply="Hello **world**.", **kwargs) -> tuple[ChatPanel, ScriptedEngine]:
+    fake = {k: kwargs.pop(k) for k in ("delay", "finish", "fail_at") if k in kwargs}
+    engine = ScriptedEngine(reply, **fake)
+    return ChatPanel(fake_model(engine), **kwargs), engine
 
 
 def _all_html(panel: ChatPanel) -> str:
@@ -40,8 +40,8 @@ def _wait_for(predicate, timeout=10.0) -> bool:
     return True
 
 
-def test_widgets_have_stable_css_classes(tiny):
-    panel, _ = _panel(tiny)
+def test_widgets_have_stable_css_classes():
+    panel, _ = _panel()
     assert "gw-chat" in panel.widget._dom_classes
     for widget, name in [(panel.input, "gw-input"), (panel.send_button, "gw-send"),
                          (panel.stop_button, "gw-stop"), (panel.status, "gw-status"),
@@ -50,10 +50,13 @@ def test_widgets_have_stable_css_classes(tiny):
                          (panel.edit_button, "gw-edit"), (panel.system_box, "gw-system"),
                          (panel.temperature, "gw-temperature"), (panel.meter_label, "gw-meter")]:
         assert name in widget._dom_classes
-    panel.send("hi").wait(10)
-    assert all("gw-message" in w._dom_classes for w in panel.transcript.children)
+    assert panel.send("hi").wait(10)
+    user, reply = panel.transcript.children
+    assert all("gw-message" in w._dom_classes for w in (user, reply))
+    assert "gw-streaming" not in reply._dom_classes and "<strong>world</strong>" in reply.value  # the reply, rendered
 
 
+@pytest.mark.model
 def test_build_from_a_preset_name():
     panel = ChatPanel(model="tiny-random-gemma2", precision="fp32")
     assert panel.session.loaded.preset.name == "tiny-random-gemma2"
@@ -62,19 +65,19 @@ def test_build_from_a_preset_name():
         ChatPanel(panel.session.loaded, model="bundled")
 
 
-def test_a_model_name_without_a_precision_gets_the_fast_one(monkeypatch, tiny):
+def test_a_model_name_without_a_precision_gets_the_fast_one(monkeypatch):
     """Chat is speed-sensitive: ``fast`` (an OpenVINO export on openvino-genai on a CPU) by default."""
     import gemma_widgets.widgets.chat as chat
 
     asked = []
-    monkeypatch.setattr(chat, "load_model", lambda name, precision, **kw: asked.append(precision) or tiny)
+    monkeypatch.setattr(chat, "load_model", lambda name, precision, **kw: asked.append(precision) or scripted())
     ChatPanel(model="tiny-random-gemma2")
     ChatPanel(model="tiny-random-gemma2", precision="bf16")
     assert asked == ["fast", "bf16"]
 
 
-def test_streaming_updates_the_reply_and_disables_send(tiny):
-    panel, model = _panel(tiny, "one two three four five six seven eight", delay=0.03)
+def test_streaming_updates_the_reply_and_disables_send():
+    panel, model = _panel("one two three four five six seven eight", delay=0.03)
     panel.input.value = "count"
     panel.send_button.click()
     assert panel.input.value == ""
@@ -93,16 +96,16 @@ def test_streaming_updates_the_reply_and_disables_send(tiny):
     assert panel.meter.value > 0 and "/ 1,024 tokens" in panel.meter_label.value
 
 
-def test_enter_sends_through_the_submit_event(tiny):
-    panel, _ = _panel(tiny)
+def test_enter_sends_through_the_submit_event():
+    panel, _ = _panel()
     panel.input.value = "via Enter"
     panel.input._handle_custom_msg({"event": "submit"}, [])  # what the browser sends on Enter
     assert panel.wait(10)
     assert panel.history[0] == {"role": "user", "content": "via Enter"} and panel.input.value == ""
 
 
-def test_multiline_input_sends_with_the_button(tiny):
-    panel, _ = _panel(tiny)
+def test_multiline_input_sends_with_the_button():
+    panel, _ = _panel()
     panel.input.value = "first line"
     panel.multiline_toggle.value = True
     assert panel.multiline_input.value == "first line" and panel.input.layout.display == "none"
@@ -117,8 +120,8 @@ def test_multiline_input_sends_with_the_button(tiny):
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n"])
-def test_empty_message_is_rejected_with_a_notice(tiny, text):
-    panel, model = _panel(tiny)
+def test_empty_message_is_rejected_with_a_notice(text):
+    panel, model = _panel()
     panel.input.value = text
     panel.send_button.click()
     assert "empty" in panel.notice.value and panel.history == [] and model.calls == []
@@ -128,9 +131,9 @@ def test_empty_message_is_rejected_with_a_notice(tiny, text):
 
 
 @pytest.mark.parametrize("attack", XSS)
-def test_html_in_user_and_model_text_is_shown_as_text(tiny, attack):
-    panel, _ = _panel(tiny, f"{attack} and **bold**")
-    panel.send(f"look: {attack}").wait(10)
+def test_html_in_user_and_model_text_is_shown_as_text(attack):
+    panel, _ = _panel(f"{attack} and **bold**")
+    assert panel.send(f"look: {attack}").wait(10)
     html = _all_html(panel)
     for tag in ("<script", "<img", "<iframe", "<svg", "<a href=\"javascript", "<a "):
         assert tag not in html
@@ -138,13 +141,13 @@ def test_html_in_user_and_model_text_is_shown_as_text(tiny, attack):
     assert panel.history[0]["content"] == f"look: {attack}"  # the transcript keeps the raw text
 
 
-def test_the_snapshot_is_the_transcript_as_shown_with_its_styles_inline(tiny):
+def test_the_snapshot_is_the_transcript_as_shown_with_its_styles_inline():
     """What a stored notebook shows: the panel's own message HTML (escaped), title and status, with the
     styles that carry meaning inline (JupyterLab drops the <style> block of an untrusted notebook)."""
     from gemma_widgets.widgets.display import SNAPSHOT_NOTE
 
-    panel, _ = _panel(tiny, "<script>alert(1)</script> and **bold**")
-    panel.send("<img src=x onerror=alert(1)>\nsecond line").wait(10)
+    panel, _ = _panel("<script>alert(1)</script> and **bold**")
+    assert panel.send("<img src=x onerror=alert(1)>\nsecond line").wait(10)
     (bundle,) = panel.snapshot()
     html = bundle["text/html"]
     assert all(widget.value in html for widget in panel.transcript.children)
@@ -179,8 +182,8 @@ def test_no_user_text_sets_an_attribute_and_deep_or_odd_markdown_renders():
     assert "[" * 100 in render_markdown("[" * 20000) and "![" * 100 in render_markdown("![" * 10000)
 
 
-def test_stop_keeps_the_partial_reply_marked(tiny):
-    panel, model = _panel(tiny, "la ", delay=0.01, forever=True,
+def test_stop_keeps_the_partial_reply_marked():
+    panel, model = _panel(["la "], delay=0.01, finish=Finish.MAX_NEW_TOKENS,
                           settings=SamplingSettings(max_new_tokens=900))
     panel.send("sing")
     assert _wait_for(lambda: model.steps >= 5)
@@ -191,9 +194,9 @@ def test_stop_keeps_the_partial_reply_marked(tiny):
     assert "stopped" in panel.status.value and not panel.send_button.disabled
 
 
-def test_clear_regenerate_and_edit_last(tiny):
-    panel, model = _panel(tiny, "reply")
-    panel.send("first").wait(10)
+def test_clear_regenerate_and_edit_last():
+    panel, model = _panel("reply")
+    assert panel.send("first").wait(10)
     panel.regenerate_button.click()
     assert panel.wait(10) and len(model.calls) == 2 and len(panel.history) == 2
     panel.edit_button.click()
@@ -203,7 +206,7 @@ def test_clear_regenerate_and_edit_last(tiny):
     assert panel.wait(10)
     assert [m["content"] for m in panel.history] == ["first, edited", "reply"]
     assert len(panel.transcript.children) == 2 and "first, edited" in panel.transcript.children[0].value
-    panel.edit_last("third version").wait(10)
+    assert panel.edit_last("third version").wait(10)
     assert panel.history[0]["content"] == "third version"
     panel.clear_button.click()
     assert panel.history == [] and panel.transcript.children == ()
@@ -211,40 +214,37 @@ def test_clear_regenerate_and_edit_last(tiny):
     assert "nothing to regenerate" in panel.notice.value
 
 
-def test_system_prompt_box_is_folded_into_the_first_turn(tiny):
-    panel, model = _panel(tiny)
+def test_system_prompt_box_is_folded_into_the_first_turn():
+    panel, model = _panel()
     panel.system_box.value = "You are a pirate."
-    panel.send("Where is the treasure?").wait(10)
-    prompt = tiny.tokenizer.decode(model.calls[-1]["input_ids"])
+    assert panel.send("Where is the treasure?").wait(10)
+    prompt = model.tokenizer.decode(model.calls[-1].input_ids)
     assert "<start_of_turn>user\nYou are a pirate.\n\nWhere is the treasure?" in prompt
     assert panel.history[0] == {"role": "system", "content": "You are a pirate."}
 
 
-def test_sampling_controls_drive_generate(tiny):
-    panel, model = _panel(tiny)
+def test_sampling_controls_drive_the_engine():
+    panel, model = _panel()
     panel.temperature.value, panel.top_p.value, panel.top_k.value = 0.4, 0.5, 5
     panel.max_new_tokens.value, panel.repetition_penalty.value = 33, 1.25
-    panel.send("hi").wait(10)
-    call = model.calls[-1]
-    assert (call["temperature"], call["top_p"], call["top_k"]) == (0.4, 0.5, 5)
-    assert call["max_new_tokens"] == 33 and call["repetition_penalty"] == 1.25
+    assert panel.send("hi").wait(10)
+    assert model.calls[-1].settings == SamplingSettings(temperature=0.4, top_p=0.5, top_k=5, max_new_tokens=33,
+                                                        repetition_penalty=1.25)
     panel.temperature.value = 0
-    panel.send("greedy now").wait(10)
-    assert model.calls[-1]["do_sample"] is False
+    assert panel.send("greedy now").wait(10)
+    assert model.calls[-1].settings.greedy
 
 
-def test_context_overflow_shows_a_notice(tiny):
-    panel, _ = _panel(tiny, "an answer " * 5, context_window=160,
-                      settings=SamplingSettings(max_new_tokens=20))
+def test_context_overflow_shows_a_notice():
+    panel, _ = _panel("an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
     for i in range(8):
-        panel.send(f"message {i} " + "filler " * 10).wait(10)
+        assert panel.send(f"message {i} " + "filler " * 10).wait(10)
     assert "left out of the prompt" in panel.notice.value and len(panel.history) == 16
     assert len(panel.transcript.children) == 16 and panel.meter.value <= 160
 
 
-def test_overflow_notice_shows_when_the_reply_ends_before_send_returns(tiny):
-    panel, _ = _panel(tiny, "an answer " * 5, context_window=160,
-                      settings=SamplingSettings(max_new_tokens=20))
+def test_overflow_notice_shows_when_the_reply_ends_before_send_returns():
+    panel, _ = _panel("an answer " * 5, context_window=160, settings=SamplingSettings(max_new_tokens=20))
     send = panel.session.send
 
     def send_and_finish(text):  # the race a busy machine makes: the reply ends first
@@ -258,19 +258,19 @@ def test_overflow_notice_shows_when_the_reply_ends_before_send_returns(tiny):
     assert "left out of the prompt" in panel.notice.value and len(panel.history) == 16
 
 
-def test_a_raising_generation_shows_the_error_and_stays_usable(tiny):
-    panel, model = _panel(tiny, "some words before failing", fail_after=2)
-    panel.send("go").wait(10)
+def test_a_raising_generation_shows_the_error_and_stays_usable():
+    panel, model = _panel("some words before failing", fail_at=2)
+    assert panel.send("go").wait(10)
     assert "RuntimeError" in panel.notice.value and "transcript is kept" in panel.notice.value
     assert "gw-error" in panel.transcript.children[-1].value
     assert not panel.send_button.disabled and panel.stop_button.disabled
-    model.fail_after = None
-    panel.send("again").wait(10)
+    model.fail_at = None
+    assert panel.send("again").wait(10)
     assert len(panel.history) == 4 and panel.history[-1]["content"] == "some words before failing"
 
 
-def test_send_while_streaming_is_refused(tiny):
-    panel, _ = _panel(tiny, "x " * 200, delay=0.01)
+def test_send_while_streaming_is_refused():
+    panel, _ = _panel("x " * 200, delay=0.01)
     panel.send("long one")
     with pytest.raises(GemmaWidgetsError, match="still streaming"):
         panel.send("too soon")
@@ -278,14 +278,14 @@ def test_send_while_streaming_is_refused(tiny):
     assert panel.wait(10) and len(panel.history) == 2
 
 
-def test_export_and_load(tiny, tmp_path, monkeypatch):
-    panel, _ = _panel(tiny, "a reply")
+def test_export_and_load(tmp_path, monkeypatch):
+    panel, _ = _panel("a reply")
     panel.system_box.value = "Sys"
-    panel.send("question <b>").wait(10)
+    assert panel.send("question <b>").wait(10)
     data = json.loads(panel.export_json(tmp_path / "t.json"))
     assert data["messages"][0] == {"role": "user", "content": "question <b>"}
     assert "## User\n\n> question &lt;b&gt;" in panel.export_markdown(tmp_path / "t.md")  # quoted, escaped
-    other, _ = _panel(tiny)
+    other, _ = _panel()
     other.load(tmp_path / "t.json")
     assert other.history == panel.history and other.system_box.value == "Sys"
     assert len(other.transcript.children) == 2
@@ -320,8 +320,8 @@ def test_bundled_model_chats_in_the_panel(bundled):
     assert "<end_of_turn>" not in reply["content"]
 
 
-def test_an_unexpected_error_before_the_reply_leaves_the_panel_usable(tiny, monkeypatch):
-    panel, _ = _panel(tiny)
+def test_an_unexpected_error_before_the_reply_leaves_the_panel_usable(monkeypatch):
+    panel, _ = _panel()
 
     def broken(*args, **kwargs):
         raise RuntimeError("template exploded")

@@ -20,6 +20,7 @@ def test_the_evaluation_shares_no_question_with_training():
     assert all(r["expected"] for r in chat_tuning.read_jsonl("eval"))
 
 
+@pytest.mark.model
 def test_a_training_example_is_the_generation_prompt_then_the_reply_and_end_of_turn(tiny):
     tok = tiny.tokenizer
     ids, start = chat_tuning.encode(tok, "What is 2 plus 2?", "2 plus 2 is 4.")
@@ -27,6 +28,7 @@ def test_a_training_example_is_the_generation_prompt_then_the_reply_and_end_of_t
     assert tok.decode(ids[start:]) == "2 plus 2 is 4." + END_OF_TURN
 
 
+@pytest.mark.model
 def test_the_loss_scores_only_the_reply_as_the_full_logits_would(tiny):
     """The cheap loss (output layer at reply positions only) equals cross-entropy over the full logits."""
     from peft import LoraConfig, get_peft_model

@@ -22,6 +22,7 @@ def test_prepare_prints_the_bundled_folder(monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == str(bundled_dir())
 
 
+@pytest.mark.model
 def test_prepare_a_preset(tiny, capsys):
     assert main(["prepare", "--model", "tiny-random-gemma2"]) == 0
     assert capsys.readouterr().out.strip() == tiny.path

@@ -25,6 +25,7 @@ def eager(tiny):
     compilation.uncompile(tiny.model)
 
 
+@pytest.mark.model
 def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
     import transformers
     from transformers import StaticCache
@@ -39,6 +40,7 @@ def test_static_cache_gives_sliding_layers_a_window_sized_buffer(tiny):
     assert hybrid is None or issubclass(hybrid, StaticCache)
 
 
+@pytest.mark.model
 def test_encode_left_pads_to_a_multiple(tiny):
     plain = compilation.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device)
     padded = compilation.encode(tiny.tokenizer, PROMPTS[1], tiny.model.device, pad_to_multiple_of=32)
@@ -52,6 +54,7 @@ def test_round_up():
     assert [compilation.round_up(n, 64) for n in (1, 64, 65)] == [64, 64, 128]
 
 
+@pytest.mark.model
 def test_unknown_mode_and_variant_are_clear_errors(tiny):
     with pytest.raises(GemmaWidgetsError, match="max-autotune-no-cudagraphs"):
         compilation.check_mode("fastest")
@@ -84,6 +87,7 @@ def test_the_kit_cache_wins_over_torchs_temporary_default_not_over_the_users(tmp
     assert compilation.use_inductor_cache() == tmp_path / "mine"
 
 
+@pytest.mark.model
 def test_measure_eager_variants_gives_records(eager):
     records = bench_compile.measure(eager, new_tokens=3, variants=("eager-dynamic", "eager-static"), repeats=2)
     assert [r.variant for r in records] == ["eager-dynamic", "eager-static"]
@@ -135,6 +139,7 @@ def test_load_model_compile_serves_new_lengths_without_recompiling():
     assert count.graphs == 0, count.reasons
 
 
+@pytest.mark.model
 def test_compile_failure_falls_back_to_eager(eager, monkeypatch):
     calls = []
 
@@ -152,6 +157,7 @@ def test_compile_failure_falls_back_to_eager(eager, monkeypatch):
     assert len(bench_compile.time_generate(lm.model, inputs, 2)[1]) == 2
 
 
+@pytest.mark.model
 def test_missing_compiler_is_a_reason_not_a_crash(eager, monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compilation.shutil, "which", lambda name: None)
@@ -177,6 +183,7 @@ def test_left_padding_keeps_the_bundled_models_answer(bundled):
 # of compiling, paid once.
 
 
+@pytest.mark.model
 def test_cache_length_is_the_global_layers_length(tiny):
     cache = compilation.static_cache(tiny.model, 64)
     assert compilation.cache_length(cache) == 64 and min(layer.max_cache_len for layer in cache.layers) == 16

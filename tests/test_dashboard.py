@@ -18,6 +18,8 @@ from gemma_widgets.host.hardware import Machine
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MACHINE = Machine("Test CPU", 2, 2, 24.0, "", "Linux", "3.11", {"torch": "2.13.0"})
+#: The model the views are made for: the bundled one would convert its GGUF to list its precisions.
+TINY = "tiny-random-gemma2"
 
 
 def _results() -> list[Result]:
@@ -60,7 +62,7 @@ def test_a_saved_results_file_is_shown_without_measuring(tmp_path):
     from gemma_widgets import PrecisionDashboard
 
     path = bench.save(_results(), tmp_path / "gpu_run.json")
-    dash = PrecisionDashboard(results=path)
+    dash = PrecisionDashboard(TINY, results=path)
     assert dash.results == _results()
     table = dash.table.value
     assert "<td>fp32</td>" in table and "<td>18.0</td>" in table and "96.0%" in table
@@ -81,7 +83,7 @@ def test_the_table_flags_speeds_within_noise_and_the_outputs_show_each_recipe():
     for r in results:
         r.noise_floor = 0.25
     bench.compare_with_reference(results)
-    dash = PrecisionDashboard(results=results)
+    dash = PrecisionDashboard(TINY, results=results)
     table = dash.table.value
     assert "<th>vs ref</th>" in table and "<td>ref</td>" in table
     assert "2.00x</td>" in table  # 18 against 9 tok/s: apart even with a 25% noise floor
@@ -108,8 +110,8 @@ def test_the_snapshot_is_the_table_one_small_png_of_the_charts_and_the_outputs()
     image/png output of their own (an untrusted JupyterLab drops data: images inside HTML)."""
     from gemma_widgets.widgets.dashboard import PrecisionDashboard
 
-    assert [sorted(b) for b in PrecisionDashboard(results=[]).snapshot()] == [["text/html", "text/plain"]]
-    dash = PrecisionDashboard(results=_results())
+    assert [sorted(b) for b in PrecisionDashboard(TINY, results=[]).snapshot()] == [["text/html", "text/plain"]]
+    dash = PrecisionDashboard(TINY, results=_results())
     top, picture, bottom = dash.snapshot()
     assert dash.table.value in top["text/html"] and "&lt;CUDA&gt;" in top["text/html"]
     png = base64.b64decode(picture["image/png"])
@@ -212,7 +214,7 @@ def test_a_results_file_of_many_rows_shows_the_first_ones_and_says_so(tmp_path, 
     fp32, bf16 = _results()[:2]
     many = [dataclasses.replace((fp32, bf16)[i % 2], variant=f"v{i}") for i in range(rows)]
     path = bench.save(many, tmp_path / "many.json")
-    dash = PrecisionDashboard(results=path)
+    dash = PrecisionDashboard(TINY, results=path)
     shown = dash.table.value.count("<tr><td>")
     assert 0 < shown < rows and f"Showing the first {shown} of {rows} rows" in dash.notice.value
     assert "<td>v0</td>" in dash.table.value and f"<td>v{rows - 1}</td>" not in dash.table.value
@@ -227,7 +229,7 @@ def test_figures_that_cannot_be_drawn_are_reported_not_raised(tmp_path):
 
     results = _results()
     results[1].decode_tps = 1e308
-    dash = PrecisionDashboard(results=bench.save(results, tmp_path / "bad.json"))
+    dash = PrecisionDashboard(TINY, results=bench.save(results, tmp_path / "bad.json"))
     assert "bf16: decode_tps = 1e+308 is not a figure from 0 to 1e+06 tok/s" in dash.notice.value
     assert "<td>bf16</td>" in dash.table.value and "bf16" not in dash.recommendation.value
     assert all(_is_png(image.value) for image in dash.images.values())

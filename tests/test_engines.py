@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fakes import ScriptedEngine
 
-from gemma_widgets.engines.base import CapabilityError, Engine, LocalEngine, Prompt, SamplingSettings, threaded
+from gemma_widgets.engines.base import CapabilityError, Engine, Finish, Prompt, SamplingSettings, threaded
 
 
 def test_threaded_hands_ids_over_in_order_and_reraises_a_failure():
@@ -27,22 +28,6 @@ def test_threaded_hands_ids_over_in_order_and_reraises_a_failure():
     assert seen == [[7]]  # what came before the failure was delivered
 
 
-class Scripted(LocalEngine):
-    """Emits ``script`` one id per step, stopping early when the event is set."""
-
-    name = "scripted"
-
-    def __init__(self, tokenizer, script):
-        self.tokenizer, self.script = tokenizer, script
-        self.stop_ids = [tokenizer.convert_tokens_to_ids("<end_of_turn>")]
-
-    def token_stream(self, ids, settings, stop):
-        for token in self.script[: int(settings.max_new_tokens)]:
-            yield [token]
-            if stop.is_set():
-                return
-
-
 def _finish(engine, stop=None, max_new_tokens=8):
     deltas = list(engine.stream(Prompt([2]), SamplingSettings(max_new_tokens=max_new_tokens),
                                 stop or threading.Event()))
@@ -50,15 +35,14 @@ def _finish(engine, stop=None, max_new_tokens=8):
     return "".join(d.text for d in deltas), sum(d.tokens for d in deltas), deltas[-1].finish
 
 
-def test_finish_reasons(tiny):
-    tok = tiny.tokenizer
-    words = tok("one two three", add_special_tokens=False).input_ids
-    eot = tok.convert_tokens_to_ids("<end_of_turn>")
-    assert _finish(Scripted(tok, [*words, eot])) == ("one two three", len(words) + 1, "end_of_turn")
-    assert _finish(Scripted(tok, words * 10), max_new_tokens=4)[1:] == (4, "max_new_tokens")
+def test_finish_reasons():
+    words = ["one", " two", " three"]
+    assert _finish(ScriptedEngine(words)) == ("one two three", len(words) + 1, "end_of_turn")
+    endless = ScriptedEngine(words, finish=Finish.MAX_NEW_TOKENS)
+    assert _finish(endless, max_new_tokens=4)[1:] == (4, "max_new_tokens")
     stop = threading.Event()
     stop.set()
-    assert _finish(Scripted(tok, words * 10), stop=stop)[1:] == (1, "stopped")
+    assert _finish(endless, stop=stop)[1:] == (1, "stopped")
 
 
 def test_a_missing_capability_names_the_engine():

@@ -14,6 +14,8 @@ import torch
 from gemma_widgets import load_model
 from gemma_widgets.templates import END_OF_TURN, end_of_turn_ids
 
+pytestmark = pytest.mark.model  # every test here runs the tiny random Gemma 2
+
 
 @pytest.fixture(scope="module")
 def gemma2():

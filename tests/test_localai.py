@@ -81,6 +81,7 @@ def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
         LocalAIModel.for_export("x", tmp_path / "nowhere")
 
 
+@pytest.mark.model
 def test_loading_a_definition_loads_its_model_like_localai(tiny_ir):
     lm = localai.load(LocalAIModel.for_export("tiny-ov", tiny_ir))
     assert lm.engine.name == "optimum-intel" and lm.path == str(tiny_ir)

@@ -55,6 +55,7 @@ def test_a_local_folder_is_accepted(tmp_path):
     assert locate(resolve_preset(str(tmp_path))) == str(tmp_path)
 
 
+@pytest.mark.model
 def test_load_model_from_a_local_folder(tiny):
     loaded = load_model(tiny.path, precision="fp32")
     assert loaded.preset.source == "local"
@@ -62,12 +63,14 @@ def test_load_model_from_a_local_folder(tiny):
     assert loaded.tokenizer.chat_template
 
 
+@pytest.mark.model
 def test_loaded_model_records_how_it_was_loaded(tiny):
     assert (tiny.preset.name, tiny.precision, tiny.engine.name) == ("tiny-random-gemma2", "fp32", "transformers")
     assert tiny.context_window == 1024
     assert "tiny-random-gemma2" in repr(tiny) and tiny.load_seconds > 0
 
 
+@pytest.mark.model
 def test_tiny_parameter_count_matches_its_preset(tiny):
     assert tiny.model.num_parameters() == PRESETS["tiny-random-gemma2"].params == 16_851_520
     assert type(tiny.model).__name__ == "Gemma2ForCausalLM"
@@ -134,6 +137,7 @@ def test_every_error_is_a_gemma_widgets_error():
         assert issubclass(error, GemmaWidgetsError)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("name", ["tiny-random-gemma2", "random-gemma2-2b"])
 def test_random_gemma2_presets_have_the_parameters_they_announce(name, tiny):
     """Built on the meta device (no memory): the 2B shape's count is what memory estimates use."""

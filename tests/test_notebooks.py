@@ -188,7 +188,7 @@ def test_store_keeps_each_widget_as_the_run_left_it(tmp_path, monkeypatch):
              'settings=SamplingSettings(temperature=0, max_new_tokens=4))\npanel',
              'from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc="steps"):\n    pass',
              'import ipywidgets\ngone = ipywidgets.Label("gone")\ndisplay(gone)\ngone.close()',
-             'panel.send("<b>bold</b> & <script>alert(1)</script>").wait(120)']
+             'assert panel.send("<b>bold</b> & <script>alert(1)</script>").wait(120)']
     path = tmp_path / "widgets.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
                                             metadata={"kernelspec": {"name": "python3", "language": "python",

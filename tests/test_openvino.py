@@ -70,6 +70,7 @@ def test_quantization_config_carries_the_settings():
     assert awq.dataset == calibration_texts() and "lighthouse" not in " ".join(awq.dataset)  # not the passage
 
 
+@pytest.mark.model
 def test_an_export_is_complete_and_built_once(tiny_ir, monkeypatch):
     for name in ("openvino_model.xml", "openvino_model.bin", "config.json", "tokenizer.json",
                  TOKENIZER_XML, DETOKENIZER_XML):
@@ -84,6 +85,7 @@ def test_an_export_is_complete_and_built_once(tiny_ir, monkeypatch):
     assert (tiny_ir / MANIFEST).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.model
 def test_both_engines_run_the_same_ir_and_agree(tiny_ir):
     genai = load_model("tiny-random-gemma2", "ov-int4")
     optimum = load_model("tiny-random-gemma2", "ov-int4", engine="optimum")
@@ -122,6 +124,7 @@ def test_unknown_engine_names_the_two():
         ir_engine("llama.cpp")
 
 
+@pytest.mark.model
 def test_loading_an_export_offline_writes_nothing_to_stderr(tiny_ir, monkeypatch, capfd):
     """Offline, optimum-intel looks for an IR folder in the hub cache and warns "Could not infer whether
     the model was already converted ... [Errno 2] ... refs/main" on stderr: a learner reads an error."""
@@ -137,6 +140,7 @@ def test_loading_an_export_offline_writes_nothing_to_stderr(tiny_ir, monkeypatch
     assert "Could not infer" not in err and "refs/main" not in err, err
 
 
+@pytest.mark.model
 def test_an_export_folder_loads_as_exported_and_refuses_other_settings(tiny_ir):
     preset = resolve_preset(str(tiny_ir))
     assert preset.fmt == "openvino"
@@ -190,6 +194,7 @@ print(heap_left_by_new_lengths(kit), heap_left_by_new_lengths(default))
 """
 
 
+@pytest.mark.model
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's heap figures")
 def test_the_kits_pipeline_keeps_no_kernels_for_each_new_prompt_length(tiny_ir):
     done = subprocess.run([sys.executable, "-c", NEW_LENGTHS_SCRIPT, str(tiny_ir)], capture_output=True,

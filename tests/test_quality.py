@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from fakes import NoLogits, fake_model
 
 from gemma_widgets import quality
+from gemma_widgets.engines.base import CapabilityError
 from gemma_widgets.errors import GemmaWidgetsError
 
 
+@pytest.mark.model
 def test_passage_ships_with_the_package_and_is_a_few_hundred_tokens(tiny):
     text = quality.passage()
     assert text.startswith("The lighthouse") and text.endswith("museum.\n")
@@ -43,6 +46,7 @@ def test_perplexity_of_a_sure_model_is_one_and_of_a_uniform_model_is_the_vocabul
     assert uniform.perplexity == pytest.approx(vocab)
 
 
+@pytest.mark.model
 def test_score_passage_on_the_tiny_model_is_deterministic(tiny):
     first = quality.score_passage(tiny, max_tokens=64)
     second = quality.score_passage(tiny, max_tokens=64)
@@ -52,15 +56,12 @@ def test_score_passage_on_the_tiny_model_is_deterministic(tiny):
     assert first.agreement(second) == 1.0
 
 
-def test_an_engine_without_logits_is_refused(tiny):
-    from dataclasses import replace
-
-    from gemma_widgets.engines.base import CapabilityError, Engine
-
-    with pytest.raises(CapabilityError, match="cannot score text: it gives no logits"):
-        list(quality.passage_logits(replace(tiny, engine=Engine()), [1, 2, 3]))
+def test_an_engine_without_logits_is_refused():
+    with pytest.raises(CapabilityError, match="no-logits cannot score text: a scripted fake gives no logits"):
+        list(quality.passage_logits(fake_model(NoLogits()), [1, 2, 3]))
 
 
+@pytest.mark.model
 def test_chunked_scoring_equals_the_full_forward_pass_with_soft_capping(tiny):
     import torch
 
@@ -134,6 +135,7 @@ def test_the_gate_judges_what_it_is_given():
     assert as_int8.passed
 
 
+@pytest.mark.model
 def test_gate_scores_the_candidate_against_a_reference_model(tiny):
     result = quality.gate(tiny, tiny, scheme="bf16")  # fp32 weights held to bf16's bytes
     assert result.agreement == 1.0 and result.perplexity == result.reference_perplexity > 1

@@ -19,6 +19,7 @@ def test_the_description_reads_as_its_docstring_says():
     assert doctest.testmod(recipe).failed == 0
 
 
+@pytest.mark.model
 def test_a_gguf_header_gives_every_matrix_and_the_tied_output():
     rows = recipe.gguf_rows(bundled_gguf())
     body = [precision for part, _, precision in rows if part == "body"]
@@ -37,6 +38,7 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         recipe.gguf_rows(path)
 
 
+@pytest.mark.model
 def test_a_transformers_model_lists_its_linear_layers_and_embedding():
     model = load_model(TINY, "bf16").engine
     assert model.recipe() == "embedding bf16, output bf16; body: 14 bf16"

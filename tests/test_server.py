@@ -114,8 +114,8 @@ def test_settings_reach_the_server_and_rejected_extras_are_dropped_once():
     with canned_server(picky) as (httpd, url):
         session = ChatSession(load_model(url), settings=SamplingSettings(
             temperature=0.5, top_p=0.8, top_k=20, max_new_tokens=2, repetition_penalty=1.3))
-        session.send("Hello").wait(10)
-        session.send("Again").wait(10)
+        assert session.send("Hello").wait(10)
+        assert session.send("Again").wait(10)
     first, *retries = httpd.requests[:3]
     assert (first["temperature"], first["top_p"], first["max_tokens"]) == (0.5, 0.8, 2)
     assert (first["top_k"], first["repetition_penalty"], first["repeat_penalty"]) == (20, 1.3, 1.3)

@@ -52,6 +52,7 @@ def test_ensure_chat_template_adds_only_when_missing():
     assert ensure_chat_template(custom) is False and custom.chat_template == "{{ messages }}"
 
 
+@pytest.mark.model
 def test_template_writes_gemmas_turn_format(tiny):
     tok = tiny.tokenizer
     chat = [USER, {"role": "assistant", "content": " 4 "}, {"role": "user", "content": "And 3+3?"}]
@@ -63,6 +64,7 @@ def test_template_writes_gemmas_turn_format(tiny):
     assert ids == chat_ids(tok, chat) == tok(text, add_special_tokens=False).input_ids
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("chat, error", [
     ([{"role": "system", "content": "Be brief."}, USER], "System role not supported"),
     ([USER, USER], "Conversation roles must alternate"),
@@ -72,12 +74,14 @@ def test_template_refuses_what_gemma_refuses(tiny, chat, error):
         tiny.tokenizer.apply_chat_template(chat, tokenize=False)
 
 
+@pytest.mark.model
 def test_folded_system_prompt_renders(tiny):
     chat = fold_system_prompt([{"role": "system", "content": "Be brief."}, USER])
     text = tiny.tokenizer.apply_chat_template(chat, tokenize=False)
     assert text.startswith("<bos><start_of_turn>user\nBe brief.\n\nWhat is 2+2?<end_of_turn>")
 
 
+@pytest.mark.model
 def test_end_of_turn_ids(tiny):
     tok = tiny.tokenizer
     assert end_of_turn_ids(tok) == [tok.convert_tokens_to_ids("<end_of_turn>"), tok.eos_token_id]
@@ -94,6 +98,7 @@ def test_end_of_turn_ids_without_the_marker():
     assert end_of_turn_ids(NoMarker()) == [1]
 
 
+@pytest.mark.model
 def test_turn_markers_are_special_tokens(tiny):
     tok = tiny.tokenizer
     ids = tok.apply_chat_template([USER], add_generation_prompt=True)

@@ -13,6 +13,7 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+from fakes import FakeTokenizer, ScriptedEngine, fake_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,14 +88,12 @@ def _valid(text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def echo_panel(tiny):
+def echo_panel():
     """A panel whose model replies with the example's own text (model output is untrusted too)."""
-    from chat_fakes import ScriptedModel, fake_loaded
-
     from gemma_widgets import ChatPanel
 
-    model = ScriptedModel(tiny.tokenizer, "ok")
-    return ChatPanel(fake_loaded(tiny, model)), model
+    model = ScriptedEngine("ok")
+    return ChatPanel(fake_model(model)), model
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -110,7 +109,7 @@ def test_send_export_and_load_give_the_transcript_back(echo_panel, tmp_path_fact
         with pytest.raises(GemmaWidgetsError):
             panel.send(user)
         return
-    model.reply_ids = panel.session.tokenizer(user, add_special_tokens=False).input_ids[:200]
+    model.reply = user
     try:
         panel.send(user)
     except GemmaWidgetsError as exc:  # a message longer than the context window, said clearly
@@ -132,16 +131,17 @@ def test_send_export_and_load_give_the_transcript_back(echo_panel, tmp_path_fact
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT, where=st.integers(0, 400))
-def test_the_arena_shows_any_reply_as_token_spans_and_nothing_else(tiny, text, where):
+def test_the_arena_shows_any_reply_as_token_spans_and_nothing_else(text, where):
     """Any model text in the arena's columns: escaped token spans (the same escaping as the chat), and
     the only tags and attributes are the view's own."""
     from gemma_widgets.widgets.arena import column_html, tokens_html
 
     if not _valid(text):
         return
-    ids = tiny.tokenizer(text, add_special_tokens=False).input_ids[:300]
+    tokenizer = FakeTokenizer()
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:300]
     probs = [(i % 10) / 10 for i in range(len(ids))]
-    html = column_html(f"challenger: {text[:40]}", tokens_html(tiny.tokenizer, ids, where, probs, probs))
+    html = column_html(f"challenger: {text[:40]}", tokens_html(tokenizer, ids, where, probs, probs))
     parser = _Tags()
     parser.feed(html)
     for tag, attrs in parser.found:
