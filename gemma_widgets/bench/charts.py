@@ -62,6 +62,17 @@ def _variants(ax: Any, done: Sequence[Result]) -> None:
             tick.set_horizontalalignment("right")
 
 
+def _bars(ax: Any, done: Sequence[Result], values: list[float], fmt: str, ylabel: str, title: str,
+          color: str = COLOR, **bar: Any) -> None:
+    """One labelled bar per finished variant."""
+    ax.bar([label(r.variant) for r in done], values, color=color, **bar)
+    ax.bar_label(ax.containers[-1], fmt=fmt, padding=2, fontsize=SMALL)
+    ax.margins(y=0.15)
+    ax.set_ylabel(ylabel, fontsize=SMALL)
+    ax.set_title(title, fontsize=BIG)
+    _variants(ax, done)
+
+
 def draw_speed(ax: Any, results: Sequence[Result]) -> None:
     """Decode tok/s per variant: the median, with a p10-p90 whisker."""
     done = _finished(results)
@@ -70,12 +81,8 @@ def draw_speed(ax: Any, results: Sequence[Result]) -> None:
     medians = [r.decode_tps or 0.0 for r in done]
     low = [m - (r.decode_tps_p10 or m) for r, m in zip(done, medians, strict=True)]
     high = [(r.decode_tps_p90 or m) - m for r, m in zip(done, medians, strict=True)]
-    ax.bar([label(r.variant) for r in done], medians, yerr=[low, high], capsize=4, color=COLOR)
-    ax.bar_label(ax.containers[-1], fmt="%.1f", padding=2, fontsize=SMALL)
-    ax.margins(y=0.15)
-    ax.set_ylabel("tokens / s (higher is better)", fontsize=SMALL)
-    ax.set_title("Decode speed (median, p10-p90)", fontsize=BIG)
-    _variants(ax, done)
+    _bars(ax, done, medians, "%.1f", "tokens / s (higher is better)", "Decode speed (median, p10-p90)",
+          yerr=[low, high], capsize=4)
 
 
 def draw_ttft(ax: Any, results: Sequence[Result]) -> None:
@@ -83,12 +90,8 @@ def draw_ttft(ax: Any, results: Sequence[Result]) -> None:
     done = [r for r in _finished(results) if r.ttft_ms is not None]
     if not done:
         return empty(ax, "Time to first token")
-    ax.bar([label(r.variant) for r in done], [r.ttft_ms for r in done], color="#dd8452")
-    ax.bar_label(ax.containers[-1], fmt="%.0f", padding=2, fontsize=SMALL)
-    ax.margins(y=0.15)
-    ax.set_ylabel("ms (lower is better)", fontsize=SMALL)
-    ax.set_title("Time to first token", fontsize=BIG)
-    _variants(ax, done)
+    _bars(ax, done, [r.ttft_ms or 0.0 for r in done], "%.0f", "ms (lower is better)", "Time to first token",
+          color="#dd8452")
 
 
 def draw_memory(ax: Any, results: Sequence[Result]) -> None:
