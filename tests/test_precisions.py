@@ -225,13 +225,14 @@ def test_an_exported_ir_needs_no_optimum_but_an_export_does(monkeypatch):
 @pytest.mark.model
 def test_a_precision_is_one_row(monkeypatch):
     """Adding a precision is adding a row: a made-up one loads through its backend, with its typed options."""
-    row = Precision("bf16-sdpa", "bfloat16 with SDPA attention", 2, "gemma_widgets.engines.hf:TorchBackend",
-                    dtype="bfloat16", defaults={"attn_implementation": "sdpa"})
+    row = Precision("bf16-eager", "bfloat16, eager attention set by the row", 2,
+                    "gemma_widgets.engines.hf:TorchBackend", dtype="bfloat16",
+                    defaults={"attn_implementation": "eager"})
     monkeypatch.setitem(PRECISIONS, row.name, row)
-    lm = load_model("tiny-random-gemma2", "bf16-sdpa")
-    assert lm.precision == "bf16-sdpa" and lm.model.dtype == torch.bfloat16
-    assert lm.model.config._attn_implementation == "sdpa"
-    assert available(TINY, CPU_24GB)["bf16-sdpa"] is None
+    lm = load_model("tiny-random-gemma2", "bf16-eager")
+    assert lm.precision == "bf16-eager" and lm.model.dtype == torch.bfloat16
+    assert lm.model.config._attn_implementation == "eager"
+    assert available(TINY, CPU_24GB)["bf16-eager"] is None
 
 
 @pytest.mark.parametrize("precision, options, message", [
