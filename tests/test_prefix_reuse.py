@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import transformers
 
 from gemma_widgets import load_model
 from gemma_widgets.engines.base import SamplingSettings
@@ -82,7 +83,8 @@ def test_a_regenerated_reply_crops_the_cache_and_comes_out_the_same(tiny, prefil
     once = reply(engine, ids)
     prefills.clear()
     again = reply(engine, ids)  # the cache holds ids + the reply: cropped back to ids[:-1]
-    assert again == once and prefills[0] == 1
+    # transformers 5's sliding layers keep no past to roll back: there a crop starts the cache again
+    assert again == once and prefills[0] == (1 if transformers.__version__.startswith("4.") else len(ids))
 
 
 def test_past_the_sliding_window_a_cache_that_would_need_cropping_starts_again(tiny, prefills):

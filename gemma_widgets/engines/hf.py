@@ -141,7 +141,7 @@ class TransformersEngine(LocalEngine):
         if shared < len(held):
             try:
                 cache.crop(shared)
-            except ValueError:  # a sliding layer went past its window: it cannot go back
+            except (ValueError, RuntimeError):  # a sliding layer past its window cannot go back (transformers 4, 5)
                 return DynamicCache(config=self.model.config)
         return cache
 
